@@ -1,0 +1,67 @@
+# fsar: set-up, tests, demo, one target per pipeline stage.
+# Every target that runs code first creates/refreshes .venv (stamp: pyproject.toml + constraints.txt).
+
+PYTHON ?= python3
+VENV ?= .venv
+SHARED ?= ../shared
+DATASET ?= synthetic
+ARTIFACTS ?= artifacts
+BIN := $(VENV)/bin
+FSAR := $(BIN)/fsar
+STAMP := $(VENV)/.fsar-installed
+# Prebuilt wheels (llama-cpp-python) where this workplace has them; without, pip compiles llama.cpp.
+FIND_LINKS := $(if $(wildcard $(SHARED)/wheels/*.whl),--find-links $(SHARED)/wheels,)
+EXTRAS ?= dev,local,dask
+
+STAGE_ARGS = --dataset $(DATASET) --artifacts $(ARTIFACTS) \
+	$(if $(PRESET),--preset $(PRESET)) $(if $(VIDEO_ROOT),--video-root $(VIDEO_ROOT)) \
+	$(if $(VIDEO_LIST),--video-list $(VIDEO_LIST)) $(foreach s,$(SET),--set $(s))
+
+.PHONY: setup test test-fast demo descriptions frames embeddings train evaluate synthetic catalog clean help
+
+help:
+	@echo "make test | make demo | make descriptions|frames|embeddings|train|evaluate DATASET=NAME [VIDEO_ROOT=DIR] [PRESET=P] [ARTIFACTS=ROOT]"
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt $(FIND_LINKS) -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: setup
+	FSAR_SHARED=$(abspath $(SHARED)) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	FSAR_SHARED=$(abspath $(SHARED)) $(BIN)/python -m pytest -q -m "not slow and not llm and not server" $(PYTEST_ARGS)
+
+# The demo: for now, the stages that exist, on the bundled synthetic dataset.
+DEMO_DIR ?= $(ARTIFACTS)/synthetic-videos
+demo: setup
+	$(FSAR) synthetic --out $(DEMO_DIR) --videos-per-class 8
+	$(FSAR) frames --dataset synthetic --preset demo --video-root $(DEMO_DIR) --artifacts $(ARTIFACTS)
+	$(FSAR) catalog --artifacts $(ARTIFACTS)
+
+synthetic: setup
+	$(FSAR) synthetic --out $(or $(OUT),$(DEMO_DIR)) --videos-per-class $(or $(VIDEOS_PER_CLASS),8)
+
+descriptions: setup
+	$(FSAR) descriptions $(STAGE_ARGS) $(if $(LLM),--llm $(LLM)) $(if $(MODEL),--model $(MODEL)) \
+		$(if $(BASE_URL),--base-url $(BASE_URL)) $(if $(CORPUS),--corpus $(CORPUS))
+
+frames embeddings: setup
+	$(FSAR) $@ $(STAGE_ARGS)
+
+train: setup
+	$(FSAR) train $(STAGE_ARGS) $(if $(RESUME),--resume)
+
+evaluate: setup
+	$(FSAR) evaluate $(STAGE_ARGS) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
+		$(if $(EPISODES),--episodes $(EPISODES)) $(if $(SHOTS),--shots $(SHOTS))
+
+catalog: setup
+	$(FSAR) catalog --artifacts $(ARTIFACTS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

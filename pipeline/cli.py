@@ -1,0 +1,253 @@
+"""`fsar <stage> --dataset NAME [--preset NAME] [--set key=value ...] [--artifacts ROOT]`.
+
+The Makefile calls this. Every stage command builds a Config, resolves its input artifacts (the
+latest of each upstream stage for the dataset) and calls the stage's `run(config, inputs, store)`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.config import Config, ConfigError, list_presets, load_config
+from pipeline.stage import StageError
+
+app = typer.Typer(
+    name="fsar",
+    help="Few-shot action recognition with Task-Adapter++: one command per pipeline stage.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# The stages, in pipeline order: name -> (module with run(config, inputs, store), upstream stages it reads)
+STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "descriptions": ("pipeline.descriptions", ()),
+    "frames": ("pipeline.frames", ()),
+    "embeddings": ("pipeline.embeddings", ("descriptions",)),
+    "train": ("pipeline.training.train", ("frames", "embeddings")),
+    "evaluate": ("pipeline.training.evaluate", ("frames", "embeddings", "train")),
+}
+
+DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name (see `fsar datasets`)")]
+PresetOpt = Annotated[
+    str | None, typer.Option("--preset", "-p", help="preset under configs/ (default: the dataset's own, if any) or a YAML path")
+]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="config override key=value (repeatable)")]
+ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", help="artifact root: folder or fsspec URL")]
+VideoRootOpt = Annotated[str | None, typer.Option("--video-root", help="folder holding the dataset's videos")]
+VideoListOpt = Annotated[str | None, typer.Option("--video-list", help="custom dataset: CSV with path,label,split")]
+
+
+def build_config(
+    dataset: str | None,
+    preset: str | None = None,
+    overrides: list[str] | None = None,
+    artifacts: str | None = None,
+    video_root: str | None = None,
+    video_list: str | None = None,
+) -> Config:
+    """Preset (default: the dataset's own preset if one exists, else the demo for `synthetic`, else defaults) + overrides."""
+    if preset is None and dataset is not None:
+        preset = dataset if dataset in list_presets() else ("demo" if dataset == "synthetic" else None)
+    sets: dict[str, Any] = {}
+    if dataset is not None:
+        sets["dataset.name"] = dataset
+    if video_root is not None:
+        sets["dataset.video_root"] = str(Path(video_root).expanduser().resolve())
+    if video_list is not None:
+        sets["dataset.video_list"] = str(Path(video_list).expanduser().resolve())
+    if artifacts is not None:
+        sets["artifacts"] = artifacts
+    cfg = load_config(preset, overrides=sets).override(*(overrides or []))
+    from pipeline.datasets import DatasetError, list_datasets
+
+    if cfg.dataset.name not in list_datasets():
+        raise DatasetError(f"unknown dataset {cfg.dataset.name!r}; choose one of {', '.join(list_datasets())}")
+    return cfg
+
+
+def run_stage(name: str, cfg: Config, inputs: dict[str, Any] | None = None) -> Any:
+    """Resolve a stage's inputs (latest upstream artifacts) and run it."""
+    from pipeline.artifacts import ArtifactStore
+
+    module_name, upstream = STAGES[name]
+    store = ArtifactStore(cfg.artifacts)
+    if inputs is None:
+        inputs = {up: store.resolve(up, cfg.dataset.name) for up in upstream}
+    module = importlib.import_module(module_name)
+    return module.run(cfg, inputs, store)
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _guarded(fn: Callable[[], Any]) -> Any:
+    from pipeline.artifacts import ArtifactError
+    from pipeline.datasets import DatasetError
+
+    try:
+        return fn()
+    except (ConfigError, DatasetError, ArtifactError, StageError) as exc:
+        _fail(exc)
+
+
+def _stage_command(name: str, help_text: str) -> None:
+    def command(
+        dataset: DatasetOpt,
+        preset: PresetOpt = None,
+        set_: SetOpt = None,
+        artifacts: ArtifactsOpt = None,
+        video_root: VideoRootOpt = None,
+        video_list: VideoListOpt = None,
+    ) -> None:
+        def go() -> None:
+            cfg = build_config(dataset, preset, set_, artifacts, video_root, video_list)
+            ref = run_stage(name, cfg)
+            typer.echo(f"{name}: {ref}")
+
+        _guarded(go)
+
+    command.__doc__ = help_text
+    app.command(name=name)(command)
+
+
+_stage_command("frames", "Decode videos into versioned Parquet shards of frames.")
+_stage_command("embeddings", "Cache the frozen text-prefix states of every prompt.")
+
+
+@app.command("descriptions")
+def descriptions_cmd(
+    dataset: DatasetOpt,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    artifacts: ArtifactsOpt = None,
+    video_root: VideoRootOpt = None,
+    video_list: VideoListOpt = None,
+    llm: Annotated[str | None, typer.Option("--llm", help="backend: openai | vllm | local | file")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="model name for the backend")] = None,
+    base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint URL")] = None,
+    corpus: Annotated[str | None, typer.Option("--corpus", help="file backend: YAML or JSON corpus")] = None,
+) -> None:
+    """Write ordered sub-action descriptions for every class with an LLM."""
+
+    def go() -> None:
+        extra = [f"descriptions.{k}={v}" for k, v in (("backend", llm), ("model", model), ("base_url", base_url), ("corpus", corpus)) if v]
+        cfg = build_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list)
+        typer.echo(f"descriptions: {run_stage('descriptions', cfg)}")
+
+    _guarded(go)
+
+
+@app.command("train")
+def train_cmd(
+    dataset: DatasetOpt,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    artifacts: ArtifactsOpt = None,
+    video_root: VideoRootOpt = None,
+    video_list: VideoListOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue a killed run from its last checkpoint")] = False,
+) -> None:
+    """Train Task-Adapter++ adapters on episodes of the train split."""
+
+    def go() -> None:
+        extra = ["train.resume=true"] if resume else []
+        cfg = build_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list)
+        typer.echo(f"train: {run_stage('train', cfg)}")
+
+    _guarded(go)
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    dataset: DatasetOpt,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    artifacts: ArtifactsOpt = None,
+    video_root: VideoRootOpt = None,
+    video_list: VideoListOpt = None,
+    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="checkpoint file (default: best of the latest train)")] = None,
+    episodes: Annotated[int | None, typer.Option("--episodes", help="test episodes")] = None,
+    shots: Annotated[int | None, typer.Option("--shots", help="K at test")] = None,
+) -> None:
+    """Evaluate on seeded few-shot episodes of the test split."""
+
+    def go() -> None:
+        extra = [f"evaluate.{k}={v}" for k, v in (("checkpoint", checkpoint), ("episodes", episodes), ("shot", shots)) if v is not None]
+        cfg = build_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list)
+        store_inputs = None
+        if checkpoint is not None:
+            from pipeline.artifacts import ArtifactStore
+
+            store = ArtifactStore(cfg.artifacts)
+            store_inputs = {up: store.resolve(up, cfg.dataset.name) for up in ("frames", "embeddings")}
+        typer.echo(f"evaluate: {run_stage('evaluate', cfg, store_inputs)}")
+
+    _guarded(go)
+
+
+@app.command("synthetic")
+def synthetic_cmd(
+    out: Annotated[Path, typer.Option("--out", help="folder to write the videos, synthetic.csv and scripts.yaml into")],
+    videos_per_class: Annotated[int, typer.Option("--videos-per-class", min=1)] = 8,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    frames: Annotated[int, typer.Option("--frames", min=2, help="frames per video")] = 24,
+    size: Annotated[int, typer.Option("--size", min=16, help="frame side in pixels")] = 64,
+    sub_actions: Annotated[int, typer.Option("--sub-actions", min=1, help="sentences per class script")] = 3,
+) -> None:
+    """Write the synthetic order-sensitive dataset (mp4 files + split list + scripts)."""
+    from pipeline.datasets.synthetic import generate
+
+    root = generate(out, videos_per_class, seed=seed, num_frames=frames, size=size, num_sub_actions=sub_actions)
+    typer.echo(f"synthetic dataset written to {root} (video list: {root / 'synthetic.csv'})")
+
+
+@app.command("catalog")
+def catalog_cmd(artifacts: ArtifactsOpt = None) -> None:
+    """List every complete artifact."""
+    from pipeline.artifacts import catalog
+
+    df = catalog(artifacts)
+    typer.echo(df.to_string(index=False) if len(df) else "no artifacts")
+
+
+@app.command("datasets")
+def datasets_cmd() -> None:
+    """List the registered datasets."""
+    from pipeline.datasets import list_datasets
+
+    typer.echo("\n".join(list_datasets()))
+
+
+@app.command("presets")
+def presets_cmd() -> None:
+    """List the config presets."""
+    typer.echo("\n".join(list_presets()))
+
+
+@app.command("config")
+def config_cmd(
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d")] = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    artifacts: ArtifactsOpt = None,
+) -> None:
+    """Print the resolved config as JSON."""
+    _guarded(lambda: typer.echo(json.dumps(build_config(dataset, preset, set_, artifacts).dump(), indent=2)))
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

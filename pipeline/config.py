@@ -1,0 +1,188 @@
+"""Typed configuration: a preset (YAML under configs/) plus `key=value` overrides.
+
+    cfg = load_config("hmdb51", overrides=["model.task_context=inductive"])
+    cfg.model.vision_adapted_layers  # 2
+
+Every field has a default equal to the paper's value (see docs/method.md); presets change only what
+differs. A wrong key or value raises `ConfigError` with one line naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from pipeline._section import Section
+from pipeline.datasets.config import DatasetConfig, ProtocolConfig
+from pipeline.descriptions.config import DescriptionsConfig
+from pipeline.embeddings.config import EmbeddingsConfig
+from pipeline.frames.config import FramesConfig
+from pipeline.model.config import ModelConfig
+from pipeline.training.config import EvaluateConfig, TrainConfig
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "CONFIG_DIR",
+    "list_presets",
+    "load_config",
+    "parse_overrides",
+    "section_dict",
+]
+
+CONFIG_DIR = Path(os.environ.get("FSAR_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the key and what is allowed."""
+
+
+class Config(Section):
+    preset: str = "default"  # name of the preset this config was built from (informational)
+    artifacts: str | None = None  # artifact root (local folder or fsspec URL); None = $FSAR_ARTIFACTS or ./artifacts
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
+    descriptions: DescriptionsConfig = Field(default_factory=DescriptionsConfig)
+    frames: FramesConfig = Field(default_factory=FramesConfig)
+    embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    def override(self, *overrides: str | Mapping[str, Any]) -> "Config":
+        """Return a copy with `key=value` strings (or a {dotted.key: value} mapping) applied."""
+        data = self.model_dump()
+        for item in overrides:
+            pairs = parse_overrides([item]) if isinstance(item, str) else dict(item)
+            for key, value in pairs.items():
+                _set_dotted(data, key, value)
+        return _validate(data, origin="overrides")
+
+    def dump(self) -> dict[str, Any]:
+        """Plain, JSON-ready dict of the whole resolved config (holds no secrets: keys live in env vars)."""
+        return json.loads(self.model_dump_json())
+
+
+def list_presets() -> list[str]:
+    """Names of the YAML presets under configs/."""
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """`["model.lr=0.1", "dataset.name=hmdb51"]` -> {"model.lr": 0.1, ...}; values are YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. model.task_context=inductive)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() != "" else None
+        except yaml.YAMLError:
+            out[key] = raw
+    return out
+
+
+def load_config(
+    preset: str | os.PathLike[str] | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] | None = None,
+    **sections: Mapping[str, Any],
+) -> Config:
+    """Build a Config from a preset name (configs/<name>.yaml) or a YAML path, then apply overrides.
+
+    `sections` are keyword dicts merged into their section, e.g. `load_config("demo", dataset={"name": "x"})`.
+    """
+    data: dict[str, Any] = {}
+    if preset is not None:
+        data = _read_preset(preset)
+    for name, values in sections.items():
+        for key, value in dict(values).items():
+            _set_dotted(data, f"{name}.{key}", value)
+    if overrides:
+        pairs = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+        for key, value in pairs.items():
+            _set_dotted(data, key, value)
+    return _validate(data, origin=f"preset {preset!r}" if preset else "config")
+
+
+def section_dict(cfg: BaseModel, fields: Iterable[str] | None = None) -> dict[str, Any]:
+    """JSON-ready dict of a section, or of some of its fields (what a stage hashes into its version)."""
+    data = json.loads(cfg.model_dump_json())
+    return data if fields is None else {f: data[f] for f in fields}
+
+
+def _read_preset(preset: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(preset)
+    if path.suffix not in (".yaml", ".yml"):
+        path = CONFIG_DIR / f"{preset}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"preset {str(preset)!r} not found (looked for {path}); choose one of {list_presets()} or give a YAML path"
+        )
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    data.setdefault("preset", path.stem)
+    return data
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    model: type[BaseModel] | None = Config
+    node = data
+    for i, part in enumerate(parts):
+        if model is None:
+            raise ConfigError(f"config key {key!r}: {'.'.join(parts[:i])!r} is a value, not a section")
+        fields = model.model_fields
+        if part not in fields:
+            scope = ".".join(parts[:i]) or "the top level"
+            raise ConfigError(f"unknown config key {key!r}; allowed keys in {scope}: {', '.join(fields)}")
+        annotation = fields[part].annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if i == len(parts) - 1:
+            if is_section and not isinstance(value, Mapping):
+                raise ConfigError(f"config key {key!r} is a section; set one of its keys, e.g. {key}.<key>=value")
+            if is_section:
+                for sub, sub_value in dict(value).items():
+                    _set_dotted(data, f"{key}.{sub}", sub_value)
+            else:
+                node[part] = value
+            return
+        if not is_section:
+            raise ConfigError(f"config key {key!r}: {'.'.join(parts[: i + 1])!r} is a value, not a section")
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} must be a mapping")
+        model = annotation
+
+
+def _validate(data: dict[str, Any], origin: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            section = ".".join(str(p) for p in err["loc"][:-1])
+            model: type[BaseModel] = Config
+            for part in err["loc"][:-1]:
+                model = model.model_fields[str(part)].annotation  # type: ignore[assignment]
+            scope = section or "the top level"
+            raise ConfigError(
+                f"unknown config key {key!r} ({origin}); allowed keys in {scope}: {', '.join(model.model_fields)}"
+            ) from None
+        got = err.get("input")
+        raise ConfigError(f"config key {key!r} ({origin}): {err['msg']} (got {got!r})") from None

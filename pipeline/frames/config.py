@@ -1,0 +1,20 @@
+"""Config of the frames stage (videos -> Parquet shards of JPEG frames)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline._section import Section
+
+
+class FramesConfig(Section):
+    storage_size: int = Field(default=257, ge=8)  # frames are resized to this square (aspect not kept, as the paper)
+    max_frames: int | None = Field(default=32, ge=1)  # frames kept per video, spread evenly; None = every frame
+    jpeg_quality: int = Field(default=90, ge=1, le=100)  # JPEG quality of stored frames
+    shard_max_mb: int = Field(default=256, ge=1)  # upper bound of one shard's size
+    videos_per_shard: int = Field(default=64, ge=1)  # work unit: videos decoded into one shard
+    workers: int | None = Field(default=None, ge=1)  # decoding processes; None = all cores
+    decoder: Literal["decord", "pyav"] = "decord"  # first decoder; decord failures are retried with PyAV
+    max_failed_fraction: float = Field(default=0.05, ge=0.0, le=1.0)  # fail the stage above this share of bad videos

@@ -1,0 +1,52 @@
+"""The stage contract: `run(config, inputs, store) -> ArtifactRef`, skipped when its version exists.
+
+Each stage module calls `build_once` with the config fields it reads; the version hashes those and
+its inputs' versions, so a second call with the same inputs returns the existing artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, compute_version
+
+__all__ = ["StageError", "build_once", "log"]
+
+log = logging.getLogger("fsar")
+
+
+class StageError(RuntimeError):
+    """A stage refused its input; the message names the thing and the fix (the CLI shows it without a traceback)."""
+
+
+def build_once(
+    store: ArtifactStore,
+    stage: str,
+    dataset: str,
+    *,
+    config: Mapping[str, Any],
+    inputs: Mapping[str, ArtifactRef] | None,
+    build: Callable[[Staging], None],
+    main: str | None = None,
+    format_version: int | str = 1,
+    resume: bool = False,
+) -> ArtifactRef:
+    """Return the artifact for (stage, config, inputs), building it with `build(staging)` if absent."""
+    inputs = dict(inputs or {})
+    version = compute_version(stage, format_version, config, inputs)
+    existing = store.exists(stage, dataset, version)
+    if existing is not None:
+        log.info("%s: artifact %s already exists, skipped", stage, existing)
+        print(f"[fsar] {stage}: {dataset}/{version} already exists, skipped", flush=True)
+        return dataclasses.replace(existing, skipped=True)
+    print(f"[fsar] {stage}: building {dataset}/{version}", flush=True)
+    with store.publish(
+        stage, dataset, version, config=config, inputs=inputs, main=main, format_version=format_version, resume=resume
+    ) as staging:
+        build(staging)
+    ref = store.ref(stage, dataset, version)
+    print(f"[fsar] {stage}: published {ref.path}", flush=True)
+    return ref

@@ -1,0 +1,38 @@
+"""Config of the train and evaluate stages."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from pipeline._section import Section
+
+
+class TrainConfig(Section):
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"  # the paper: SGD without momentum
+    lr: float = Field(default=1e-3, gt=0.0)  # learning rate
+    momentum: float = Field(default=0.0, ge=0.0, lt=1.0)  # SGD momentum
+    weight_decay: float = Field(default=0.0, ge=0.0)  # weight decay
+    epochs: int = Field(default=10, ge=1)  # epochs of episodes_per_epoch training episodes
+    episodes_per_epoch: int = Field(default=1000, ge=1)  # training episodes per epoch
+    val_episodes: int = Field(default=1000, ge=1)  # validation episodes (val split)
+    warmup_epochs: int = Field(default=9, ge=0)  # validate only from this 0-based epoch on (paper: epoch > 8)
+    val_every: int | None = Field(default=None, ge=1)  # also validate every this many episodes (None: per epoch)
+    seed: int = 0  # training episodes and init
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU: fp32)
+    checkpoint_every: int = Field(default=200, ge=1)  # episodes between resumable checkpoints
+    log_every: int = Field(default=10, ge=1)  # episodes between progress updates
+    resume: bool = False  # continue a killed run from its last checkpoint (not part of the version)
+
+
+class EvaluateConfig(Section):
+    episodes: int = Field(default=10000, ge=1)  # test episodes
+    shot: int | None = Field(default=None, ge=1)  # K at test; None = protocol.shot
+    seed: int = 2024  # test episodes' seed (same seed -> same saved episodes)
+    split: Literal["train", "val", "test"] = "test"  # split evaluated
+    cache: bool = True  # run the frozen vision prefix once per video
+    baselines: bool = True  # also score the frozen-CLIP prototype baseline, visual-only and semantic-only
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    checkpoint: str | None = None  # checkpoint file to evaluate; None = best checkpoint of the latest train artifact

@@ -1,0 +1,42 @@
+"""Shared fixtures: the read-only shared/ folder, a temporary artifact store, a small synthetic dataset."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared() -> Path:
+    return Path(os.environ.get("FSAR_SHARED", REPO.parent / "shared")).resolve()
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    path = _shared()
+    if not (path / "splits").is_dir():
+        pytest.skip(f"the shared folder with the standard split files is not at {path} (set FSAR_SHARED)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def splits_dir(shared_dir: Path) -> Path:
+    return shared_dir / "splits"
+
+
+@pytest.fixture()
+def store(tmp_path: Path):
+    from pipeline.artifacts import ArtifactStore
+
+    return ArtifactStore(tmp_path / "artifacts")
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 classes x 3 videos of 16 frames at 64 px (about 2 s to write)."""
+    from pipeline.datasets.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synthetic"), 3, seed=0, num_frames=16, size=64)

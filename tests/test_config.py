@@ -1,0 +1,66 @@
+import pytest
+
+from pipeline.config import Config, ConfigError, list_presets, load_config
+
+
+def test_presets_hold_the_paper_values():
+    assert {"hmdb51", "ucf101", "kinetics100", "ssv2_small", "ssv2_full", "demo"} <= set(list_presets())
+    for name in ("hmdb51", "ucf101", "kinetics100"):
+        cfg = load_config(name)
+        assert cfg.dataset.name == name
+        assert (cfg.model.vision_adapted_layers, cfg.model.text_adapted_layers) == (2, 8)
+        assert not cfg.model.ca_layernorm
+    small, full = load_config("ssv2_small"), load_config("ssv2_full")
+    assert (small.model.vision_adapted_layers, small.model.text_adapted_layers, small.model.ca_layernorm) == (6, 2, False)
+    assert (full.model.vision_adapted_layers, full.model.text_adapted_layers, full.model.ca_layernorm) == (6, 2, True)
+    p = load_config("hmdb51").protocol
+    assert (p.num_frames, p.num_sub_actions, p.way, p.shot, p.query) == (8, 3, 5, 1, 1)
+    t = load_config("hmdb51").train
+    assert (t.optimizer, t.lr, t.momentum, t.epochs, t.episodes_per_epoch, t.warmup_epochs) == ("sgd", 1e-3, 0.0, 10, 1000, 9)
+    assert load_config("hmdb51").evaluate.episodes == 10000
+
+
+def test_overrides_parse_yaml_scalars():
+    cfg = load_config("hmdb51", overrides=["model.task_context=inductive", "protocol.way=3", "train.lr=0.01"])
+    assert cfg.model.task_context == "inductive" and cfg.protocol.way == 3 and cfg.train.lr == 0.01
+    again = cfg.override("frames.max_frames=null")
+    assert again.frames.max_frames is None and cfg.frames.max_frames == 32
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.nope=1", "unknown config key 'model.nope'; allowed keys in model: clip"),
+        ("nope.x=1", "unknown config key 'nope.x'; allowed keys in the top level"),
+        ("model.task_context=bad", "config key 'model.task_context'"),
+        ("protocol.way=1", "config key 'protocol.way'"),
+        ("model=3", "config key 'model' is a section"),
+        ("novalue", "not of the form key=value"),
+    ],
+)
+def test_wrong_keys_and_values_are_one_line_errors(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config("hmdb51", overrides=[override])
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_preset_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="preset 'nope' not found"):
+        load_config("nope")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("model:\n  widht: 3\n")
+    with pytest.raises(ConfigError, match="unknown config key 'model.widht'"):
+        load_config(unknown)
+
+
+def test_dump_roundtrips_and_holds_no_secret(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value")
+    cfg = load_config("hmdb51")
+    dumped = cfg.dump()
+    assert Config.model_validate(dumped) == cfg
+    assert "sk-secret-value" not in str(dumped)
