@@ -17,7 +17,8 @@ STAGE_ARGS = --dataset $(DATASET) --artifacts $(ARTIFACTS) \
 	$(if $(PRESET),--preset $(PRESET)) $(if $(VIDEO_ROOT),--video-root $(VIDEO_ROOT)) \
 	$(if $(VIDEO_LIST),--video-list $(VIDEO_LIST)) $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-fast demo descriptions frames embeddings train evaluate synthetic catalog clean help
+.PHONY: setup test test-fast demo full descriptions frames embeddings train evaluate synthetic catalog clean help \
+	server deploy worker worker-once
 
 help:
 	@echo "make test | make demo | make descriptions|frames|embeddings|train|evaluate DATASET=NAME [VIDEO_ROOT=DIR] [PRESET=P] [ARTIFACTS=ROOT]"
@@ -59,6 +60,29 @@ train: setup
 evaluate: setup
 	$(FSAR) evaluate $(STAGE_ARGS) $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 		$(if $(EPISODES),--episodes $(EPISODES)) $(if $(SHOTS),--shots $(SHOTS))
+
+# Every stage in order, as one Prefect flow run in this process (no server needed).
+full: setup
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m flows $(STAGE_ARGS) $(if $(STAGES),--stages $(STAGES)) \
+		$(if $(TASK_RUNNER),--task-runner $(TASK_RUNNER)) $(if $(DASK_ADDRESS),--dask-address $(DASK_ADDRESS))
+
+# Prefect server + process worker. PREFECT_API_URL / PREFECT_HOME are taken from the environment.
+PREFECT := $(BIN)/prefect
+POOL ?= fsar-process
+HOST ?= 127.0.0.1
+PORT ?= 4200
+server: setup
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PREFECT) server start --host $(HOST) --port $(PORT)
+
+deploy: setup
+	$(PREFECT) work-pool inspect $(POOL) >/dev/null 2>&1 || $(PREFECT) work-pool create $(POOL) --type process
+	FSAR_REPO=$(CURDIR) $(PREFECT) --no-prompt deploy --name full --param artifacts=$(abspath $(ARTIFACTS))
+
+worker: setup
+	FSAR_ARTIFACTS=$(abspath $(ARTIFACTS)) $(PREFECT) worker start --pool $(POOL)
+
+worker-once: setup
+	FSAR_ARTIFACTS=$(abspath $(ARTIFACTS)) $(PREFECT) worker start --pool $(POOL) --run-once
 
 catalog: setup
 	$(FSAR) catalog --artifacts $(ARTIFACTS)

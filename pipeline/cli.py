@@ -73,8 +73,8 @@ def build_config(
     return cfg
 
 
-def run_stage(name: str, cfg: Config, inputs: dict[str, Any] | None = None) -> Any:
-    """Resolve a stage's inputs (latest upstream artifacts) and run it."""
+def run_stage(name: str, cfg: Config, inputs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    """Resolve a stage's inputs (latest upstream artifacts) and run it; kwargs go to the stage's `run`."""
     from pipeline.artifacts import ArtifactStore
 
     module_name, upstream = STAGES[name]
@@ -82,7 +82,7 @@ def run_stage(name: str, cfg: Config, inputs: dict[str, Any] | None = None) -> A
     if inputs is None:
         inputs = {up: store.resolve(up, cfg.dataset.name) for up in upstream}
     module = importlib.import_module(module_name)
-    return module.run(cfg, inputs, store)
+    return module.run(cfg, inputs, store, **kwargs)
 
 
 def _fail(exc: Exception) -> None:

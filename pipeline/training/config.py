@@ -16,6 +16,7 @@ class TrainConfig(Section):
     weight_decay: float = Field(default=0.0, ge=0.0)  # weight decay
     epochs: int = Field(default=10, ge=1)  # epochs of episodes_per_epoch training episodes
     episodes_per_epoch: int = Field(default=1000, ge=1)  # training episodes per epoch
+    episodes_per_step: int = Field(default=1, ge=1)  # episodes whose gradients are averaged per optimiser step (per rank)
     val_episodes: int = Field(default=1000, ge=1)  # validation episodes (val split)
     warmup_epochs: int = Field(default=9, ge=0)  # validate only from this 0-based epoch on (paper: epoch > 8)
     val_every: int | None = Field(default=None, ge=1)  # also validate every this many episodes (None: per epoch)
@@ -36,3 +37,4 @@ class EvaluateConfig(Section):
     baselines: bool = True  # also score the frozen-CLIP prototype baseline, visual-only and semantic-only
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint: str | None = None  # checkpoint file to evaluate; None = best checkpoint of the latest train artifact
+    descriptions_label: str | None = None  # name of the corpus in the results; None = `llm` or `file` by backend

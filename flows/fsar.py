@@ -1,0 +1,129 @@
+"""Prefect flow `fsar`: descriptions -> frames -> embeddings -> train -> evaluate for one dataset.
+
+Each stage is a Prefect task that calls the library's stage function (`pipeline.cli.run_stage`) and
+passes artifact references on; no stage logic lives here. A stage whose artifact version exists is
+skipped by the library and the task says so. The frames stage's work units (shards) run as Prefect
+tasks through the chosen task runner: threads in-process (default), a Dask cluster
+(`task_runner="dask"`, optional `dask_address`), or Ray (`task_runner="ray"`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from pipeline.artifacts import ArtifactRef, ArtifactStore
+from pipeline.cli import STAGES, build_config, run_stage
+from pipeline.config import Config
+
+__all__ = ["fsar", "ALL_STAGES"]
+
+ALL_STAGES = tuple(STAGES)
+# Where a retry helps: LLM calls (rate limits, a server that restarts) and I/O.
+RETRIES = {"descriptions": 2, "frames": 1, "embeddings": 1, "train": 0, "evaluate": 0}
+
+
+def _stage_task(name: str):
+    @task(name=name, retries=RETRIES[name], retry_delay_seconds=10, cache_policy=NO_CACHE, log_prints=True)
+    def stage_task(cfg: Config, inputs: dict[str, ArtifactRef], **kwargs: Any) -> ArtifactRef:
+        logger = get_run_logger()
+        ref = run_stage(name, cfg, inputs, **kwargs)
+        logger.info("%s: %s %s", name, "skipped, artifact exists:" if ref.skipped else "built", ref)
+        return ref
+
+    return stage_task
+
+
+STAGE_TASKS = {name: _stage_task(name) for name in ALL_STAGES}
+
+
+@task(name="frames-unit", retries=1, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def frames_unit(fn: Callable[[Any], Any], unit: Any) -> Any:
+    """One shard of the frames stage (side-effect free apart from its own shard file)."""
+    return fn(unit)
+
+
+def prefect_map_units(fn: Callable[[Any], Any], units: Sequence[Any]) -> list[Any]:
+    """Run the frames stage's work units as Prefect tasks on the flow's task runner."""
+    futures = frames_unit.map(unmapped(fn), list(units))
+    return [f.result() for f in futures]
+
+
+def _task_runner(kind: str, dask_address: str | None):
+    if kind == "local":
+        return None
+    if kind == "dask":
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise RuntimeError("task_runner='dask' needs prefect-dask: pip install 'fsar[dask]'") from None
+        return DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1})
+    if kind == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError:
+            raise RuntimeError("task_runner='ray' needs prefect-ray: pip install 'fsar[ray]'") from None
+        return RayTaskRunner()
+    raise ValueError(f"unknown task_runner {kind!r}; choose local, dask or ray")
+
+
+@flow(name="frames-units", log_prints=True)
+def frames_subflow(cfg: Config, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
+    return STAGE_TASKS["frames"](cfg, inputs, map_units=prefect_map_units)
+
+
+@flow(name="fsar", log_prints=True)
+def fsar(
+    dataset: str = "synthetic",
+    preset: str | None = None,
+    video_root: str | None = None,
+    video_list: str | None = None,
+    artifacts: str | None = None,
+    overrides: list[str] | None = None,
+    stages: list[str] | None = None,
+    task_runner: str = "local",
+    dask_address: str | None = None,
+) -> dict[str, str]:
+    """Run the pipeline's stages in order for a dataset; returns {stage: artifact version}."""
+    logger = get_run_logger()
+    cfg = build_config(dataset, preset, list(overrides or []), artifacts, video_root, video_list)
+    chosen = list(stages or ALL_STAGES)
+    unknown = [s for s in chosen if s not in ALL_STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; choose from {list(ALL_STAGES)}")
+    store = ArtifactStore(cfg.artifacts)
+    refs: dict[str, ArtifactRef] = {}
+    for name in ALL_STAGES:
+        upstream = STAGES[name][1]
+        if name not in chosen:
+            continue
+        inputs = {up: refs[up] if up in refs else store.resolve(up, cfg.dataset.name) for up in upstream}
+        if name == "frames":
+            runner = _task_runner(task_runner, dask_address)
+            sub = frames_subflow if runner is None else frames_subflow.with_options(task_runner=runner)
+            refs[name] = sub(cfg, inputs)
+        else:
+            refs[name] = STAGE_TASKS[name](cfg, inputs)
+    _publish_outcome(cfg, refs, store)
+    logger.info("artifacts: %s", {k: str(v) for k, v in refs.items()})
+    return {k: v.version for k, v in refs.items()}
+
+
+def _publish_outcome(cfg: Config, refs: dict[str, ArtifactRef], store: ArtifactStore) -> None:
+    """A Prefect Markdown artifact with the evaluation table and the artifact versions of this run."""
+    lines = [f"# fsar: {cfg.dataset.name} (preset {cfg.preset})", "", "| stage | artifact | status |", "|---|---|---|"]
+    for name, ref in refs.items():
+        lines.append(f"| {name} | `{ref}` | {'skipped (exists)' if ref.skipped else 'built'} |")
+    if "evaluate" in refs:
+        from pipeline.training.report import table_markdown
+        import json
+
+        path = store.local_path(refs["evaluate"]) / "summary.json" if store.local else None
+        if path is not None and path.exists():
+            lines += ["", table_markdown(json.loads(path.read_text()))]
+    key = f"fsar-{cfg.dataset.name}".lower().replace("_", "-")
+    create_markdown_artifact(markdown="\n".join(lines), key=key, description=f"fsar results for {cfg.dataset.name}")

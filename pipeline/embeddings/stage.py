@@ -1,0 +1,151 @@
+"""The text-embedding cache stage.
+
+For every class of every split, the S prompts "A video of action about {class}: {sub-action k}"
+(model.prompt_template) and the plain class-name prompt (model.class_prompt_template, used by
+baselines) are tokenised and run through the frozen text layers below the first adapted layer.
+Those states depend only on the prompt text, so training and evaluation read them instead of
+re-encoding text every episode.
+
+Artifact files:
+- `prompts.parquet` (main table): row, split, class, display_name, k (-1 = class-name prompt), prompt
+- `tokens.npy`: int64 [P, context]
+- `states.npy`: [P, context, D_t] hidden states after the frozen prefix (embeddings.dtype)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging
+from pipeline.config import Config, section_dict
+from pipeline.stage import StageError, build_once
+
+__all__ = ["FORMAT_VERSION", "TextCache", "build_prompts", "run"]
+
+FORMAT_VERSION = 1
+CLASS_PROMPT = -1  # k of the plain class-name prompt
+
+
+def build_prompts(cfg: Config, descriptions: pd.DataFrame) -> pd.DataFrame:
+    """One row per prompt: S description prompts per class, in order, then its class-name prompt."""
+    from pipeline.datasets import get_dataset
+
+    spec = get_dataset(cfg.dataset)
+    S = cfg.protocol.num_sub_actions
+    rows = []
+    for (split, cls), part in descriptions.groupby(["split", "class"], sort=False):
+        part = part.sort_values("k")
+        texts = part["text"].tolist()
+        if len(texts) != S or sorted(part["k"].tolist()) != list(range(S)):
+            raise StageError(
+                f"class {cls!r} ({split}) has {len(texts)} descriptions, protocol.num_sub_actions is {S}; "
+                f"re-run the descriptions stage with the same protocol.num_sub_actions"
+            )
+        name = spec.display_name(cls)
+        for k, text in enumerate(texts):
+            rows.append((split, cls, name, k, cfg.model.prompt_template.format(c=name, s=text)))
+        rows.append((split, cls, name, CLASS_PROMPT, cfg.model.class_prompt_template.format(c=name)))
+    df = pd.DataFrame(rows, columns=["split", "class", "display_name", "k", "prompt"])
+    df.insert(0, "row", np.arange(len(df), dtype=np.int64))
+    return df
+
+
+def _check_coverage(cfg: Config, descriptions: pd.DataFrame) -> None:
+    from pipeline.datasets import get_dataset
+
+    have = set(zip(descriptions["split"], descriptions["class"]))
+    missing = [f"{c} ({s})" for s, c in get_dataset(cfg.dataset).all_classes() if (s, c) not in have]
+    if missing:
+        raise StageError(
+            f"the descriptions artifact lacks {len(missing)} class(es) of dataset {cfg.dataset.name!r}: {missing[:10]}; "
+            f"re-run the descriptions stage"
+        )
+
+
+def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> ArtifactRef:
+    """Cache the frozen text-prefix states of every prompt of the descriptions artifact."""
+    if "descriptions" not in inputs:
+        raise StageError("the embeddings stage needs a descriptions artifact; run `fsar descriptions` first")
+    descriptions = ArtifactStore(inputs["descriptions"].root).load("descriptions", inputs["descriptions"].dataset, inputs["descriptions"].version)
+    _check_coverage(cfg, descriptions)
+    fields: dict[str, Any] = {
+        "model": section_dict(cfg.model, ["clip", "pretrained", "text_adapted_layers", "prompt_template", "class_prompt_template"]),
+        "num_sub_actions": cfg.protocol.num_sub_actions,
+        "embeddings": section_dict(cfg.embeddings, ["dtype"]),
+        "pretrained_checksum": _pretrained_checksum(cfg.model.pretrained),
+    }
+
+    def build(staging: Staging) -> None:
+        from pipeline.model import build_model
+
+        prompts = build_prompts(cfg, descriptions)
+        model = build_model(cfg.model, cfg.protocol).eval()
+        tokens = model.tokenize(prompts["prompt"].tolist())  # (P, ctx)
+        dtype = getattr(torch, cfg.embeddings.dtype)
+        states = []
+        with torch.inference_mode():
+            for i in range(0, len(tokens), cfg.embeddings.batch_size):
+                states.append(model.text_prefix(tokens[i : i + cfg.embeddings.batch_size]).to(dtype).cpu())  # (b, ctx, D_t)
+        np.save(staging.path("tokens.npy"), tokens.cpu().numpy().astype(np.int64))
+        np.save(staging.path("states.npy"), torch.cat(states).float().numpy().astype(cfg.embeddings.dtype))
+        staging.write_parquet("prompts.parquet", prompts)
+        staging.extra["summary"] = {"prompts": len(prompts), "classes": int(prompts["class"].nunique())}
+        print(f"[fsar] embeddings: {len(prompts)} prompts of {prompts['class'].nunique()} classes encoded", flush=True)
+
+    return build_once(
+        store,
+        "embeddings",
+        cfg.dataset.name,
+        config=fields,
+        inputs={"descriptions": inputs["descriptions"]},
+        build=build,
+        main="prompts.parquet",
+        format_version=FORMAT_VERSION,
+    )
+
+
+def _pretrained_checksum(pretrained: str | None) -> str | None:
+    """A local checkpoint file is part of the version through its size and mtime (tags are names)."""
+    if pretrained and Path(pretrained).is_file():
+        st = Path(pretrained).stat()
+        return f"{st.st_size}:{int(st.st_mtime)}"
+    return None
+
+
+class TextCache:
+    """Read side of the embeddings artifact: tokens and prefix states per class, in description order."""
+
+    def __init__(self, ref: ArtifactRef):
+        store = ArtifactStore(ref.root)
+        self.ref = ref
+        self.prompts = store.load(ref.stage, ref.dataset, ref.version)
+        folder = store.local_path(ref)
+        self.tokens = torch.from_numpy(np.load(folder / "tokens.npy"))  # (P, ctx)
+        self.states = torch.from_numpy(np.load(folder / "states.npy").astype(np.float32))  # (P, ctx, D_t)
+        self.config = store.manifest(ref)["config"]
+        desc = self.prompts[self.prompts["k"] >= 0].sort_values(["class", "k"])
+        self._rows = {c: part["row"].to_numpy() for c, part in desc.groupby("class")}
+        plain = self.prompts[self.prompts["k"] == CLASS_PROMPT]
+        self._class_rows = dict(zip(plain["class"], plain["row"]))
+
+    def _check(self, classes: list[str]) -> None:
+        missing = [c for c in classes if c not in self._rows]
+        if missing:
+            raise StageError(f"the embeddings artifact {self.ref} has no prompts for class(es) {missing[:10]}; re-run descriptions and embeddings")
+
+    def for_classes(self, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens [N, S, ctx], states [N, S, ctx, D_t]) of the classes' description prompts."""
+        self._check(classes)
+        rows = torch.as_tensor(np.stack([self._rows[c] for c in classes]))  # (N, S)
+        return self.tokens[rows], self.states[rows]
+
+    def class_prompts(self, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens [N, ctx], states [N, ctx, D_t]) of the plain class-name prompts."""
+        self._check(classes)
+        rows = torch.as_tensor([self._class_rows[c] for c in classes])
+        return self.tokens[rows], self.states[rows]

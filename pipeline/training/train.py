@@ -1,0 +1,250 @@
+"""The train stage: episodic training of the Task-Adapter++ adapters on the train split.
+
+Protocol (method.md): the preset's optimiser (SGD, lr 1e-3, no momentum), epochs x episodes,
+validation on the val split from epoch `train.warmup_epochs` on (0-based; the paper: epoch > 8), the
+best validated checkpoint kept. Episode i and its frame sampling depend only on (seed, i), so a
+resumed run continues exactly where the killed one stopped.
+
+Several GPUs/processes (`torchrun --nproc_per_node G -m pipeline.cli train ...`): each rank runs whole
+episodes (never a split episode) and gradients are averaged across ranks before each step: one step
+with W ranks of E episodes equals one process with `train.episodes_per_step = W * E`.
+
+Artifact files: `metrics.parquet` (main: step, epoch, episode, loss, accuracy, lr, seconds),
+`validation.parquet`, `best.pt`, `last.pt` (trainable weights + resolved config), `config.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, compute_version
+from pipeline.config import Config, section_dict
+from pipeline.stage import StageError, build_once
+from pipeline.training.common import autocast, dist_info, pick_device, save_checkpoint, videos_by_class
+from pipeline.training.episodes import EpisodeSampler
+from pipeline.training.evaluate import EpisodeScorer, prepare
+
+__all__ = ["FORMAT_VERSION", "Trainer", "make_optimizer", "run"]
+
+FORMAT_VERSION = 1
+# Train fields that do not change the result (left out of the version).
+VOLATILE = ("resume", "device", "log_every", "checkpoint_every")
+STATE = "state.pt"  # resumable state in the staging folder (not published)
+
+
+def make_optimizer(cfg: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _fields(cfg: Config, world: int) -> dict[str, Any]:
+    train = {k: v for k, v in section_dict(cfg.train).items() if k not in VOLATILE}
+    return {
+        "model": section_dict(cfg.model),
+        "protocol": section_dict(cfg.protocol),
+        "train": train,
+        "episodes_per_global_step": world * cfg.train.episodes_per_step,
+    }
+
+
+def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> ArtifactRef:
+    for need in ("frames", "embeddings"):
+        if need not in inputs:
+            raise StageError(f"train needs a {need} artifact; run `fsar {need}` first")
+    rank, world = dist_info()
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"
+        torch.distributed.init_process_group(backend)
+    fields = _fields(cfg, world)
+    stage_inputs = {"frames": inputs["frames"], "embeddings": inputs["embeddings"]}
+    if rank != 0:  # other ranks train alongside rank 0 but publish nothing
+        with tempfile.TemporaryDirectory() as tmp:
+            Trainer(cfg, inputs, Path(tmp)).fit()
+        torch.distributed.barrier()
+        return store.ref("train", cfg.dataset.name, compute_version("train", FORMAT_VERSION, fields, stage_inputs))
+
+    def build(staging: Staging) -> None:
+        Trainer(cfg, inputs, staging.dir).fit(staging)
+
+    ref = build_once(
+        store, "train", cfg.dataset.name, config=fields, inputs=stage_inputs, build=build, main="metrics.parquet",
+        format_version=FORMAT_VERSION, resume=True,
+    )
+    if world > 1:
+        torch.distributed.barrier()
+    return ref
+
+
+class Trainer:
+    """One training run writing into `out` (the artifact's staging folder)."""
+
+    def __init__(self, cfg: Config, inputs: dict[str, ArtifactRef], out: Path):
+        self.cfg, self.out = cfg, Path(out)
+        self.rank, self.world = dist_info()
+        self.device = pick_device(cfg.train.device)
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", self.rank % torch.cuda.device_count())
+        self.model, self.loader, frames = prepare(cfg, inputs, self.device)
+        p = cfg.protocol
+        vids, excluded = videos_by_class(frames.index, "train", p.num_frames)
+        self.excluded = {"train": excluded}
+        self.sampler = EpisodeSampler(vids, p.way, p.shot, p.query, cfg.train.seed, split="train")
+        val_vids, val_excluded = videos_by_class(frames.index, "val", p.num_frames)
+        self.excluded["val"] = val_excluded
+        self.val_episodes = EpisodeSampler(val_vids, p.way, p.shot, p.query, cfg.train.seed + 1, split="val").take(cfg.train.val_episodes)
+        self.params = [q for q in self.model.parameters() if q.requires_grad]
+        self.optimizer = make_optimizer(cfg, self.params)
+        self.state: dict[str, Any] = {"step": 0, "best": None, "metrics": [], "validation": [], "seconds": 0.0}
+
+    # ------------------------------------------------------------------ plan
+    @property
+    def per_step(self) -> int:
+        return self.world * self.cfg.train.episodes_per_step
+
+    @property
+    def total_steps(self) -> int:
+        return math.ceil(self.cfg.train.epochs * self.cfg.train.episodes_per_epoch / self.per_step)
+
+    def _epoch_of(self, episodes_done: int) -> int:
+        return (episodes_done - 1) // self.cfg.train.episodes_per_epoch
+
+    def _validate_now(self, before: int, after: int) -> bool:
+        t = self.cfg.train
+        start = t.warmup_epochs * t.episodes_per_epoch  # validation only after the warm-up epochs
+        if after <= start:
+            return False
+        epoch_end = after // t.episodes_per_epoch > before // t.episodes_per_epoch
+        every = t.val_every is not None and after // t.val_every > before // t.val_every
+        last = after >= t.epochs * t.episodes_per_epoch
+        return epoch_end or every or last
+
+    # --------------------------------------------------------------- resume
+    def _restore(self) -> None:
+        path = self.out / STATE
+        if not path.exists():
+            return
+        if not self.cfg.train.resume:
+            for name in (STATE, "best.pt", "last.pt"):
+                (self.out / name).unlink(missing_ok=True)
+            print("[fsar] train: found a previous unfinished run; starting afresh (pass --resume to continue it)", flush=True)
+            return
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_trainable_state_dict(saved["trainable"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.state = saved["state"]
+        print(f"[fsar] train: resumed at step {self.state['step']} of {self.total_steps}", flush=True)
+
+    def _save_state(self) -> None:
+        if self.rank != 0:
+            return
+        payload = {"trainable": self.model.trainable_state_dict(), "optimizer": self.optimizer.state_dict(), "state": self.state}
+        tmp = self.out / (STATE + ".part")
+        torch.save(payload, tmp)
+        tmp.replace(self.out / STATE)
+
+    # ----------------------------------------------------------------- steps
+    def step(self, step: int) -> dict[str, float]:
+        """One optimiser step over this rank's episodes; gradients averaged over episodes and ranks."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        E, seed = self.cfg.train.episodes_per_step, self.cfg.train.seed
+        loss_sum, correct, total = 0.0, 0, 0
+        for j in range(E):
+            i = step * self.per_step + self.rank * E + j
+            rng = np.random.default_rng([seed, 1, i])
+            b = self.loader.batch(self.sampler.episode(i), "train", rng)
+            with autocast(self.device, self.cfg.train.amp):
+                scores = self.model(b.support, b.support_labels, b.query, b.text_tokens, text_prefix=b.text_prefix)
+                loss = self.model.loss(scores, b.query_labels)
+            (loss / E).backward()
+            loss_sum += float(loss.detach())
+            correct += int((scores.logits.argmax(-1) == b.query_labels).sum())
+            total += len(b.query_labels)
+        stats = torch.tensor([loss_sum, correct, total], dtype=torch.float64)
+        if self.world > 1:
+            for q in self.params:
+                if q.grad is None:
+                    q.grad = torch.zeros_like(q)
+                torch.distributed.all_reduce(q.grad)
+                q.grad /= self.world
+            torch.distributed.all_reduce(stats)
+        self.optimizer.step()
+        return {"loss": float(stats[0] / (E * self.world)), "accuracy": float(stats[1] / stats[2])}
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        self.model.eval()
+        scorer = EpisodeScorer(self.model, self.loader, cache=True, amp=self.cfg.train.amp)
+        acc = [float((scorer.scores(ep).logits.argmax(-1).cpu().numpy() == np.asarray(ep.query_labels)).mean()) for ep in self.val_episodes]
+        return float(np.mean(acc))
+
+    def fit(self, staging: Staging | None = None) -> None:
+        self._restore()
+        t = self.cfg.train
+        bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step", disable=self.rank != 0, mininterval=2.0)
+        window: list[dict[str, float]] = []
+        while self.state["step"] < self.total_steps:
+            step = self.state["step"]
+            t0 = time.perf_counter()
+            m = self.step(step)
+            self.state["seconds"] += time.perf_counter() - t0
+            before, after = step * self.per_step, (step + 1) * self.per_step
+            row = {"step": step + 1, "epoch": self._epoch_of(after), "episode": after, **m, "lr": self.optimizer.param_groups[0]["lr"],
+                   "seconds": self.state["seconds"]}
+            self.state["metrics"].append(row)
+            window = (window + [m])[-t.log_every :]
+            self.state["step"] = step + 1
+            if self._validate_now(before, after):
+                self._record_validation(row)
+            if after // t.checkpoint_every > before // t.checkpoint_every:
+                self._save_state()
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean([w['loss'] for w in window]):.3f}", acc=f"{np.mean([w['accuracy'] for w in window]):.2f}")
+        bar.close()
+        if self.rank == 0:
+            self._finish(staging)
+
+    def _record_validation(self, row: dict[str, Any]) -> None:
+        acc = self.validate()
+        best = self.state["best"]
+        is_best = best is None or acc > best["accuracy"]
+        self.state["validation"].append({"step": row["step"], "epoch": row["epoch"], "episode": row["episode"], "accuracy": acc, "best": is_best})
+        if is_best and self.rank == 0:
+            self.state["best"] = {"step": row["step"], "accuracy": acc}
+            save_checkpoint(self.out / "best.pt", self.model, self.cfg, step=row["step"], val_accuracy=acc)
+        tqdm.write(f"[fsar] validation at step {row['step']}: accuracy {acc:.4f}{' (best)' if is_best else ''}")
+
+    def _finish(self, staging: Staging | None) -> None:
+        step = self.state["step"]
+        save_checkpoint(self.out / "last.pt", self.model, self.cfg, step=step)
+        if self.state["best"] is None:  # no validation ran (warm-up covers every epoch): the last weights are the best we have
+            save_checkpoint(self.out / "best.pt", self.model, self.cfg, step=step, val_accuracy=None)
+        metrics = pd.DataFrame(self.state["metrics"])
+        validation = pd.DataFrame(self.state["validation"], columns=["step", "epoch", "episode", "accuracy", "best"])
+        (self.out / "config.json").write_text(json.dumps(self.cfg.dump(), indent=2), encoding="utf-8")
+        (self.out / STATE).unlink(missing_ok=True)
+        if staging is not None:
+            staging.write_parquet("metrics.parquet", metrics)
+            staging.write_parquet("validation.parquet", validation)
+            staging.extra["summary"] = {
+                "steps": step,
+                "episodes": step * self.per_step,
+                "best": self.state["best"],
+                "seconds": self.state["seconds"],
+                "excluded_videos": self.excluded,
+                "final_loss": float(metrics["loss"].tail(50).mean()) if len(metrics) else None,
+            }
