@@ -1,0 +1,247 @@
+"""Read stored frames back: `FrameStore`, TSN sampling and the train/eval clip transforms.
+
+    fs = FrameStore.open("hmdb51")                       # latest frames artifact under $FSAR_ARTIFACTS
+    fs.usable_videos("test")                             # index rows of decodable test videos
+    fs.frames(video_id, [0, 12, 24])                     # uint8 (3, H, W, 3), stored frame numbers
+    fs.clip(video_id, 8, "train", rng=rng)               # float (8, 3, 224, 224), CLIP-normalised
+
+Sampling (method.md, as released): T equal segments over the stored frames; training takes one
+random frame in each segment, evaluation the centre frame of each segment. Transforms: frames are
+stored at storage_size^2 already (the paper's 257 resize); training takes one random size^2 crop
+(same for all T frames), evaluation the centre crop; no flip; normalised with the given mean/std.
+
+Reads are row-exact: the index gives each video's shard and row range, open Parquet files are
+cached (per process, so a forked DataLoader worker opens its own), and only the row groups that
+hold the requested rows are read.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.artifacts import ArtifactRef, ArtifactStore
+
+__all__ = ["CLIP_MEAN", "CLIP_STD", "FrameStore", "FrameStoreError", "MODES", "crop_box", "sample_indices"]
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MODES = ("train", "eval")
+
+RngLike = np.random.Generator | int | None
+
+
+class FrameStoreError(LookupError):
+    """A video or frame that is not in the store (unknown id, failed video, frame not stored)."""
+
+
+def _rng(rng: RngLike) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def sample_indices(stored_indices: Sequence[int] | np.ndarray, num_frames: int, mode: str = "eval", rng: RngLike = None) -> np.ndarray:
+    """T frame numbers out of `stored_indices` (TSN): one random frame per segment (train) or each segment's centre (eval).
+
+    Segments split the stored frames into `num_frames` equal parts; with fewer stored frames than
+    segments, frames repeat. Returns int64 source frame numbers, ascending.
+    """
+    _check_mode(mode)
+    stored = np.asarray(stored_indices, dtype=np.int64)
+    n, t = len(stored), int(num_frames)
+    if t < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if n == 0:
+        raise ValueError("no stored frames to sample from")
+    bounds = np.arange(t + 1) * (n / t)  # segment edges in stored positions
+    if mode == "eval":
+        pos = ((bounds[:-1] + bounds[1:]) / 2).astype(np.int64)  # = int(tick / 2 + tick * k), as released
+    else:
+        lo = np.floor(bounds[:-1]).astype(np.int64)
+        hi = np.maximum(lo + 1, np.floor(bounds[1:]).astype(np.int64))
+        pos = _rng(rng).integers(lo, hi)
+    return stored[np.minimum(pos, n - 1)]
+
+
+def crop_box(height: int, width: int, size: int, mode: str, rng: RngLike = None) -> tuple[int, int]:
+    """(top, left) of a size x size crop: random (train) or centred like torchvision's CenterCrop (eval)."""
+    _check_mode(mode)
+    if size > height or size > width:
+        raise ValueError(f"crop size {size} is larger than the stored frames ({height}x{width}); lower it or rebuild frames with a larger storage_size")
+    if mode == "eval":
+        return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    g = _rng(rng)
+    return int(g.integers(0, height - size + 1)), int(g.integers(0, width - size + 1))
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+class FrameStore:
+    """Random access to the frames of one frames artifact."""
+
+    def __init__(self, path: str, index: pd.DataFrame, *, fs: Any = None, ref: ArtifactRef | None = None, max_open_files: int = 64):
+        self.path = path.rstrip("/")  # the artifact folder (local path, or a URL for remote roots)
+        self.ref = ref
+        self.index = index  # one row per video (see pipeline.frames.shards.INDEX_SCHEMA)
+        self._fs = fs  # fsspec filesystem for remote roots; None = local files
+        self._max_open = max_open_files
+        self._pos = {vid: i for i, vid in enumerate(index["video_id"])}
+        self._files: OrderedDict[str, tuple[pq.ParquetFile, np.ndarray]] = OrderedDict()
+        self._pid = os.getpid()
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, dataset: str, version: str = "latest", root: str | os.PathLike[str] | None = None) -> "FrameStore":
+        """The frames artifact of `dataset` (latest or a version) under `root` (default: the configured root)."""
+        store = ArtifactStore(root)
+        ref = store.resolve("frames", dataset, version)
+        index = store.load("frames", dataset, ref.version)  # checksum-verified
+        return cls(ref.path, index, fs=None if store.local else store.fs, ref=ref)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_files"] = OrderedDict()  # open files do not travel to other processes
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
+    def close(self) -> None:
+        self._files.clear()
+
+    def __enter__(self) -> "FrameStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __repr__(self) -> str:
+        return f"FrameStore({self.ref or self.path}, {len(self)} videos)"
+
+    # ------------------------------------------------------------------- lookup
+    def usable_videos(self, split: str | None = None) -> pd.DataFrame:
+        """Index rows of the videos that decoded (status ok), of one split or all."""
+        ok = self.index["status"] == "ok"
+        if split is not None:
+            ok &= self.index["split"] == split
+        return self.index[ok].reset_index(drop=True)
+
+    def _row(self, video_id: str) -> pd.Series:
+        try:
+            row = self.index.iloc[self._pos[video_id]]
+        except KeyError:
+            raise FrameStoreError(f"video {video_id!r} is not in this frames artifact ({self.path})") from None
+        if row["status"] != "ok":
+            raise FrameStoreError(
+                f"video {video_id!r} has no frames: decoding failed ({row['reason']}: {row['error']}); "
+                f"pick videos from FrameStore.usable_videos()"
+            )
+        return row
+
+    def stored_indices(self, video_id: str) -> np.ndarray:
+        """Source frame numbers stored for a video, ascending."""
+        return np.asarray(self._row(video_id)["stored_indices"], dtype=np.int64)
+
+    # -------------------------------------------------------------------- reads
+    def frames(self, video_id: str, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
+        """Stored frames of a video as uint8 (len(indices), H, W, 3); `indices` are source frame numbers."""
+        row = self._row(video_id)
+        stored = np.asarray(row["stored_indices"], dtype=np.int64)
+        want = np.asarray(indices, dtype=np.int64).reshape(-1)
+        pos = np.searchsorted(stored, want)
+        bad = (pos >= len(stored)) | (stored[np.minimum(pos, len(stored) - 1)] != want)
+        if bad.any():
+            missing = want[bad][:5].tolist()
+            raise FrameStoreError(
+                f"frame(s) {missing} of video {video_id!r} are not stored; it stores {len(stored)} frames "
+                f"({_describe(stored)}); sample from FrameStore.stored_indices() / sample_indices()"
+            )
+        start = int(row["offsets"][0])
+        jpegs, got = self._read_rows(row["shard"], start + pos)
+        if not np.array_equal(got, want):
+            raise FrameStoreError(f"shard {row['shard']} disagrees with the index for video {video_id!r}; the artifact is corrupt, rebuild it")
+        if len(want) == 0:
+            return torch.empty((0, 0, 0, 3), dtype=torch.uint8)
+        return torch.from_numpy(np.stack([_decode_jpeg(j) for j in jpegs]))  # (N, H, W, 3)
+
+    def clip(
+        self,
+        video_id: str,
+        num_frames: int,
+        mode: str = "eval",
+        size: int = 224,
+        mean: Sequence[float] = CLIP_MEAN,
+        std: Sequence[float] = CLIP_STD,
+        rng: RngLike = None,
+    ) -> torch.Tensor:
+        """T sampled, cropped, normalised frames: float (T, 3, size, size)."""
+        _check_mode(mode)
+        g = _rng(rng)
+        idx = sample_indices(self.stored_indices(video_id), num_frames, mode, g)
+        x = self.frames(video_id, idx)  # (T, H, W, 3) uint8
+        top, left = crop_box(x.shape[1], x.shape[2], size, mode, g)
+        x = x[:, top : top + size, left : left + size]  # (T, size, size, 3)
+        x = x.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)  # (T, 3, size, size)
+        m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        return x.sub_(m).div_(s)
+
+    def _file(self, shard: str) -> tuple[pq.ParquetFile, np.ndarray]:
+        if self._pid != os.getpid():  # forked: never share file handles with the parent
+            self._files = OrderedDict()
+            self._pid = os.getpid()
+        hit = self._files.get(shard)
+        if hit is not None:
+            self._files.move_to_end(shard)
+            return hit
+        full = f"{self.path}/{shard}"
+        pf = pq.ParquetFile(self._fs.open(full, "rb") if self._fs is not None else full)
+        md = pf.metadata
+        starts = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
+        self._files[shard] = (pf, starts)
+        if len(self._files) > self._max_open:
+            self._files.popitem(last=False)
+        return pf, starts
+
+    def _read_rows(self, shard: str, rows: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        """JPEG bytes and frame numbers of the given rows of a shard, in the order asked."""
+        pf, starts = self._file(shard)
+        groups = np.searchsorted(starts, rows, side="right") - 1
+        jpegs: list[bytes] = [b""] * len(rows)
+        frame_index = np.empty(len(rows), dtype=np.int64)
+        for g in np.unique(groups):
+            t = pf.read_row_group(int(g), columns=["frame_index", "jpeg"])
+            fi = t.column("frame_index").to_numpy()
+            jp = t.column("jpeg")
+            for k in np.flatnonzero(groups == g):
+                local = int(rows[k] - starts[g])
+                jpegs[k] = jp[local].as_py()
+                frame_index[k] = fi[local]
+        return jpegs, frame_index
+
+
+def _describe(stored: np.ndarray) -> str:
+    if len(stored) <= 8:
+        return ", ".join(map(str, stored.tolist()))
+    return f"{stored[0]}, {stored[1]}, ..., {stored[-1]}"

@@ -1,0 +1,307 @@
+"""The frames stage: every video of every split -> Parquet shards of JPEG frames + `index.parquet`.
+
+    ref = run(config, {}, ArtifactStore("artifacts"))        # `fsar frames --dataset D --video-root DIR`
+    artifacts.load("frames", D)                               # the index, one row per video
+
+Work units are fixed groups of `frames.videos_per_shard` videos (registry order: train, val, test).
+`shards.decode_unit` decodes one unit into its own shard file(s) and completion marker, touching
+nothing else; by default the units run on a local process pool (`frames.workers`, default all
+cores) with a progress bar, and an orchestrator passes `map_units(fn, units) -> results` to run them
+as Prefect tasks on Dask or Ray instead. The artifact is built in the store's resumable staging
+folder (stable per version): a killed run, re-run with the same inputs, keeps every unit that has
+its marker and decodes only the others; the result is byte-identical to an uninterrupted run.
+
+Version = hash of (stage format, the frames fields that change the output: storage_size,
+max_frames, jpeg_quality, videos_per_shard, shard_max_mb, decoder; protocol.num_frames, which
+decides `too_few_frames`; the dataset name; and a fingerprint of the video list: sha256 over every
+video's id, class, split, path, file size and modification time). Editing, adding, removing or
+touching a video gives a new version; `workers` and `max_failed_fraction` do not change the output
+and are not part of it. Library versions (decord, PyAV, Pillow, pyarrow) are recorded in the
+manifest, not hashed: upgrading them does not force a re-decode.
+
+Bad videos (missing, zero bytes, not decodable by decord nor PyAV, fewer than T frames) are failed
+rows of the index with a reason and a message; the stage finishes, prints and stores (manifest
+`summary`) the failure counts by reason, and raises `StageError` when the failed share exceeds
+`frames.max_failed_fraction` (the partial work is kept for the next run). Paths come from the
+dataset registry as they are; nothing globs user file names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import stat
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging
+from pipeline.datasets import SPLITS, VideoEntry, get_dataset
+from pipeline.frames.decode import DecodeSettings
+from pipeline.frames.shards import INDEX_SCHEMA, SHARD_DIR, ShardUnit, decode_unit, read_marker
+from pipeline.stage import StageError, build_once, log
+
+__all__ = ["FORMAT_VERSION", "INDEX", "STAGE", "MapUnits", "plan_units", "run", "version_config"]
+
+STAGE = "frames"
+INDEX = "index.parquet"
+FORMAT_VERSION = 1
+_MB = 1 << 20
+
+# map_units(fn, units) -> results in any order; e.g. `lambda fn, units: [fn(u) for u in units]`
+MapUnits = Callable[[Callable[[ShardUnit], dict[str, Any]], Sequence[ShardUnit]], Iterable[dict[str, Any]]]
+
+
+def run(config: Any, inputs: Mapping[str, ArtifactRef] | None = None, store: ArtifactStore | None = None, *, map_units: MapUnits | None = None) -> ArtifactRef:
+    """Build (or find) the frames artifact of `config.dataset`; returns its reference."""
+    store = store if store is not None else ArtifactStore(config.artifacts)
+    fc, t = config.frames, config.protocol.num_frames
+    if fc.max_frames is not None and fc.max_frames < t:
+        raise StageError(f"frames.max_frames={fc.max_frames} keeps fewer frames than T=protocol.num_frames={t}; raise it to at least {t} (or null for all)")
+    videos = list_videos(config)
+    stats = [_stat(v.path) for v in videos]
+    _refuse_all_missing(config, videos, stats)
+    workers = fc.workers or _cpu_count()
+    settings = DecodeSettings(
+        size=fc.storage_size,
+        max_frames=fc.max_frames,
+        quality=fc.jpeg_quality,
+        min_frames=t,
+        first=fc.decoder,
+        threads=max(1, _cpu_count() // workers) if workers > 1 else 0,
+    )
+    mapper = map_units or (lambda fn, units: _pool_map(fn, units, workers))
+
+    def build(staging: Staging) -> None:
+        _build(staging, config, videos, settings, mapper)
+
+    return build_once(
+        store,
+        STAGE,
+        config.dataset.name,
+        config=version_config(config, videos, stats),
+        inputs=inputs or {},
+        build=build,
+        main=INDEX,
+        format_version=FORMAT_VERSION,
+        resume=True,
+    )
+
+
+def list_videos(config: Any) -> list[VideoEntry]:
+    """Every video of every split, in registry order; ids must be unique."""
+    spec = get_dataset(config.dataset)
+    videos = [v for split in SPLITS for v in spec.videos(split)]
+    if not videos:
+        raise StageError(f"dataset {config.dataset.name!r} lists no videos; check its video root / video list")
+    seen: set[str] = set()
+    for v in videos:
+        if v.video_id in seen:
+            raise StageError(f"video id {v.video_id!r} appears more than once in dataset {config.dataset.name!r}; ids must be unique")
+        seen.add(v.video_id)
+    return videos
+
+
+def version_config(config: Any, videos: Sequence[VideoEntry], stats: Sequence[tuple[int, int] | None]) -> dict[str, Any]:
+    """What the frames artifact's version hashes (also stored in its manifest)."""
+    fc = config.frames
+    h = hashlib.sha256()
+    for v, st in zip(videos, stats):
+        h.update(json.dumps([v.video_id, v.class_name, v.split, v.path, list(st) if st else None], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return {
+        "dataset": config.dataset.name,
+        "frames": {k: getattr(fc, k) for k in ("storage_size", "max_frames", "jpeg_quality", "videos_per_shard", "shard_max_mb", "decoder")},
+        "num_frames": config.protocol.num_frames,
+        "videos": {"count": len(videos), "sha256": h.hexdigest()},
+    }
+
+
+def plan_units(videos: Sequence[VideoEntry], config: Any, out_dir: str | os.PathLike[str], settings: DecodeSettings) -> list[ShardUnit]:
+    """The stage's work units: consecutive groups of `frames.videos_per_shard` videos."""
+    per = config.frames.videos_per_shard
+    return [
+        ShardUnit(i, tuple(videos[s : s + per]), str(out_dir), settings, config.frames.shard_max_mb * _MB)
+        for i, s in enumerate(range(0, len(videos), per))
+    ]
+
+
+# ----------------------------------------------------------------------------- build
+def _build(staging: Staging, config: Any, videos: list[VideoEntry], settings: DecodeSettings, mapper: MapUnits) -> None:
+    units = plan_units(videos, config, staging.dir, settings)
+    results: dict[int, dict[str, Any]] = {}
+    pending = []
+    for u in units:
+        done = read_marker(u)
+        if done is None:
+            pending.append(u)
+        else:
+            results[u.unit_id] = done
+    if results:
+        print(f"[fsar] frames: resuming: {len(results)} of {len(units)} shards already done, decoding the other {len(pending)}", flush=True)
+    _remove_leftovers(staging.dir, results.values())
+
+    from tqdm import tqdm
+
+    done_videos = sum(len(r["rows"]) for r in results.values())
+    failed = sum(row["status"] != "ok" for r in results.values() for row in r["rows"])
+    with tqdm(total=len(videos), initial=done_videos, unit="video", desc=f"frames {config.dataset.name}", mininterval=1.0) as bar:
+        for r in mapper(decode_unit, pending):
+            results[r["unit"]] = r
+            failed += sum(row["status"] != "ok" for row in r["rows"])
+            bar.update(len(r["rows"]))
+            bar.set_postfix(failed=failed, refresh=False)
+    lost = [u.unit_id for u in units if u.unit_id not in results]
+    if lost:
+        raise StageError(f"map_units returned no result for unit(s) {lost[:10]}; it must return one result per unit")
+
+    rows = [row for uid in sorted(results) for row in results[uid]["rows"]]
+    _write_index(staging, rows)
+    for r in results.values():
+        staging.checksums.update({name: info["sha256"] for name, info in r["files"].items()})
+    staging.rows["shards"] = sum(len(row["stored_indices"]) for row in rows)
+    summary = summarize(rows)
+    staging.extra["summary"] = summary
+    staging.extra["libraries"] = _library_versions()
+    print(f"[fsar] frames: {format_summary(summary)}", flush=True)
+    _check_failures(summary, config, staging, rows)
+
+
+def _write_index(staging: Staging, rows: list[dict[str, Any]]) -> None:
+    table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
+    path = staging.path(INDEX)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+    staging.rows[INDEX] = len(rows)
+
+
+def _remove_leftovers(out_dir: Path, finished: Iterable[dict[str, Any]]) -> None:
+    """Delete shard files (and temporary files) that no finished unit claims: remains of a killed run."""
+    keep = {name for r in finished for name in r["files"]}
+    shard_dir = Path(out_dir) / SHARD_DIR
+    if not shard_dir.is_dir():
+        return
+    for entry in os.scandir(shard_dir):
+        if entry.is_file() and f"{SHARD_DIR}/{entry.name}" not in keep:
+            Path(entry.path).unlink(missing_ok=True)
+
+
+def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Counts of the index: videos, ok, failed by reason, PyAV fallbacks, frames and bytes stored."""
+    reasons = Counter(r["reason"] for r in rows if r["status"] != "ok")
+    ok = [r for r in rows if r["status"] == "ok"]
+    return {
+        "videos": len(rows),
+        "ok": len(ok),
+        "failed": sum(reasons.values()),
+        "failed_by_reason": dict(sorted(reasons.items())),
+        "decoded_with_pyav": sum(r["decoder"] == "pyav" for r in ok),
+        "frames_stored": sum(len(r["stored_indices"]) for r in ok),
+        "bytes_stored": sum(r["bytes"] for r in ok),
+    }
+
+
+def format_summary(s: Mapping[str, Any]) -> str:
+    text = f"{s['videos']} videos, {s['ok']} ok, {s['failed']} failed"
+    if s["failed_by_reason"]:
+        text += " (" + ", ".join(f"{k}: {v}" for k, v in s["failed_by_reason"].items()) + ")"
+    if s["decoded_with_pyav"]:
+        text += f"; {s['decoded_with_pyav']} read with PyAV after decord failed"
+    return text + f"; {s['frames_stored']} frames, {s['bytes_stored'] / _MB:.1f} MiB stored"
+
+
+def _check_failures(summary: Mapping[str, Any], config: Any, staging: Staging, rows: Sequence[Mapping[str, Any]]) -> None:
+    limit = config.frames.max_failed_fraction
+    n, failed = summary["videos"], summary["failed"]
+    if failed / n <= limit:
+        return
+    examples = "; ".join(f"{r['video_id']!r}: {r['reason']} ({r['error']})" for r in rows if r["status"] != "ok")
+    if len(examples) > 600:
+        examples = examples[:600] + " ..."
+    hint = ""
+    if summary["failed_by_reason"].get("missing_file", 0) > n / 2:
+        hint = f" Most videos are missing: is the video root right (dataset.video_root={config.dataset.video_root!r})?"
+    raise StageError(
+        f"frames: {failed} of {n} videos ({failed / n:.1%}) could not be used, more than "
+        f"frames.max_failed_fraction={limit:g} ({', '.join(f'{k}: {v}' for k, v in summary['failed_by_reason'].items())}).{hint} "
+        f"First failures: {examples}. Every video's reason is in {staging.dir / INDEX}; fix or remove those videos, or raise "
+        f"frames.max_failed_fraction (decoded shards are kept, so the re-run only writes the index)."
+    )
+
+
+def _refuse_all_missing(config: Any, videos: Sequence[VideoEntry], stats: Sequence[tuple[int, int] | None]) -> None:
+    if any(s is not None for s in stats) or not videos:
+        return
+    root = config.dataset.video_root or config.dataset.video_list
+    raise StageError(
+        f"frames: none of the {len(videos)} videos of dataset {config.dataset.name!r} exists (first one looked for: "
+        f"{videos[0].path!r}); the video root {root!r} is probably wrong: pass the folder that holds the dataset's "
+        f"videos with --video-root DIR (make: VIDEO_ROOT=DIR)"
+    )
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a regular file, (-1, -1) for something else, None when missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns) if stat.S_ISREG(st.st_mode) else (-1, -1)
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("decord", "av", "pillow", "pyarrow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "missing"
+    return out
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _mp_context() -> multiprocessing.context.BaseContext:
+    """spawn: workers start clean even if this process holds threads (Prefect, torch) that fork would copy.
+
+    spawn re-imports the main script in each worker; when there is no script file to import (code
+    piped into `python -`), fork is the only choice.
+    """
+    import __main__
+
+    main_file = getattr(__main__, "__file__", None)
+    if getattr(__main__, "__spec__", None) is None and main_file is not None and not os.path.isfile(main_file):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def _pool_map(fn: Callable[[ShardUnit], dict[str, Any]], units: Sequence[ShardUnit], workers: int) -> Iterator[dict[str, Any]]:
+    """Run units on a pool of `workers` fresh processes (in this process when one is enough)."""
+    if workers <= 1 or len(units) <= 1:
+        for u in units:
+            yield fn(u)
+        return
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=_mp_context())
+    try:
+        futures = [pool.submit(fn, u) for u in units]
+        for f in as_completed(futures):
+            yield f.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    log.debug("frames: pool of %d workers finished %d units", workers, len(units))
+
