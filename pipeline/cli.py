@@ -245,6 +245,28 @@ def config_cmd(
     _guarded(lambda: typer.echo(json.dumps(build_config(dataset, preset, set_, artifacts).dump(), indent=2)))
 
 
+@app.command("model-info")
+def model_info_cmd(
+    preset: Annotated[str, typer.Option("--preset", "-p", help="preset under configs/ or a YAML path")],
+    clip: Annotated[str | None, typer.Option("--clip", help="open_clip model name (overrides model.clip)")] = None,
+    no_pretrained: Annotated[bool, typer.Option("--no-pretrained", help="random weights: downloads nothing")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Print the model's trainable/frozen parameter counts per part and its resolved config as JSON."""
+
+    def go() -> None:
+        from pipeline.model import BackboneError, model_info
+
+        extra = [*([f"model.clip={clip}"] if clip else []), *(["model.pretrained=null"] if no_pretrained else [])]
+        cfg = load_config(preset).override(*extra, *(set_ or []))
+        try:
+            typer.echo(json.dumps(model_info(cfg), indent=2))
+        except (BackboneError, ValueError) as exc:
+            _fail(exc)
+
+    _guarded(go)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

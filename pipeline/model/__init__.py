@@ -1,1 +1,62 @@
-"""model stage."""
+"""Task-Adapter++ on a frozen open_clip CLIP (spec: docs/method.md).
+
+Public API (imported lazily: `pipeline.config` imports this package, and open_clip is slow to load):
+
+    build_model(model_cfg, protocol, device=None) -> TaskAdapterPP
+    TaskAdapterPP
+        .tokenize(prompts) -> (P, ctx)                    .prompts(class_name, sub_actions) -> list[str]
+        .text_prefix(tokens (P, ctx)) -> (P, ctx, D_t)    .encode_text(tokens (N, S, ctx), prefix=None) -> (N, S, E)
+        .vision_prefix(clips (B, T, 3, H, W)) -> (B, T, P+1, D)
+        .encode_videos(support, query, support_is_prefix=False, query_is_prefix=False) -> (N*K, T, E), (Q, T, E)
+        .forward(support, support_labels, query, text_tokens, text_prefix=None,
+                 support_is_prefix=False, query_is_prefix=False) -> EpisodeScores (logits/vis/sem: (Q, N))
+        .loss(scores, query_labels) -> cross-entropy of the logits
+        .frozen_frame_features(clips) -> (B, T, E)         open_clip encode_image per frame
+        .trainable_state_dict() / .load_trainable_state_dict(sd) / .parameter_counts()
+        .image_mean, .image_std, .image_size
+    EpisodeScores(logits, vis, sem)
+    model_info(cfg, device=None) -> dict                   what `fsar model-info` prints
+    load_backbone, register_clip_configs, BackboneError    the open_clip side (fsar-tiny, fsar-micro configs)
+    stage_windows(T, S), task_mask(num_support, num_query, context)
+
+Importing any of these registers the tiny open_clip configs (fsar-tiny, fsar-micro) with open_clip.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "BackboneError",
+    "EpisodeScores",
+    "TaskAdapterPP",
+    "build_model",
+    "load_backbone",
+    "model_info",
+    "register_clip_configs",
+    "stage_windows",
+    "task_mask",
+]
+
+_HOME = {
+    "BackboneError": "pipeline.model.backbone",
+    "load_backbone": "pipeline.model.backbone",
+    "register_clip_configs": "pipeline.model.backbone",
+    "EpisodeScores": "pipeline.model.model",
+    "TaskAdapterPP": "pipeline.model.model",
+    "build_model": "pipeline.model.model",
+    "model_info": "pipeline.model.info",
+    "stage_windows": "pipeline.model.alignment",
+    "task_mask": "pipeline.model.alignment",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'pipeline.model' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOME[name]), name)  # importing the backbone registers the tiny configs
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -24,3 +24,5 @@ class ModelConfig(Section):
     prompt_template: str = "A video of action about {c}: {s}"  # {c}: class name, {s}: sub-action sentence
     class_prompt_template: str = "A video of action about {c}"  # plain class-name prompt (baselines)
     image_size: int = Field(default=224, ge=16)  # crop side fed to CLIP
+    quick_gelu: bool | None = None  # activation of the frozen blocks; None = what the pretrained tag (else the open_clip config) says
+    amp: bool = True  # bf16 autocast on CUDA; CPU always runs fp32

@@ -1,0 +1,168 @@
+"""The frozen open_clip backbone: the tiny registered configs and loading by name + weights.
+
+    backbone = load_backbone("fsar-tiny", pretrained=None, image_size=64)   # random weights
+    backbone = load_backbone("ViT-B-16", pretrained="/ckpt/vit_b16.pt", image_size=224)
+
+`pretrained` is an open_clip tag of that model (downloaded by open_clip), a local checkpoint file
+(a state dict, as `torch.save(clip.state_dict(), path)` writes) or None for random weights.
+Preprocessing constants (mean, std) travel with the weights: the tag's when it has them, else
+open_clip's defaults (OpenAI CLIP's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from open_clip.transformer import ResidualAttentionBlock, TextTransformer, VisionTransformer
+from torch import nn
+
+__all__ = ["Backbone", "BackboneError", "CLIP_CONFIG_DIR", "load_backbone", "register_clip_configs", "text_module"]
+
+CLIP_CONFIG_DIR = Path(__file__).resolve().parent / "clip_configs"  # fsar-tiny, fsar-micro (open_clip JSON configs)
+
+
+class BackboneError(ValueError):
+    """The open_clip model name, its weights or its architecture cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Backbone:
+    clip: nn.Module  # open_clip CLIP (or CustomTextCLIP with open_clip's own text transformer)
+    tokenizer: Callable[..., torch.Tensor]  # open_clip tokenizer of that model: list[str] -> (P, ctx)
+    image_mean: tuple[float, float, float]  # per-channel mean the weights were trained with
+    image_std: tuple[float, float, float]  # per-channel std the weights were trained with
+    quick_gelu: bool  # activation of the frozen MLPs
+    weights: str  # "random", "tag:<tag>" or "file:<path>"
+
+
+def register_clip_configs() -> list[str]:
+    """Add the JSON configs under clip_configs/ to open_clip's registry (idempotent); their names."""
+    names = sorted(p.stem for p in CLIP_CONFIG_DIR.glob("*.json"))
+    if not set(names) <= set(open_clip.list_models()):
+        open_clip.add_model_config(CLIP_CONFIG_DIR)
+    return names
+
+
+register_clip_configs()  # on import: open_clip.create_model("fsar-tiny") works once this module is loaded
+
+
+def load_backbone(
+    name: str,
+    pretrained: str | None,
+    image_size: int,
+    quick_gelu: bool | None = None,
+    device: str | torch.device = "cpu",
+) -> Backbone:
+    """Build open_clip model `name` at `image_size` with the given weights; every parameter frozen."""
+    arch = _architecture(name)
+    _check_image_size(name, arch, image_size)
+    kind, tag_cfg = _resolve_weights(name, pretrained)
+    gelu = quick_gelu if quick_gelu is not None else bool(tag_cfg.get("quick_gelu", arch.get("quick_gelu", False)))
+    clip = _create(name, pretrained, image_size, gelu, torch.device(device))
+    check_architecture(clip, name)
+    clip.requires_grad_(False)
+    clip.eval()
+    pre = clip.visual.preprocess_cfg
+    return Backbone(
+        clip=clip,
+        tokenizer=open_clip.get_tokenizer(name),
+        image_mean=tuple(float(v) for v in pre["mean"]),  # type: ignore[arg-type]
+        image_std=tuple(float(v) for v in pre["std"]),  # type: ignore[arg-type]
+        quick_gelu=gelu,
+        weights="random" if kind is None else f"{kind}:{pretrained}",
+    )
+
+
+def text_module(clip: nn.Module) -> nn.Module:
+    """The module holding token_embedding, positional_embedding, transformer, ln_final, text_projection."""
+    return clip.text if isinstance(getattr(clip, "text", None), TextTransformer) else clip
+
+
+def check_architecture(clip: nn.Module, name: str) -> None:
+    """Task-Adapter++ reuses open_clip's ViT blocks and its own text transformer; refuse anything else."""
+    visual = getattr(clip, "visual", None)
+    if not isinstance(visual, VisionTransformer):
+        raise BackboneError(f"clip {name!r}: the vision tower is {type(visual).__name__}, not open_clip's VisionTransformer")
+    if visual.attn_pool is not None or visual.pool_type != "tok" or visual.final_ln_after_pool:
+        raise BackboneError(f"clip {name!r}: only class-token pooling (pool_type 'tok', no attentional pool) is supported")
+    if not isinstance(visual.patch_dropout, nn.Identity):
+        raise BackboneError(f"clip {name!r}: patch dropout is not supported")
+    text = text_module(clip)
+    if not hasattr(text, "token_embedding") or getattr(text, "cls_emb", None) is not None:
+        raise BackboneError(f"clip {name!r}: the text tower must be open_clip's causal TextTransformer")
+    if getattr(text, "attn_mask", None) is None:
+        raise BackboneError(f"clip {name!r}: the text tower has no causal mask")
+    for tower, blocks in (("vision", visual.transformer.resblocks), ("text", text.transformer.resblocks)):
+        for block in blocks:
+            _check_block(block, name, tower)
+
+
+def _check_block(block: nn.Module, name: str, tower: str) -> None:
+    plain = (
+        isinstance(block, ResidualAttentionBlock)
+        and isinstance(block.ls_1, nn.Identity)
+        and isinstance(block.ls_2, nn.Identity)
+        and block.attn._qkv_same_embed_dim
+        and block.attn.bias_k is None
+        and not block.attn.add_zero_attn
+    )
+    if not plain:
+        raise BackboneError(f"clip {name!r}: {tower} blocks must be plain residual attention blocks (no layer scale, custom attention)")
+
+
+def _architecture(name: str) -> dict[str, Any]:
+    register_clip_configs()
+    arch = open_clip.get_model_config(name)
+    if arch is None or not all(k in arch for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        registered = ", ".join(register_clip_configs())
+        raise BackboneError(
+            f"unknown clip {name!r}; use an open_clip model name (e.g. ViT-B-16, ViT-B-32, ViT-L-14) or one registered here: {registered}"
+        )
+    return arch
+
+
+def _check_image_size(name: str, arch: dict[str, Any], image_size: int) -> None:
+    patch = arch["vision_cfg"].get("patch_size")
+    if not isinstance(patch, int):
+        raise BackboneError(f"clip {name!r} is not a ViT with square patches (patch_size={patch!r})")
+    if image_size % patch:
+        raise BackboneError(f"image_size {image_size} is not a multiple of the patch size {patch} of clip {name!r}")
+
+
+def _resolve_weights(name: str, pretrained: str | None) -> tuple[str | None, dict[str, Any]]:
+    """(None | "tag" | "file", the tag's open_clip config)."""
+    if pretrained is None:
+        return None, {}
+    tag_cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if tag_cfg:
+        return "tag", dict(tag_cfg)
+    if Path(pretrained).expanduser().is_file():
+        return "file", {}
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    raise BackboneError(
+        f"pretrained {pretrained!r} is neither an open_clip tag of {name!r} (tags: {', '.join(tags) or 'none'}) "
+        "nor an existing checkpoint file; use null for random weights"
+    )
+
+
+def _create(name: str, pretrained: str | None, image_size: int, quick_gelu: bool, device: torch.device) -> nn.Module:
+    path = Path(pretrained).expanduser() if pretrained is not None else None
+    is_file = path is not None and path.is_file()
+    kwargs: dict[str, Any] = dict(
+        pretrained=str(path) if is_file else pretrained, force_image_size=image_size, quick_gelu=quick_gelu, device=device
+    )
+    if device.type == "meta":
+        if pretrained is not None:
+            raise BackboneError("a model on the meta device cannot load weights; use pretrained=None")
+        with torch.device("meta"):
+            return open_clip.create_model(name, **kwargs)
+    try:
+        return open_clip.create_model(name, **kwargs)
+    except RuntimeError as exc:
+        hint = "" if is_file else " Offline, download them elsewhere and set model.pretrained to the local checkpoint file."
+        raise BackboneError(f"could not load the {pretrained!r} weights of clip {name!r}: {exc}.{hint}") from exc

@@ -1,0 +1,75 @@
+"""Building blocks: the bottleneck adapter and the frozen CLIP blocks run through SDPA.
+
+The frozen blocks are open_clip `ResidualAttentionBlock`s; their weights are reused as they are
+(`ln_1`, `attn.in_proj_*`, `attn.out_proj`, `ln_2`, `mlp`), but attention always runs through
+`torch.nn.functional.scaled_dot_product_attention`, along whichever axis the caller picks
+(tokens of a frame, frames of a video, videos of a task, prompts of a class).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Adapter", "as_float", "attend", "attend_along", "bottleneck_width", "frozen_block"]
+
+
+def bottleneck_width(width: int, ratio: float) -> int:
+    """Hidden width r*D of an adapter (at least 1)."""
+    return max(1, round(width * ratio))
+
+
+class Adapter(nn.Module):
+    """`Linear(D, rD) -> GELU -> Linear(rD, D)`; with `skip`, A(y) = y + bottleneck(y).
+
+    `zero_init` zeroes the last Linear so that the bottleneck first outputs zeros; otherwise both
+    Linears keep PyTorch's default init (the released code's task adapter).
+    """
+
+    def __init__(self, width: int, ratio: float, *, skip: bool = False, zero_init: bool = True) -> None:
+        super().__init__()
+        hidden = bottleneck_width(width, ratio)
+        self.down = nn.Linear(width, hidden)
+        self.act = nn.GELU()  # exact GELU, whatever the frozen blocks use
+        self.up = nn.Linear(hidden, width)
+        self.skip = skip
+        if zero_init:
+            nn.init.zeros_(self.up.weight)
+            nn.init.zeros_(self.up.bias)
+
+    def forward(self, y: Tensor) -> Tensor:  # (..., D) -> (..., D)
+        out = self.up(self.act(self.down(y)))
+        return y + out if self.skip else out
+
+
+def attend(attn: nn.MultiheadAttention, x: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+    """Self-attention with a frozen `nn.MultiheadAttention`'s weights over the second-last axis of x.
+
+    x: (..., L, D); mask: None or bool (L, L), True = may attend. Returns (..., L, D).
+    """
+    *lead, length, width = x.shape
+    heads = attn.num_heads
+    flat = x.reshape(-1, length, width)  # (B, L, D)
+    qkv = F.linear(flat, attn.in_proj_weight, attn.in_proj_bias)  # (B, L, 3D)
+    q, k, v = qkv.view(flat.shape[0], length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, L, D/H)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, H, L, D/H)
+    out = out.transpose(1, 2).reshape(flat.shape[0], length, width)  # (B, L, D)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias).view(*lead, length, width)
+
+
+def attend_along(attn: nn.MultiheadAttention, x: Tensor, dim: int, mask: Tensor | None = None) -> Tensor:
+    """`attend` with the sequence on axis `dim` of x (..., D); every other axis is a batch axis."""
+    moved = x.movedim(dim, -2)  # (..., L, D)
+    return attend(attn, moved, mask).movedim(-2, dim)
+
+
+def frozen_block(block: nn.Module, x: Tensor, causal: bool = False) -> Tensor:
+    """An unchanged CLIP block: x + attn(ln_1(x)); x + mlp(ln_2(x)). x: (B, L, D)."""
+    x = x + attend(block.attn, block.ln_1(x), causal=causal)
+    return x + block.mlp(block.ln_2(x))
+
+
+def as_float(x: Tensor) -> Tensor:
+    """fp32 copy of an autocast output (no-op in fp32)."""
+    return x if x.dtype == torch.float32 else x.float()
