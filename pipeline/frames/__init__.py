@@ -39,6 +39,7 @@ __all__ = [
     "decode_unit",
     "run",
     "sample_indices",
+    "to_clip",
 ]
 
 # Imported on first use, so that decoding workers (which import this package) do not load torch.
@@ -49,6 +50,7 @@ _LAZY = {
     "FrameStoreError": "pipeline.frames.reader",
     "crop_box": "pipeline.frames.reader",
     "sample_indices": "pipeline.frames.reader",
+    "to_clip": "pipeline.frames.reader",
     "INDEX_SCHEMA": "pipeline.frames.shards",
     "SHARD_SCHEMA": "pipeline.frames.shards",
     "ShardUnit": "pipeline.frames.shards",

@@ -3,13 +3,19 @@
     video = decode_video("/data/a b [1].mp4", DecodeSettings(size=257, max_frames=32))
     video.num_frames, video.stored_indices, video.jpegs   # source frame count, kept frame numbers, bytes
 
-Both backends hand full-resolution RGB frames to the same resize (PIL bilinear, antialiased when
-shrinking; the aspect ratio is not kept, as the paper) and the same JPEG encoder, so the output is
-deterministic and nearly independent of the backend that read the video.
+Frames are resized to size x size (the aspect ratio is not kept, as the paper) and JPEG-encoded.
+Three ways are tried in order, each one only when the previous one failed:
 
-decord 0.6.0 mis-decodes some frame widths (48 and 72 px among others: frames come back with four
-channels or `get_batch` raises "DECORDArrayCopyFromTo: The size must exactly match"); every batch's
-shape is checked and such videos are read again with PyAV.
+1. `decord`: decord resizes inside its decoder (ffmpeg swscale, antialiased): the fast path, about
+   the cost of decoding alone;
+2. `decord+pil`: decord at the source size, then PIL bilinear (antialiased when shrinking);
+3. `pyav`: PyAV decodes every frame, then the same PIL resize (a file decord cannot read).
+
+decord 0.6.0 cannot output some frame widths (8, 12, 16, 24, 48 and 72 px among them: frames come
+back with four channels or `get_batch` raises "DECORDArrayCopyFromTo: The size must exactly match");
+every batch's shape is checked, so such a storage size falls to way 2 and such a source width to
+way 3. The way used is the index's `decoder` column; the ways differ by about 1-3 grey levels
+per pixel, and the same file with the same settings always takes the same way (deterministic output).
 
 A video that cannot be used raises `VideoFailure(reason, message)`; the reasons are `REASONS`.
 """
@@ -18,8 +24,8 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +69,7 @@ class DecodeSettings:
     max_frames: int | None = 32  # frames kept per video, spread evenly; None = every frame
     quality: int = 90  # JPEG quality
     min_frames: int = 1  # a video with fewer source frames fails with `too_few_frames`
-    first: str = "decord"  # backend tried first: decord | pyav (the other one is the fallback)
+    first: str = "decord"  # decoder tried first: decord | pyav (the other one is the fallback)
     threads: int = 0  # decoder threads per video (0 = the library's choice); does not change output
 
 
@@ -75,7 +81,7 @@ class DecodedVideo:
     fps: float | None  # average frame rate reported by the container
     width: int  # source frame width
     height: int  # source frame height
-    decoder: str  # backend that produced the frames: decord | pyav
+    decoder: str  # way that produced the frames: decord | decord+pil | pyav
     stored_indices: list[int] = field(default_factory=list)  # source frame numbers kept, ascending
     jpegs: list[bytes] = field(default_factory=list)  # one JPEG per kept frame
 
@@ -124,32 +130,58 @@ def _short(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- backends
-def _decode_decord(path: str, s: DecodeSettings) -> DecodedVideo:
+class _Unopenable(RuntimeError):
+    """The backend cannot open the file at all: its other ways would fail the same way."""
+
+
+def _probe_size(path: str) -> tuple[int, int]:
+    """(width, height) of the first video stream, 0s when PyAV cannot tell (informational only)."""
+    try:
+        import av
+
+        with av.open(path) as c:
+            cc = c.streams.video[0].codec_context
+            return int(cc.width), int(cc.height)
+    except Exception:  # noqa: BLE001 - the size is only recorded, never used for decoding
+        return 0, 0
+
+
+def _decode_decord(path: str, s: DecodeSettings, *, resize_in_decoder: bool) -> DecodedVideo:
+    """decord; resizing inside its decoder (ffmpeg swscale) is the fast path, PIL after it the second try."""
     import decord
 
-    vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=s.threads)
+    size = {"width": s.size, "height": s.size} if resize_in_decoder else {}
+    try:
+        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=s.threads, **size)
+    except Exception as exc:  # noqa: BLE001
+        raise _Unopenable(_short(exc)) from None
     n = len(vr)
     if n <= 0:
         raise RuntimeError("decord found no frames")
     fps = float(vr.get_avg_fps() or 0.0) or None
-    out = DecodedVideo(num_frames=n, fps=fps, width=0, height=0, decoder="decord")
+    out = DecodedVideo(num_frames=n, fps=fps, width=0, height=0, decoder="decord" if resize_in_decoder else "decord+pil")
     if n < s.min_frames:
         return out
     keep = spread_indices(n, s.max_frames)
+    shape = None
     for start in range(0, len(keep), _BATCH):
         chunk = keep[start : start + _BATCH]
         arr = vr.get_batch(chunk).asnumpy()  # (k, H, W, 3)
         if arr.ndim != 4 or arr.shape[0] != len(chunk) or arr.shape[3] != 3 or min(arr.shape[1:3]) <= 0:
             raise RuntimeError(f"decord returned frames of shape {tuple(arr.shape)} for {len(chunk)} frames (known decord defect)")
-        if out.height and (arr.shape[1], arr.shape[2]) != (out.height, out.width):
-            raise RuntimeError(f"decord changed frame size mid-video to {arr.shape[2]}x{arr.shape[1]}")
-        out.height, out.width = int(arr.shape[1]), int(arr.shape[2])
+        if resize_in_decoder and arr.shape[1:3] != (s.size, s.size):
+            raise RuntimeError(f"decord resized to {arr.shape[2]}x{arr.shape[1]} instead of {s.size}x{s.size}")
+        if shape is not None and arr.shape[1:] != shape:
+            raise RuntimeError(f"decord changed the frame size mid-video to {arr.shape[2]}x{arr.shape[1]}")
+        shape = arr.shape[1:]
         out.jpegs.extend(encode_jpeg(f, s.size, s.quality) for f in arr)
     out.stored_indices = keep
+    out.width, out.height = _probe_size(path) if resize_in_decoder else (int(shape[1]), int(shape[0]))
     return out
 
 
 def _decode_pyav(path: str, s: DecodeSettings) -> DecodedVideo:
+    """PyAV: decodes every frame (the count is only known at the end), keeping each resized with PIL."""
     import av
 
     with av.open(path) as container:
@@ -161,9 +193,8 @@ def _decode_pyav(path: str, s: DecodeSettings) -> DecodedVideo:
             stream.codec_context.thread_count = s.threads
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else None
-        # The frame count is only known after decoding, so keep every frame, resized (bounded by size^2).
-        small, width, height = [], 0, 0
-        for frame in _frames(container, stream):
+        small, width, height = [], 0, 0  # every frame at size^2: bounded memory whatever the source size
+        for frame in container.decode(stream):
             width, height = frame.width, frame.height
             img = frame.to_image()
             small.append(img if img.size == (s.size, s.size) else img.resize((s.size, s.size), _bilinear()))
@@ -178,17 +209,21 @@ def _decode_pyav(path: str, s: DecodeSettings) -> DecodedVideo:
     return out
 
 
-def _frames(container, stream) -> Iterator:  # noqa: ANN001 - PyAV objects
-    yield from container.decode(stream)
-
-
 def _bilinear():  # noqa: ANN202
     from PIL import Image
 
     return Image.Resampling.BILINEAR
 
 
-_BACKENDS = {"decord": _decode_decord, "pyav": _decode_pyav}
+# Tried in order (the configured first decoder's group first): decord resizing in its decoder, decord
+# at the source size + PIL (decord cannot output some widths), PyAV + PIL (decord cannot read the file).
+_BACKENDS: dict[str, list[tuple[str, Any]]] = {
+    "decord": [
+        ("decord", lambda p, s: _decode_decord(p, s, resize_in_decoder=True)),
+        ("decord+pil", lambda p, s: _decode_decord(p, s, resize_in_decoder=False)),
+    ],
+    "pyav": [("pyav", _decode_pyav)],
+}
 
 
 def decode_video(path: str, settings: DecodeSettings) -> DecodedVideo:
@@ -196,13 +231,20 @@ def decode_video(path: str, settings: DecodeSettings) -> DecodedVideo:
     _check_file(path)
     order = [settings.first] + [b for b in _BACKENDS if b != settings.first]
     errors = []
-    for name in order:
-        try:
-            video = _BACKENDS[name](path, settings)
+    video = None
+    for group in order:
+        for name, backend in _BACKENDS[group]:
+            try:
+                video = backend(path, settings)
+                break
+            except _Unopenable as exc:
+                errors.append(f"{name}: {exc}")
+                break  # the group's other ways cannot open it either
+            except Exception as exc:  # noqa: BLE001 - any decoder error means: try the next way
+                errors.append(f"{name}: {_short(exc)}")
+        if video is not None:
             break
-        except Exception as exc:  # noqa: BLE001 - any decoder error means: try the next backend
-            errors.append(f"{name}: {_short(exc)}")
-    else:
+    if video is None:
         raise VideoFailure("unreadable", "; ".join(errors))
     if video.num_frames < settings.min_frames:
         raise VideoFailure(

@@ -30,7 +30,7 @@ import torch
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "FrameStore", "FrameStoreError", "MODES", "crop_box", "sample_indices"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "FrameStore", "FrameStoreError", "MODES", "crop_box", "sample_indices", "to_clip"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -86,11 +86,31 @@ def crop_box(height: int, width: int, size: int, mode: str, rng: RngLike = None)
     return int(g.integers(0, height - size + 1)), int(g.integers(0, width - size + 1))
 
 
-def _decode_jpeg(data: bytes) -> np.ndarray:
+def to_clip(
+    frames: np.ndarray, size: int, mode: str, mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD, rng: RngLike = None
+) -> torch.Tensor:
+    """uint8 frames (T, H, W, 3) -> float (T, 3, size, size): one crop for all frames (random/centre), normalised."""
+    top, left = crop_box(frames.shape[1], frames.shape[2], size, mode, rng)
+    x = frames[:, top : top + size, left : left + size].transpose(0, 3, 1, 2)  # (T, 3, size, size), a view
+    out = np.ascontiguousarray(x, dtype=np.float32)
+    out -= np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1) * 255.0
+    out *= 1.0 / (np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1) * 255.0)
+    return torch.from_numpy(out)
+
+
+def _decode_jpegs(jpegs: Sequence[bytes]) -> np.ndarray:
+    """JPEG bytes -> uint8 (N, H, W, 3).
+
+    PIL and numpy only: torch's parallel kernels (stack, casts) take tens of milliseconds on these
+    small tensors when the cores are busy (decoding workers, other jobs), single-threaded numpy does not.
+    """
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as img:
-        return np.asarray(img.convert("RGB"))
+    out = []
+    for data in jpegs:
+        with Image.open(io.BytesIO(data)) as img:
+            out.append(np.asarray(img if img.mode == "RGB" else img.convert("RGB")))
+    return np.stack(out)
 
 
 class FrameStore:
@@ -166,6 +186,9 @@ class FrameStore:
     # -------------------------------------------------------------------- reads
     def frames(self, video_id: str, indices: Sequence[int] | np.ndarray) -> torch.Tensor:
         """Stored frames of a video as uint8 (len(indices), H, W, 3); `indices` are source frame numbers."""
+        return torch.from_numpy(self._frames(video_id, indices))  # (N, H, W, 3)
+
+    def _frames(self, video_id: str, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         row = self._row(video_id)
         stored = np.asarray(row["stored_indices"], dtype=np.int64)
         want = np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -182,8 +205,8 @@ class FrameStore:
         if not np.array_equal(got, want):
             raise FrameStoreError(f"shard {row['shard']} disagrees with the index for video {video_id!r}; the artifact is corrupt, rebuild it")
         if len(want) == 0:
-            return torch.empty((0, 0, 0, 3), dtype=torch.uint8)
-        return torch.from_numpy(np.stack([_decode_jpeg(j) for j in jpegs]))  # (N, H, W, 3)
+            return np.empty((0, 0, 0, 3), dtype=np.uint8)
+        return _decode_jpegs(jpegs)  # (N, H, W, 3)
 
     def clip(
         self,
@@ -199,13 +222,7 @@ class FrameStore:
         _check_mode(mode)
         g = _rng(rng)
         idx = sample_indices(self.stored_indices(video_id), num_frames, mode, g)
-        x = self.frames(video_id, idx)  # (T, H, W, 3) uint8
-        top, left = crop_box(x.shape[1], x.shape[2], size, mode, g)
-        x = x[:, top : top + size, left : left + size]  # (T, size, size, 3)
-        x = x.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)  # (T, 3, size, size)
-        m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-        return x.sub_(m).div_(s)
+        return to_clip(self._frames(video_id, idx), size, mode, mean, std, g)
 
     def _file(self, shard: str) -> tuple[pq.ParquetFile, np.ndarray]:
         if self._pid != os.getpid():  # forked: never share file handles with the parent

@@ -60,7 +60,7 @@ INDEX_SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),  # ok | failed
         pa.field("reason", pa.string()),  # failed: one of decode.REASONS
         pa.field("error", pa.string()),  # failed: what happened, in words
-        pa.field("decoder", pa.string()),  # decord | pyav (pyav: decord could not read it)
+        pa.field("decoder", pa.string()),  # decord | decord+pil | pyav: the way that read it (see decode.py)
         pa.field("num_frames", pa.int32()),  # frames in the source (null when unreadable)
         pa.field("fps", pa.float64()),  # average frame rate of the source
         pa.field("width", pa.int32()),  # source frame width

@@ -195,7 +195,7 @@ def _remove_leftovers(out_dir: Path, finished: Iterable[dict[str, Any]]) -> None
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Counts of the index: videos, ok, failed by reason, PyAV fallbacks, frames and bytes stored."""
+    """Counts of the index: videos, ok, failed by reason, ok videos by decoding way, frames and bytes stored."""
     reasons = Counter(r["reason"] for r in rows if r["status"] != "ok")
     ok = [r for r in rows if r["status"] == "ok"]
     return {
@@ -203,7 +203,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "ok": len(ok),
         "failed": sum(reasons.values()),
         "failed_by_reason": dict(sorted(reasons.items())),
-        "decoded_with_pyav": sum(r["decoder"] == "pyav" for r in ok),
+        "by_decoder": dict(sorted(Counter(r["decoder"] for r in ok).items())),
         "frames_stored": sum(len(r["stored_indices"]) for r in ok),
         "bytes_stored": sum(r["bytes"] for r in ok),
     }
@@ -213,8 +213,9 @@ def format_summary(s: Mapping[str, Any]) -> str:
     text = f"{s['videos']} videos, {s['ok']} ok, {s['failed']} failed"
     if s["failed_by_reason"]:
         text += " (" + ", ".join(f"{k}: {v}" for k, v in s["failed_by_reason"].items()) + ")"
-    if s["decoded_with_pyav"]:
-        text += f"; {s['decoded_with_pyav']} read with PyAV after decord failed"
+    fallbacks = {k: v for k, v in s["by_decoder"].items() if k != "decord"}
+    if fallbacks:
+        text += "; read by fallback " + ", ".join(f"{k}: {v}" for k, v in fallbacks.items())
     return text + f"; {s['frames_stored']} frames, {s['bytes_stored'] / _MB:.1f} MiB stored"
 
 
