@@ -98,7 +98,12 @@ class Trainer:
         self.device = pick_device(cfg.train.device)
         if self.device.type == "cuda" and self.world > 1:
             self.device = torch.device("cuda", self.rank % torch.cuda.device_count())
+        torch.manual_seed(cfg.train.seed)  # adapters with a random init (the released task adapter) start alike everywhere
         self.model, self.loader, frames = prepare(cfg, inputs, self.device)
+        self.params = [q for q in self.model.parameters() if q.requires_grad]
+        if self.world > 1:  # every rank starts from rank 0's weights
+            for q in self.params:
+                torch.distributed.broadcast(q.data, src=0)
         p = cfg.protocol
         vids, excluded = videos_by_class(frames.index, "train", p.num_frames)
         self.excluded = {"train": excluded}
@@ -106,7 +111,6 @@ class Trainer:
         val_vids, val_excluded = videos_by_class(frames.index, "val", p.num_frames)
         self.excluded["val"] = val_excluded
         self.val_episodes = EpisodeSampler(val_vids, p.way, p.shot, p.query, cfg.train.seed + 1, split="val").take(cfg.train.val_episodes)
-        self.params = [q for q in self.model.parameters() if q.requires_grad]
         self.optimizer = make_optimizer(cfg, self.params)
         self.state: dict[str, Any] = {"step": 0, "best": None, "metrics": [], "validation": [], "seconds": 0.0}
 

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import artifacts
+from pipeline.artifacts import ArtifactStore
+from pipeline.training import evaluate, train
+from pipeline.training.episodes import episodes_from_frame
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    cfg, _, refs = tiny
+    store = ArtifactStore(tmp_path_factory.mktemp("eval-art"))
+    tr = train.run(cfg, refs, store)
+    return cfg, store, {**refs, "train": tr}
+
+
+def test_cached_and_uncached_evaluation_are_identical(trained):
+    cfg, store, refs = trained
+    model, loader, frames = evaluate.prepare(cfg, refs, torch.device("cpu"))
+    model.load_trainable_state_dict(torch.load(Path(refs["train"].path) / "best.pt", weights_only=False)["trainable"])
+    model.eval()
+    from pipeline.training.common import videos_by_class
+    from pipeline.training.episodes import EpisodeSampler
+
+    vids, _ = videos_by_class(frames.index, "test", cfg.protocol.num_frames)
+    episodes = EpisodeSampler(vids, 5, 1, 1, seed=9).take(4)
+    cached = evaluate.EpisodeScorer(model, loader, cache=True)
+    plain = evaluate.EpisodeScorer(model, loader, cache=False)
+    for ep in episodes:
+        a, b = cached.scores(ep), plain.scores(ep)
+        assert torch.equal(a.logits.argmax(-1), b.logits.argmax(-1))
+        torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-5)
+    assert len(cached._prefix) == len({v for ep in episodes for v in ep.support + ep.query})
+
+
+def test_evaluate_artifact(trained):
+    cfg, store, refs = trained
+    ref = evaluate.run(cfg, refs, store)
+    df = artifacts.load("evaluate", "synthetic", root=store.root)
+    assert {"episode", "method", "accuracy", "descriptions", "predictions", "labels", "classes"} <= set(df.columns)
+    assert set(df["method"]) == set(evaluate.METHODS)
+    assert df.groupby("method")["episode"].nunique().eq(cfg.evaluate.episodes).all()
+    folder = store.local_path(ref)
+    summary = json.loads((folder / "summary.json").read_text())
+    full = next(r for r in summary["results"] if r["method"] == "task_adapter_pp")
+    accs = df[df["method"] == "task_adapter_pp"]["accuracy"].to_numpy()
+    assert full["mean"] == pytest.approx(accs.mean()) and full["ci95"] == pytest.approx(1.96 * accs.std() / np.sqrt(len(accs)))
+    assert {"report.md", "accuracy.png", "confusion.png", "episode_list.parquet", "confusion.parquet"} <= {p.name for p in folder.iterdir()}
+    assert "Task-Adapter++" in (folder / "report.md").read_text()
+
+
+def test_same_seed_same_episodes_and_other_shots(trained):
+    cfg, store, refs = trained
+    a = evaluate.run(cfg, refs, store)
+    b = evaluate.run(cfg.override("evaluate.shot=2"), refs, store)
+    assert a.version != b.version
+    ea = episodes_from_frame(store.load("evaluate", "synthetic", a.version, table="episode_list.parquet"))
+    eb = episodes_from_frame(store.load("evaluate", "synthetic", b.version, table="episode_list.parquet"))
+    assert all(e.shot == 1 for e in ea) and all(e.shot == 2 and len(e.support) == 10 for e in eb)
+    again = evaluate.run(cfg.override("evaluate.cache=false"), refs, store)
+    assert again.version == a.version  # the cache is not part of the version: same results
