@@ -93,6 +93,7 @@ class Tally:
     http: int = 0  # requests made for them (transport retries and fallbacks included)
     cached: int = 0  # answers read from the cache
     failed: int = 0  # requests that got no answer
+    read: int = 0  # answers that cost no call (the file backend)
     reasked: set[int] = field(default_factory=set)  # classes asked again after an invalid answer
 
 
@@ -181,9 +182,11 @@ def describe(
             tally.failed += 1
         if comp.from_cache:
             tally.cached += 1
-        else:
+        elif comp.calls or comp.error is not None:
             tally.calls += 1
             tally.http += comp.calls
+        else:
+            tally.read += 1
         attempts[req.index].append(Attempt(req.sampling.seed, req.key, comp, sentences, flags))
         if not flags or state["round"] == max_attempts - 1:
             bar.update(1)
@@ -314,14 +317,16 @@ def run(config: Any, inputs: Mapping[str, ArtifactRef] | None, store: ArtifactSt
             "llm_calls": tally.calls,
             "requests": tally.http,
             "from_cache": tally.cached,
+            "read_without_call": tally.read,
             "failed_requests": tally.failed,
             "classes_reasked": len(tally.reasked),
             "classes_flagged": len(flagged),
             "seconds": round(time.monotonic() - t0, 3),
         }
+        read = f"{tally.read} answers read from the {backend.name} backend, " if tally.read else ""
         print(
             f"[fsar] descriptions: {len(items)} classes x {s} sub-actions: {tally.calls} LLM calls "
-            f"({tally.http} requests with retries), {tally.cached} answers from the cache, "
+            f"({tally.http} requests with retries), {tally.cached} answers from the cache, {read}"
             f"{len(tally.reasked)} classes asked again, {len(flagged)} kept with qa flags",
             flush=True,
         )

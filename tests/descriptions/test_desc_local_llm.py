@@ -35,8 +35,8 @@ def test_local_backend_with_smollm2(store, tmp_path, capsys):
             "dataset.name": "custom",
             "dataset.video_list": str(video_list),
             "artifacts": store.root,
-            "descriptions.max_attempts": 2,
-            "descriptions.max_tokens": 128,
+            "descriptions.max_attempts": 1,  # keeps the run short on a busy CPU; re-asking is tested with the fake server
+            "descriptions.max_tokens": 160,
         },
     )
     assert cfg.descriptions.backend == "local"
@@ -53,7 +53,7 @@ def test_local_backend_with_smollm2(store, tmp_path, capsys):
         assert isinstance(json.loads(raw)["sub_actions"], list)
     assert df["prompt_tokens"].gt(0).all() and df["completion_tokens"].gt(0).all()
     manifest = ref.manifest()
-    assert manifest["config"]["gguf_sha256"] and manifest["run"]["llm_calls"] >= 3
+    assert manifest["config"]["gguf_sha256"] and manifest["run"]["llm_calls"] == 3
     print("\nSmolLM2-135M wrote:\n" + df[["class", "k", "text", "qa_flags"]].to_string(index=False))
     # the server is gone; a re-run is a skip, and a rebuild from the cache starts no server at all
     import shutil

@@ -234,6 +234,7 @@ def test_file_backend(store, tiny_list, tmp_path):
     ref = run(config(store, video_list=tiny_list, backend="file", corpus=str(path)), {}, store)
     df = check_artifact(ref, [(s, c) for s, cs in TINY.items() for c in cs])
     assert (df["backend"] == "file").all() and df["prompt_version"].isna().all() and (df["attempts"] == 1).all()
+    assert ref.manifest()["run"]["llm_calls"] == 0 and ref.manifest()["run"]["read_without_call"] == 12
     dive = df[df["class"] == "dive"]
     assert list(dive["qa_flags"].iloc[0]) == ["wrong_count"] and dive["text"].tolist() == ["Only one sentence."] * 3
     assert df[df["class"] == "catch"]["text"].tolist() == good_sentences("catch", 3)
