@@ -95,22 +95,28 @@ def fsar(
     unknown = [s for s in chosen if s not in ALL_STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(ALL_STAGES)}")
+    refs = run_stages(cfg, chosen, task_runner, dask_address)
+    store = ArtifactStore(cfg.artifacts)
+    _publish_outcome(cfg, refs, store)
+    logger.info("artifacts: %s", {k: str(v) for k, v in refs.items()})
+    return {k: v.version for k, v in refs.items()}
+
+
+def run_stages(cfg: Config, chosen: Sequence[str], task_runner: str = "local", dask_address: str | None = None) -> dict[str, ArtifactRef]:
+    """Run the chosen stages in pipeline order inside the current flow; upstream artifacts not run here are the latest."""
     store = ArtifactStore(cfg.artifacts)
     refs: dict[str, ArtifactRef] = {}
     for name in ALL_STAGES:
-        upstream = STAGES[name][1]
         if name not in chosen:
             continue
-        inputs = {up: refs[up] if up in refs else store.resolve(up, cfg.dataset.name) for up in upstream}
+        inputs = {up: refs[up] if up in refs else store.resolve(up, cfg.dataset.name) for up in STAGES[name][1]}
         if name == "frames":
             runner = _task_runner(task_runner, dask_address)
             sub = frames_subflow if runner is None else frames_subflow.with_options(task_runner=runner)
             refs[name] = sub(cfg, inputs)
         else:
             refs[name] = STAGE_TASKS[name](cfg, inputs)
-    _publish_outcome(cfg, refs, store)
-    logger.info("artifacts: %s", {k: str(v) for k, v in refs.items()})
-    return {k: v.version for k, v in refs.items()}
+    return refs
 
 
 def _publish_outcome(cfg: Config, refs: dict[str, ArtifactRef], store: ArtifactStore) -> None:

@@ -65,6 +65,10 @@ class DatasetSpec(ABC):
         """Human-readable class name used in prompts."""
         return humanize(class_name)
 
+    def order_pairs(self) -> dict[str, str]:
+        """{class: its partner} for classes that differ only in temporal order (known for `synthetic` only)."""
+        return {}
+
     def all_classes(self) -> list[tuple[str, str]]:
         """(split, class) for every class of every split."""
         return [(s, c) for s in SPLITS for c in self.classes(s)]

@@ -87,38 +87,54 @@ class EpisodeScorer:
             )
 
     @torch.inference_mode()
-    def prototype_predictions(self, ep: Episode) -> torch.Tensor:
-        """Frozen CLIP: cosine of each query's mean frame feature to the mean of its class's supports."""
+    def prototype_scores(self, ep: Episode) -> torch.Tensor:
+        """Frozen CLIP: cosine of each query's mean frame feature to the mean of each class's supports, (N*Q, N)."""
         s = F.normalize(self.frozen_features(ep.support).mean(1), dim=-1)  # (N*K, E)
         q = F.normalize(self.frozen_features(ep.query).mean(1), dim=-1)  # (N*Q, E)
         labels = torch.as_tensor(ep.support_labels, device=s.device)
         protos = torch.stack([s[labels == c].mean(0) for c in range(ep.way)])  # (N, E)
-        return (q @ F.normalize(protos, dim=-1).T).argmax(-1)
+        return q @ F.normalize(protos, dim=-1).T
 
 
-def score_episodes(scorer: EpisodeScorer, episodes: Sequence[Episode], baselines: bool, desc: str = "evaluate") -> list[dict[str, Any]]:
-    """One row per (episode, method): accuracy, labels, predictions."""
+def pair_outcomes(scores: np.ndarray, ep: Episode, pairs: dict[str, str]) -> tuple[int, int]:
+    """(right, asked): queries whose order partner is in the episode, right when the true class outscores it."""
+    position = {c: i for i, c in enumerate(ep.classes)}
+    right = asked = 0
+    for q, label in enumerate(ep.query_labels):
+        partner = position.get(pairs.get(ep.classes[label], ""))
+        if partner is not None:
+            asked += 1
+            right += int(scores[q, label] > scores[q, partner])
+    return right, asked
+
+
+def score_episodes(
+    scorer: EpisodeScorer, episodes: Sequence[Episode], baselines: bool, pairs: dict[str, str] | None = None, desc: str = "evaluate"
+) -> list[dict[str, Any]]:
+    """One row per (episode, method): accuracy, labels, predictions (+ order-pair outcomes where pairs are known)."""
     rows: list[dict[str, Any]] = []
     for ep in tqdm(episodes, desc=desc, unit="ep", mininterval=2.0):
         labels = np.asarray(ep.query_labels)
         sc = scorer.scores(ep)
-        preds = {"task_adapter_pp": sc.logits.argmax(-1)}
+        scores = {"task_adapter_pp": sc.logits}
         if baselines:
-            preds["visual_only"] = sc.vis.argmax(-1)
-            preds["semantic_only"] = sc.sem.argmax(-1)
-            preds["clip_prototype"] = scorer.prototype_predictions(ep)
-        for method, p in preds.items():
-            p = p.cpu().numpy()
-            rows.append(
-                {
-                    "episode": ep.index,
-                    "method": method,
-                    "accuracy": float((p == labels).mean()),
-                    "classes": list(ep.classes),
-                    "labels": labels.tolist(),
-                    "predictions": p.tolist(),
-                }
-            )
+            scores["visual_only"] = sc.vis
+            scores["semantic_only"] = sc.sem
+            scores["clip_prototype"] = scorer.prototype_scores(ep)
+        for method, m in scores.items():
+            m = m.float().cpu().numpy()  # (N*Q, N)
+            p = m.argmax(-1)
+            row = {
+                "episode": ep.index,
+                "method": method,
+                "accuracy": float((p == labels).mean()),
+                "classes": list(ep.classes),
+                "labels": labels.tolist(),
+                "predictions": p.tolist(),
+            }
+            if pairs:
+                row["pair_right"], row["pair_asked"] = pair_outcomes(m, ep, pairs)
+            rows.append(row)
     return rows
 
 
@@ -213,7 +229,10 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
     episodes = sampler.take(cfg.evaluate.episodes)
     scorer = EpisodeScorer(model, loader, cache=cfg.evaluate.cache, amp=cfg.train.amp)
     t0 = time.perf_counter()
-    rows = score_episodes(scorer, episodes, cfg.evaluate.baselines)
+    from pipeline.datasets import get_dataset
+
+    pairs = get_dataset(cfg.dataset).order_pairs()
+    rows = score_episodes(scorer, episodes, cfg.evaluate.baselines, pairs)
     seconds = time.perf_counter() - t0
     df = pd.DataFrame(rows)
     df.insert(2, "descriptions", label)
@@ -246,6 +265,9 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
         f"{cfg.evaluate.split}, seed {cfg.evaluate.seed}; interval = 1.96 std / sqrt(episodes)",
         f"task_context: {cfg.model.task_context}; descriptions: {label}",
     ]
+    if pairs:
+        notes.append("order pairs: share of queries whose true class outscores the class that differs from it only in temporal "
+                     "order, over queries whose partner is in the episode (chance 50%)")
     write_report(summary, out, f"fsar evaluation: {cfg.dataset.name}", notes)
     staging.extra["summary"] = {r["method"] + (f"/{r['descriptions']}" if "descriptions" in r else ""): [r["mean"], r["ci95"]] for r in summary["results"]}
     print(table_markdown(summary), flush=True)

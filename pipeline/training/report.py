@@ -71,20 +71,34 @@ def summarise(df: pd.DataFrame, extra: dict[str, Any] | None = None) -> dict[str
     results = []
     for key, part in _groups(df):
         mean, ci = mean_ci(part["accuracy"].tolist())
-        results.append({**key, "mean": mean, "ci95": ci, "episodes": int(len(part)), "per_class": per_class_accuracy(part)})
+        res = {**key, "mean": mean, "ci95": ci, "episodes": int(len(part)), "per_class": per_class_accuracy(part)}
+        if "pair_asked" in part.columns and part["pair_asked"].sum() > 0:
+            res["order_pairs"] = pair_accuracy(part)
+        results.append(res)
     return {"results": results, **(extra or {})}
+
+
+def pair_accuracy(df: pd.DataFrame) -> dict[str, float]:
+    """Share of queries whose true class outscores its order partner (chance 0.5), with a binomial 95% interval."""
+    right, asked = int(df["pair_right"].sum()), int(df["pair_asked"].sum())
+    p = right / asked
+    return {"accuracy": p, "ci95": 1.96 * math.sqrt(p * (1 - p) / asked), "queries": asked}
 
 
 def table_markdown(summary: dict[str, Any]) -> str:
     has_desc = any("descriptions" in r for r in summary["results"])
+    has_pairs = any("order_pairs" in r for r in summary["results"])
     head = ("| descriptions " if has_desc else "") + "| method | accuracy (%) | 95% interval | episodes |"
-    sep = ("|---" if has_desc else "") + "|---|---|---|---|"
+    head += " order pairs (%) |" if has_pairs else ""
+    sep = ("|---" if has_desc else "") + "|---|---|---|---|" + ("---|" if has_pairs else "")
     lines = [head, sep]
     for r in summary["results"]:
         desc = f"| {r.get('descriptions', '')} " if has_desc else ""
-        lines.append(
-            f"{desc}| {METHOD_LABELS.get(r['method'], r['method'])} | {100 * r['mean']:.2f} | +- {100 * r['ci95']:.2f} | {r['episodes']} |"
-        )
+        line = f"{desc}| {METHOD_LABELS.get(r['method'], r['method'])} | {100 * r['mean']:.2f} | +- {100 * r['ci95']:.2f} | {r['episodes']} |"
+        if has_pairs:
+            op = r.get("order_pairs")
+            line += f" {100 * op['accuracy']:.1f} +- {100 * op['ci95']:.1f} |" if op else " |"
+        lines.append(line)
     return "\n".join(lines)
 
 

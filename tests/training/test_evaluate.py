@@ -54,6 +54,20 @@ def test_evaluate_artifact(trained):
     assert full["mean"] == pytest.approx(accs.mean()) and full["ci95"] == pytest.approx(1.96 * accs.std() / np.sqrt(len(accs)))
     assert {"report.md", "accuracy.png", "confusion.png", "episode_list.parquet", "confusion.parquet"} <= {p.name for p in folder.iterdir()}
     assert "Task-Adapter++" in (folder / "report.md").read_text()
+    # synthetic classes come in order pairs: each method reports how often the true class beats its partner
+    assert {"pair_right", "pair_asked"} <= set(df.columns) and (df["pair_right"] <= df["pair_asked"]).all()
+    for r in summary["results"]:
+        if df[df["method"] == r["method"]]["pair_asked"].sum():
+            assert 0 <= r["order_pairs"]["accuracy"] <= 1
+
+
+def test_pair_outcomes_count_only_present_partners():
+    from pipeline.training.episodes import Episode
+
+    ep = Episode(0, 0, ("up", "down", "grow"), ("u", "d", "g"), ("u2", "d2", "g2"), 1, 1)
+    scores = np.array([[0.9, 0.1, 0.0], [0.8, 0.2, 0.0], [0.0, 0.0, 1.0]])  # query "down" prefers "up": wrong
+    pairs = {"up": "down", "down": "up", "grow": "shrink", "shrink": "grow"}
+    assert evaluate.pair_outcomes(scores, ep, pairs) == (1, 2)
 
 
 def test_same_seed_same_episodes_and_other_shots(trained):
