@@ -12,6 +12,7 @@ open_clip's defaults (OpenAI CLIP's).
 from __future__ import annotations
 
 from collections.abc import Callable
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ def load_backbone(
     arch = _architecture(name)
     _check_image_size(name, arch, image_size)
     kind, tag_cfg = _resolve_weights(name, pretrained)
-    gelu = quick_gelu if quick_gelu is not None else bool(tag_cfg.get("quick_gelu", arch.get("quick_gelu", False)))
+    gelu = _activation(name, arch, kind, tag_cfg, quick_gelu)
     clip = _create(name, pretrained, image_size, gelu, torch.device(device))
     check_architecture(clip, name)
     clip.requires_grad_(False)
@@ -113,6 +114,22 @@ def _check_block(block: nn.Module, name: str, tower: str) -> None:
     )
     if not plain:
         raise BackboneError(f"clip {name!r}: {tower} blocks must be plain residual attention blocks (no layer scale, custom attention)")
+
+
+def _activation(name: str, arch: dict[str, Any], kind: str | None, tag_cfg: dict[str, Any], quick_gelu: bool | None) -> bool:
+    """QuickGELU or GELU in the frozen MLPs: the config's choice, else the tag's, else the open_clip config's."""
+    if quick_gelu is not None:
+        return quick_gelu
+    if kind == "tag":
+        return bool(tag_cfg.get("quick_gelu", False))
+    gelu = bool(arch.get("quick_gelu", False))
+    if kind == "file" and "quick_gelu" not in arch:
+        warnings.warn(
+            f"clip {name!r} loaded from a checkpoint file runs GELU (its open_clip config names no activation); "
+            "weights trained with QuickGELU (OpenAI's) need model.quick_gelu=true",
+            stacklevel=3,
+        )
+    return gelu
 
 
 def _architecture(name: str) -> dict[str, Any]:

@@ -45,7 +45,9 @@ def test_adapters_exist_only_where_used(kit) -> None:
     model = kit.build({"vision_adapted_layers": 2, "text_adapted_layers": 1})
     assert len(model.vision.blocks) == 2 and len(model.text.blocks) == 1
     assert model.ca_norm is None and model.text.subaction_embedding is None
-    parts = model.parameter_counts()["parts"]
+    counts = model.parameter_counts()
+    assert counts["trainable"] + counts["frozen"] == sum(p.numel() for p in model.parameters())  # every parameter in a part
+    parts = counts["parts"]
     assert parts["vision_adapters"]["trainable"] == 2 * 4 * _adapter_size(64)
     assert parts["text_adapters"]["trainable"] == 1 * _adapter_size(64)
     assert parts["other"]["trainable"] == 0

@@ -1,0 +1,249 @@
+"""Per-episode cost of Task-Adapter++: a training step and an evaluation forward, with and without the cache.
+
+    python benchmarks/model.py                                   # fsar-tiny, CPU, fp32
+    python benchmarks/model.py --clip ViT-B-16 --repeats 1       # real size, random weights, CPU
+    python benchmarks/model.py --clip ViT-B-16 --device cuda --amp
+
+One N-way K-shot episode (default 5-way 1-shot, one query per class, T=8, S=3) with random clips and
+random weights. Rows:
+
+    train step          forward + backward of the loss (what one SGD step costs, optimiser aside)
+    eval, no cache      forward from clips and token ids
+    eval, cached        forward from the cached vision prefix (first L-M blocks) and text prefix
+    cache, per video    building the vision prefix of one video (paid once per video, not per episode)
+
+Peak memory: CUDA max allocated per row; on CPU the process's peak resident set per row (Linux
+resets it through /proc/self/clear_refs; elsewhere it is the high-water mark so far). Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.datasets.config import ProtocolConfig  # noqa: E402
+from pipeline.model import build_model  # noqa: E402
+from pipeline.model.config import ModelConfig  # noqa: E402
+
+MIB = 2**20
+
+
+def main() -> None:
+    args = _parse()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model_cfg, protocol = _config(args)
+    if args.check:
+        _check(model_cfg, protocol, args, device)
+    model = build_model(model_cfg, protocol, device=device)
+    episode = _episode(model, args, device)
+    rows = _measure(model, episode, args, device)
+    _report(args, model_cfg, model, rows)
+
+
+def _parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clip", default="fsar-tiny", help="open_clip model name (random weights)")
+    p.add_argument("--vision-adapted-layers", type=int, default=None, help="M; default 2 (HMDB51 preset, demo)")
+    p.add_argument("--text-adapted-layers", type=int, default=None, help="M_t; default 8 (HMDB51 preset), 2 for fsar-* (demo)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default=None, help="bf16 = autocast on CUDA; default bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--amp", action="store_true", help="same as --dtype bf16")
+    p.add_argument("--image-size", type=int, default=None, help="default: the clip's native size")
+    p.add_argument("--way", type=int, default=5)
+    p.add_argument("--shot", type=int, default=1)
+    p.add_argument("--query", type=int, default=1, help="queries per class")
+    p.add_argument("--frames", type=int, default=8)
+    p.add_argument("--sub-actions", type=int, default=3)
+    p.add_argument("--task-context", choices=["faithful", "inductive"], default="faithful")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per row (the median is reported)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--check", action="store_true", help="first check on this device: zero-init = open_clip (fp32), bf16 vs fp32 scores")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def _config(args: argparse.Namespace) -> tuple[ModelConfig, ProtocolConfig]:
+    """Model and protocol of the run (no preset loading: the benchmark needs only torch, open_clip, pydantic)."""
+    import open_clip
+
+    from pipeline.model import register_clip_configs
+
+    register_clip_configs()
+    native = open_clip.get_model_config(args.clip)
+    if native is None:
+        sys.exit(f"unknown clip {args.clip!r}")
+    tiny = args.clip.startswith("fsar-")
+    dtype = "bf16" if args.amp else (args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32"))
+    model = ModelConfig(
+        clip=args.clip,
+        pretrained=None,
+        image_size=args.image_size or native["vision_cfg"]["image_size"],
+        vision_adapted_layers=args.vision_adapted_layers or 2,
+        text_adapted_layers=args.text_adapted_layers or (2 if tiny else 8),
+        amp=dtype == "bf16",
+        task_context=args.task_context,
+    )
+    protocol = ProtocolConfig(
+        num_frames=args.frames, num_sub_actions=args.sub_actions, way=args.way, shot=args.shot, query=args.query
+    )
+    return model, protocol
+
+
+def _episode(model, args: argparse.Namespace, device: torch.device) -> dict[str, torch.Tensor]:
+    n, k, q, t, s, size = args.way, args.shot, args.query, args.frames, args.sub_actions, model.image_size
+    prompts = [f"A video of action about class {c}: step {j}" for c in range(n) for j in range(s)]
+    return {
+        "support": torch.randn(n * k, t, 3, size, size, device=device),  # (N*K, T, 3, H, W)
+        "labels": torch.arange(n, device=device).repeat_interleave(k),  # (N*K,)
+        "query": torch.randn(n * q, t, 3, size, size, device=device),  # (N*Q, T, 3, H, W)
+        "query_labels": torch.arange(n, device=device).repeat_interleave(q),  # (N*Q,)
+        "tokens": model.tokenize(prompts).view(n, s, -1),  # (N, S, ctx)
+    }
+
+
+def _check(model_cfg: ModelConfig, protocol: ProtocolConfig, args: argparse.Namespace, device: torch.device) -> None:
+    """Print max |difference| of: zero-init towers vs open_clip (fp32, no TF32); bf16 vs fp32 logits; inductive invariance."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(0)
+    zero = build_model(model_cfg.model_copy(update={"task_adapter_init": "zero", "amp": False}), protocol, device=device).eval()
+    ep = _episode(zero, args, device)
+    with torch.inference_mode():
+        z_s, _ = zero.encode_videos(ep["support"][:1], ep["query"][:0])  # (1, T, E)
+        vision = (z_s[0] - zero.clip.encode_image(ep["support"][0])).abs().max().item()
+        text = (zero.encode_text(ep["tokens"]).flatten(0, 1) - zero.clip.encode_text(ep["tokens"].flatten(0, 1))).abs().max().item()
+    print(f"check: zero-init vs open_clip, fp32: vision max|diff| {vision:.2e}, text max|diff| {text:.2e}")
+    del zero
+    torch.manual_seed(0)
+    model = build_model(model_cfg.model_copy(update={"task_context": "inductive"}), protocol, device=device).eval()
+    with torch.inference_mode():
+        fast = model(ep["support"], ep["labels"], ep["query"], ep["tokens"]).logits
+        alone = model(ep["support"], ep["labels"], ep["query"][:1], ep["tokens"]).logits
+        model.cfg = model.cfg.model_copy(update={"amp": False})
+        exact = model(ep["support"], ep["labels"], ep["query"], ep["tokens"]).logits
+    finite = bool(torch.isfinite(fast).all())
+    print(
+        f"check: logits finite {finite}; {'bf16' if model_cfg.amp else 'fp32'} vs fp32 max|diff| {(fast - exact).abs().max().item():.2e} "
+        f"(|logits| up to {exact.abs().max().item():.2f}); inductive, query alone vs with others max|diff| "
+        f"{(alone[0] - fast[0]).abs().max().item():.2e}"
+    )
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _measure(model, ep: dict[str, torch.Tensor], args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, float]]:
+    def train_step() -> None:
+        model.zero_grad(set_to_none=True)
+        model.loss(model(ep["support"], ep["labels"], ep["query"], ep["tokens"]), ep["query_labels"]).backward()
+
+    def eval_full() -> None:
+        with torch.inference_mode():
+            model(ep["support"], ep["labels"], ep["query"], ep["tokens"])
+
+    with torch.inference_mode():
+        s_states, q_states = model.vision_prefix(ep["support"]), model.vision_prefix(ep["query"])
+        text = model.text_prefix(ep["tokens"].flatten(0, 1)).unflatten(0, ep["tokens"].shape[:2])
+
+    def eval_cached() -> None:
+        with torch.inference_mode():
+            model(s_states, ep["labels"], q_states, ep["tokens"], text_prefix=text, support_is_prefix=True, query_is_prefix=True)
+
+    def cache_one_video() -> None:
+        with torch.inference_mode():
+            model.vision_prefix(ep["query"][:1])
+
+    rows: dict[str, dict[str, float]] = {}
+    model.eval()
+    rows["cache, per video"] = _time(cache_one_video, args, device)
+    rows["eval, cached"] = _time(eval_cached, args, device)
+    rows["eval, no cache"] = _time(eval_full, args, device)
+    model.train()
+    rows["train step"] = _time(train_step, args, device)
+    return rows
+
+
+def _time(fn: Callable[[], None], args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    for _ in range(args.warmup):
+        fn()
+    _reset_peak(device)
+    times = []
+    for _ in range(args.repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return {"seconds": times[len(times) // 2], "peak_mib": _peak_mib(device)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak resident set (VmHWM)
+    except OSError:
+        pass
+
+
+def _peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / MIB
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB -> MiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _report(args: argparse.Namespace, cfg: ModelConfig, model, rows: dict[str, dict[str, float]]) -> None:
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
+    head = {
+        "clip": args.clip,
+        "device": device_name,
+        "dtype": "bf16 autocast" if cfg.amp and args.device.startswith("cuda") else "fp32",
+        "episode": f"{args.way}-way {args.shot}-shot, {args.query} query/class, T={args.frames}, S={args.sub_actions}",
+        "M": cfg.vision_adapted_layers,
+        "M_t": cfg.text_adapted_layers,
+        "image_size": model.image_size,
+        "trainable": model.parameter_counts()["trainable"],
+        "task_context": cfg.task_context,
+    }
+    if args.json:
+        print(json.dumps({**head, "rows": rows}))
+        return
+    print(", ".join(f"{k}={v}" for k, v in head.items()))
+    memory = "peak MiB (CUDA allocated)" if args.device.startswith("cuda") else "peak MiB (process RSS)"
+    print(f"{'':20s} {'seconds':>10s} {memory:>26s}")
+    for name, row in rows.items():
+        print(f"{name:20s} {row['seconds']:10.4f} {row['peak_mib']:26.1f}")
+    full, cached = rows["eval, no cache"]["seconds"], rows["eval, cached"]["seconds"]
+    print(f"eval speed-up from the cache: {full / cached:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
