@@ -6,9 +6,8 @@
     clip = fs.clip(video_id, 8, "train", rng=0)     # float (8, 3, 224, 224)
 
 Artifact `frames/<dataset>/<version>/`: `index.parquet` (one row per video: video_id, class, split,
-source_path, status ok|failed, reason, error, decoder, num_frames, fps, width, height,
-stored_indices, shard, offsets, bytes) and `shards/<unit>-<part>.parquet` (video_id, frame_index,
-jpeg). See `stage` for versioning and resuming, `decode` for decoding, `shards` for the file
+source_path, status ok|failed, reason, error, decoder, num_frames, fps, stored_indices, shard,
+offsets, bytes) and `shards/<unit>-<part>.parquet` (video_id, frame_index, jpeg). See `stage` for versioning and resuming, `decode` for decoding, `shards` for the file
 layout, `reader` for sampling and transforms.
 
 Storage cost: a video keeps min(num_frames, max_frames) frames of storage_size^2 pixels as JPEG at

@@ -79,8 +79,6 @@ class DecodedVideo:
 
     num_frames: int  # frames in the source
     fps: float | None  # average frame rate reported by the container
-    width: int  # source frame width
-    height: int  # source frame height
     decoder: str  # way that produced the frames: decord | decord+pil | pyav
     stored_indices: list[int] = field(default_factory=list)  # source frame numbers kept, ascending
     jpegs: list[bytes] = field(default_factory=list)  # one JPEG per kept frame
@@ -134,18 +132,6 @@ class _Unopenable(RuntimeError):
     """The backend cannot open the file at all: its other ways would fail the same way."""
 
 
-def _probe_size(path: str) -> tuple[int, int]:
-    """(width, height) of the first video stream, 0s when PyAV cannot tell (informational only)."""
-    try:
-        import av
-
-        with av.open(path) as c:
-            cc = c.streams.video[0].codec_context
-            return int(cc.width), int(cc.height)
-    except Exception:  # noqa: BLE001 - the size is only recorded, never used for decoding
-        return 0, 0
-
-
 def _decode_decord(path: str, s: DecodeSettings, *, resize_in_decoder: bool) -> DecodedVideo:
     """decord; resizing inside its decoder (ffmpeg swscale) is the fast path, PIL after it the second try."""
     import decord
@@ -159,7 +145,7 @@ def _decode_decord(path: str, s: DecodeSettings, *, resize_in_decoder: bool) -> 
     if n <= 0:
         raise RuntimeError("decord found no frames")
     fps = float(vr.get_avg_fps() or 0.0) or None
-    out = DecodedVideo(num_frames=n, fps=fps, width=0, height=0, decoder="decord" if resize_in_decoder else "decord+pil")
+    out = DecodedVideo(num_frames=n, fps=fps, decoder="decord" if resize_in_decoder else "decord+pil")
     if n < s.min_frames:
         return out
     keep = spread_indices(n, s.max_frames)
@@ -176,7 +162,6 @@ def _decode_decord(path: str, s: DecodeSettings, *, resize_in_decoder: bool) -> 
         shape = arr.shape[1:]
         out.jpegs.extend(encode_jpeg(f, s.size, s.quality) for f in arr)
     out.stored_indices = keep
-    out.width, out.height = _probe_size(path) if resize_in_decoder else (int(shape[1]), int(shape[0]))
     return out
 
 
@@ -193,15 +178,14 @@ def _decode_pyav(path: str, s: DecodeSettings) -> DecodedVideo:
             stream.codec_context.thread_count = s.threads
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else None
-        small, width, height = [], 0, 0  # every frame at size^2: bounded memory whatever the source size
+        small = []  # every frame at size^2: bounded memory whatever the source size
         for frame in container.decode(stream):
-            width, height = frame.width, frame.height
             img = frame.to_image()
             small.append(img if img.size == (s.size, s.size) else img.resize((s.size, s.size), _bilinear()))
     n = len(small)
     if n == 0:
         raise RuntimeError("PyAV decoded no frames")
-    out = DecodedVideo(num_frames=n, fps=fps, width=width, height=height, decoder="pyav")
+    out = DecodedVideo(num_frames=n, fps=fps, decoder="pyav")
     if n < s.min_frames:
         return out
     out.stored_indices = spread_indices(n, s.max_frames)

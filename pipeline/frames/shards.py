@@ -63,8 +63,6 @@ INDEX_SCHEMA = pa.schema(
         pa.field("decoder", pa.string()),  # decord | decord+pil | pyav: the way that read it (see decode.py)
         pa.field("num_frames", pa.int32()),  # frames in the source (null when unreadable)
         pa.field("fps", pa.float64()),  # average frame rate of the source
-        pa.field("width", pa.int32()),  # source frame width
-        pa.field("height", pa.int32()),  # source frame height
         pa.field("stored_indices", pa.list_(pa.int32()), nullable=False),  # source frame numbers stored, ascending
         pa.field("shard", pa.string()),  # shard file, relative to the artifact folder
         pa.field("offsets", pa.list_(pa.int64(), 2)),  # [start, stop) rows of this video in the shard
@@ -117,8 +115,6 @@ def _row(v: VideoEntry) -> dict[str, Any]:
         "decoder": None,
         "num_frames": None,
         "fps": None,
-        "width": None,
-        "height": None,
         "stored_indices": [],
         "shard": None,
         "offsets": None,
@@ -250,8 +246,6 @@ def decode_unit(unit: ShardUnit) -> dict[str, Any]:
                 decoder=video.decoder,
                 num_frames=video.num_frames,
                 fps=video.fps,
-                width=video.width or None,
-                height=video.height or None,
                 stored_indices=list(video.stored_indices),
                 shard=shard,
                 offsets=[start, stop],

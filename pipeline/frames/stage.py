@@ -79,8 +79,10 @@ def run(config: Any, inputs: Mapping[str, ArtifactRef] | None = None, store: Art
     )
     mapper = map_units or (lambda fn, units: _pool_map(fn, units, workers))
 
+    sizes = {v.path: st[0] if st else 0 for v, st in zip(videos, stats)}
+
     def build(staging: Staging) -> None:
-        _build(staging, config, videos, settings, mapper)
+        _build(staging, config, videos, sizes, settings, mapper)
 
     return build_once(
         store,
@@ -134,7 +136,9 @@ def plan_units(videos: Sequence[VideoEntry], config: Any, out_dir: str | os.Path
 
 
 # ----------------------------------------------------------------------------- build
-def _build(staging: Staging, config: Any, videos: list[VideoEntry], settings: DecodeSettings, mapper: MapUnits) -> None:
+def _build(
+    staging: Staging, config: Any, videos: list[VideoEntry], sizes: Mapping[str, int], settings: DecodeSettings, mapper: MapUnits
+) -> None:
     units = plan_units(videos, config, staging.dir, settings)
     results: dict[int, dict[str, Any]] = {}
     pending = []
@@ -147,12 +151,16 @@ def _build(staging: Staging, config: Any, videos: list[VideoEntry], settings: De
     if results:
         print(f"[fsar] frames: resuming: {len(results)} of {len(units)} shards already done, decoding the other {len(pending)}", flush=True)
     _remove_leftovers(staging.dir, results.values())
+    pending.sort(key=lambda u: -sum(sizes.get(v.path, 0) for v in u.videos))  # biggest first: no long unit left for last
 
     from tqdm import tqdm
 
+    class _Bar(tqdm):  # no monitor thread: it would make a worker pool fall back from fork to spawn
+        monitor_interval = 0
+
     done_videos = sum(len(r["rows"]) for r in results.values())
     failed = sum(row["status"] != "ok" for r in results.values() for row in r["rows"])
-    with tqdm(total=len(videos), initial=done_videos, unit="video", desc=f"frames {config.dataset.name}", mininterval=1.0) as bar:
+    with _Bar(total=len(videos), initial=done_videos, unit="video", desc=f"frames {config.dataset.name}", mininterval=1.0) as bar:
         for r in mapper(decode_unit, pending):
             results[r["unit"]] = r
             failed += sum(row["status"] != "ok" for row in r["rows"])
@@ -278,17 +286,28 @@ def _cpu_count() -> int:
 
 
 def _mp_context() -> multiprocessing.context.BaseContext:
-    """spawn: workers start clean even if this process holds threads (Prefect, torch) that fork would copy.
+    """fork when this process runs no other Python thread (workers start in milliseconds, nothing re-imported);
+    spawn otherwise (Prefect, notebooks: fork would copy locks held by other threads).
 
     spawn re-imports the main script in each worker; when there is no script file to import (code
     piped into `python -`), fork is the only choice.
     """
+    import threading
+
     import __main__
 
+    if threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
     main_file = getattr(__main__, "__file__", None)
     if getattr(__main__, "__spec__", None) is None and main_file is not None and not os.path.isfile(main_file):
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")
+
+
+def _preload_decoders() -> None:
+    import av  # noqa: F401
+    import decord  # noqa: F401
+    from PIL import Image  # noqa: F401
 
 
 def _pool_map(fn: Callable[[ShardUnit], dict[str, Any]], units: Sequence[ShardUnit], workers: int) -> Iterator[dict[str, Any]]:
@@ -297,7 +316,10 @@ def _pool_map(fn: Callable[[ShardUnit], dict[str, Any]], units: Sequence[ShardUn
         for u in units:
             yield fn(u)
         return
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=_mp_context())
+    ctx = _mp_context()
+    if ctx.get_start_method() == "fork":
+        _preload_decoders()  # imported once here, inherited by every forked worker
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=ctx)
     try:
         futures = [pool.submit(fn, u) for u in units]
         for f in as_completed(futures):

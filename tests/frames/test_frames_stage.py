@@ -103,14 +103,16 @@ def test_killed_run_resumes_and_equals_an_uninterrupted_one(video_set, tmp_path)
     store = ArtifactStore(killed_root)
     assert store.manifests("frames") == []  # nothing published
     staging = next((killed_root / ".staging" / "frames" / "custom").iterdir())
-    assert sorted(p.name for p in staging.glob(".unit-*.json")) == [".unit-00000.json", ".unit-00001.json"]
-    # what a kill in the middle of unit 2 would have left: a partial part and a temporary file
-    (staging / "shards" / "00002-00.parquet").write_bytes(b"half a shard")
-    (staging / "shards" / ".00002-01.parquet.999-dead.tmp").write_bytes(b"junk")
+    finished = sorted(int(p.name[6:11]) for p in staging.glob(".unit-*.json"))
+    assert len(finished) == 2  # the two units done before the kill
+    unfinished = sorted(set(range(6)) - set(finished))
+    # what a kill in the middle of a unit would have left: a partial part and a temporary file
+    (staging / "shards" / f"{unfinished[0]:05d}-00.parquet").write_bytes(b"half a shard")
+    (staging / "shards" / f".{unfinished[0]:05d}-01.parquet.999-dead.tmp").write_bytes(b"junk")
 
     rec = Recorder()
     resumed = run(cfg, {}, store, map_units=rec)
-    assert rec.units == [2, 3, 4, 5]  # only the unfinished units were decoded
+    assert sorted(rec.units) == unfinished  # only the unfinished units were decoded
     fresh = run(cfg.override("frames.workers=2"), {}, ArtifactStore(tmp_path / "fresh"))  # default process pool
     assert resumed.version == fresh.version
     assert artifact_files(resumed.path) == artifact_files(fresh.path)  # same index, same shard bytes
