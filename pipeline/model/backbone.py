@@ -182,4 +182,4 @@ def _create(name: str, pretrained: str | None, image_size: int, quick_gelu: bool
         return open_clip.create_model(name, **kwargs)
     except RuntimeError as exc:
         hint = "" if is_file else " Offline, download them elsewhere and set model.pretrained to the local checkpoint file."
-        raise BackboneError(f"could not load the {pretrained!r} weights of clip {name!r}: {exc}.{hint}") from exc
+        raise BackboneError(f"could not load the {pretrained!r} weights of clip {name!r}: {str(exc).rstrip('.')}.{hint}") from exc
