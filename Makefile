@@ -37,12 +37,10 @@ test: setup
 test-fast: setup
 	FSAR_SHARED=$(abspath $(SHARED)) $(BIN)/python -m pytest -q -m "not slow and not llm and not server" $(PYTEST_ARGS)
 
-# The demo: for now, the stages that exist, on the bundled synthetic dataset.
+# The offline demo: synthetic videos, a pre-trained tiny CLIP, both description corpora, train, evaluate.
 DEMO_DIR ?= $(ARTIFACTS)/synthetic-videos
 demo: setup
-	$(FSAR) synthetic --out $(DEMO_DIR) --videos-per-class 8
-	$(FSAR) frames --dataset synthetic --preset demo --video-root $(DEMO_DIR) --artifacts $(ARTIFACTS)
-	$(FSAR) catalog --artifacts $(ARTIFACTS)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m flows demo --artifacts $(ARTIFACTS) $(foreach s,$(SET),--set $(s))
 
 synthetic: setup
 	$(FSAR) synthetic --out $(or $(OUT),$(DEMO_DIR)) --videos-per-class $(or $(VIDEOS_PER_CLASS),8)
@@ -63,7 +61,7 @@ evaluate: setup
 
 # Every stage in order, as one Prefect flow run in this process (no server needed).
 full: setup
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m flows $(STAGE_ARGS) $(if $(STAGES),--stages $(STAGES)) \
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m flows full $(STAGE_ARGS) $(if $(STAGES),--stages $(STAGES)) \
 		$(if $(TASK_RUNNER),--task-runner $(TASK_RUNNER)) $(if $(DASK_ADDRESS),--dask-address $(DASK_ADDRESS))
 
 # Prefect server + process worker. PREFECT_API_URL / PREFECT_HOME are taken from the environment.

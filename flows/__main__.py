@@ -1,6 +1,9 @@
-"""`python -m flows --dataset D [--preset P] [--video-root DIR] [--artifacts ROOT] [--set k=v ...] [--stages a,b]`.
+"""Run a flow in-process (Prefect's local API; no server to start).
 
-Runs the `fsar` flow in-process (Prefect's local API; no server to start). `make full` calls this.
+    python -m flows full --dataset D [--preset P] [--video-root DIR] [--artifacts ROOT] [--set k=v ...] [--stages a,b]
+    python -m flows demo [--artifacts ROOT] [--set k=v ...]
+
+`make full` and `make demo` call this.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows", description="Run the fsar flow in-process.")
+    parser = argparse.ArgumentParser(prog="python -m flows", description="Run the fsar flow (full) or the offline demo in-process.")
+    parser.add_argument("flow", choices=["full", "demo"])
     parser.add_argument("--dataset", default="synthetic")
     parser.add_argument("--preset", default=None)
     parser.add_argument("--video-root", default=None)
@@ -25,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     # The ephemeral Prefect API starts a local server; its 20 s default time-out is too short on small machines.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if args.flow == "demo":
+        from flows.demo import demo
+
+        demo(artifacts=args.artifacts, overrides=args.overrides)
+        return 0
     from flows.fsar import fsar
 
     versions = fsar(
