@@ -46,6 +46,7 @@ REASONS = {
     "empty_file": "the file has zero bytes",
     "unreadable": "neither decord nor PyAV could decode it",
     "too_few_frames": "it has fewer frames than T (protocol.num_frames)",
+    "decoder_crash": "decoding it killed the worker process (segfault, abort, out of memory)",
 }
 
 _BATCH = 32  # frames fetched from decord at a time (bounds memory for long videos)

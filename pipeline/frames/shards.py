@@ -41,6 +41,7 @@ __all__ = [
 ]
 
 SHARD_DIR = "shards"
+CRASH_MESSAGE = "decoding this file killed the worker process (a decoder crash, or out of memory)"
 ROW_GROUP_ROWS = 64  # at most this many frames (of one video) per row group
 
 SHARD_SCHEMA = pa.schema(
@@ -80,6 +81,7 @@ class ShardUnit:
     out_dir: str  # the artifact's staging folder (shards go to <out_dir>/shards/)
     settings: DecodeSettings
     shard_max_bytes: int
+    crashed: frozenset[str] = frozenset()  # video ids that killed a decoding process: recorded, not decoded again
 
     @property
     def name(self) -> str:
@@ -95,7 +97,7 @@ class ShardUnit:
             "videos": [[v.video_id, v.class_name, v.split, v.path] for v in self.videos],
             "settings": {k: v for k, v in vars(self.settings).items() if k != "threads"},
             "shard_max_bytes": self.shard_max_bytes,
-        }
+        }  # not `crashed`: which videos crash follows from the rest
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -235,6 +237,10 @@ def decode_unit(unit: ShardUnit) -> dict[str, Any]:
     try:
         for v in unit.videos:
             row = _row(v)
+            if v.video_id in unit.crashed:
+                row.update(status="failed", reason="decoder_crash", error=CRASH_MESSAGE)
+                rows.append(row)
+                continue
             try:
                 video = decode_video(v.path, unit.settings)
             except VideoFailure as exc:

@@ -28,6 +28,7 @@ dataset registry as they are; nothing globs user file names.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -36,6 +37,7 @@ import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -311,20 +313,68 @@ def _preload_decoders() -> None:
 
 
 def _pool_map(fn: Callable[[ShardUnit], dict[str, Any]], units: Sequence[ShardUnit], workers: int) -> Iterator[dict[str, Any]]:
-    """Run units on a pool of `workers` fresh processes (in this process when one is enough)."""
-    if workers <= 1 or len(units) <= 1:
+    """Run units on a pool of `workers` processes (in this process when workers is 1).
+
+    A worker that dies (a decoder segfault on a bad file, the kernel's OOM killer) breaks the pool;
+    the units left are then run one per process, and a unit whose process dies again is probed video
+    by video, the culprit recorded as `decoder_crash`. Workers=1 runs in this process: no isolation.
+    """
+    if workers <= 1:
         for u in units:
             yield fn(u)
         return
     ctx = _mp_context()
     if ctx.get_start_method() == "fork":
         _preload_decoders()  # imported once here, inherited by every forked worker
+    done: set[int] = set()
     pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=ctx)
     try:
         futures = [pool.submit(fn, u) for u in units]
         for f in as_completed(futures):
-            yield f.result()
+            r = f.result()
+            done.add(r["unit"])
+            yield r
+    except BrokenProcessPool:
+        pass
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    log.debug("frames: pool of %d workers finished %d units", workers, len(units))
+    left = [u for u in units if u.unit_id not in done]
+    if left:
+        print(f"[fsar] frames: a decoding worker died; running the {len(left)} unfinished unit(s) one process each", flush=True)
+    for u in left:
+        yield _isolated(fn, u, ctx)
 
+
+def _in_child(fn: Callable[[Any], Any], arg: Any, ctx: multiprocessing.context.BaseContext) -> tuple[bool, Any]:
+    """(True, fn(arg)) computed in a fresh process, or (False, None) when that process died."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as one:
+        try:
+            return True, one.submit(fn, arg).result()
+        except BrokenProcessPool:
+            return False, None
+
+
+def _survives(arg: tuple[str, DecodeSettings]) -> bool:
+    """Decode one video the way a unit does; returns only if the process survives it."""
+    from pipeline.frames import shards
+
+    try:
+        shards.decode_video(*arg)
+    except shards.VideoFailure:
+        pass
+    return True
+
+
+def _isolated(fn: Callable[[ShardUnit], dict[str, Any]], unit: ShardUnit, ctx: multiprocessing.context.BaseContext) -> dict[str, Any]:
+    ok, result = _in_child(fn, unit, ctx)
+    if ok:
+        return result
+    crashed = frozenset(v.video_id for v in unit.videos if not _in_child(_survives, (v.path, unit.settings), ctx)[0])
+    log.warning("frames: unit %s: decoding killed the worker for %s", unit.name, sorted(crashed))
+    ok, result = _in_child(fn, dataclasses.replace(unit, crashed=crashed), ctx)
+    if not ok:
+        raise StageError(
+            f"frames: unit {unit.name} kills its worker process even without the videos that crash alone "
+            f"({sorted(crashed)}); its videos: {[v.path for v in unit.videos][:10]}; is the machine out of memory?"
+        )
+    return result

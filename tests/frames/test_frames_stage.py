@@ -119,3 +119,27 @@ def test_killed_run_resumes_and_equals_an_uninterrupted_one(video_set, tmp_path)
     assert resumed.manifest()["files"] == fresh.manifest()["files"]
     assert not any(p.name.startswith(".") for p in Path(resumed.path).rglob("*"))  # markers and temporaries are gone
     assert not staging.exists()
+
+
+def test_a_video_that_kills_its_worker_is_recorded(video_set, store, monkeypatch):
+    import multiprocessing
+
+    import pipeline.frames.shards as shards
+    import pipeline.frames.stage as stage
+
+    root, _ = video_set
+    real = shards.decode_video
+
+    def die_on_brackets(path, settings):  # noqa: ANN001 - a decoder segfault or the OOM killer on one bad file
+        if "[1]" in path:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(path, settings)
+
+    monkeypatch.setattr(shards, "decode_video", die_on_brackets)  # forked workers inherit it
+    monkeypatch.setattr(stage, "_mp_context", lambda: multiprocessing.get_context("fork"))
+    names = ["plain.mp4", "with space.mp4", "brackets [1].mp4", "brackets1.mp4"]
+    ref = run(make_config(write_list(root / "crash.csv", names), videos_per_shard=2, workers=2), {}, store)
+    index = pd.read_parquet(Path(ref.path) / "index.parquet").set_index("video_id")
+    assert index.loc["videos/brackets [1].mp4", "reason"] == "decoder_crash"
+    assert (index.drop("videos/brackets [1].mp4")["status"] == "ok").all()
+    assert ref.manifest()["summary"]["failed_by_reason"] == {"decoder_crash": 1}
