@@ -6,10 +6,15 @@
 Work units are fixed groups of `frames.videos_per_shard` videos (registry order: train, val, test).
 `shards.decode_unit` decodes one unit into its own shard file(s) and completion marker, touching
 nothing else; by default the units run on a local process pool (`frames.workers`, default all
-cores) with a progress bar, and an orchestrator passes `map_units(fn, units) -> results` to run them
-as Prefect tasks on Dask or Ray instead. The artifact is built in the store's resumable staging
-folder (stable per version): a killed run, re-run with the same inputs, keeps every unit that has
-its marker and decodes only the others; the result is byte-identical to an uninterrupted run.
+cores; forked, with the decoders imported once, unless other threads run, then spawned; biggest
+units first) with a progress bar, and an orchestrator passes `map_units(fn, units) -> results` to
+run them as Prefect tasks on Dask or Ray instead. A video that kills its worker (a decoder
+segfault, the OOM killer) is found by re-running that unit's videos one process each and recorded
+as `decoder_crash` (the default pool only; `workers=1` decodes in this process).
+
+The artifact is built in the store's resumable staging folder (stable per version): a killed run,
+re-run with the same inputs, keeps every unit that has its marker and decodes only the others; the
+result is byte-identical to an uninterrupted run.
 
 Version = hash of (stage format, the frames fields that change the output: storage_size,
 max_frames, jpeg_quality, videos_per_shard, shard_max_mb, decoder; protocol.num_frames, which

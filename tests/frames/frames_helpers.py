@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline.datasets.synthetic import write_video
 
@@ -119,6 +118,3 @@ def artifact_files(path: str | os.PathLike[str]) -> dict[str, bytes]:
     root = Path(path)
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != "manifest.json"}
 
-
-def shard_rows(artifact: str | os.PathLike[str], shard: str) -> int:
-    return pq.ParquetFile(Path(artifact) / shard).metadata.num_rows

@@ -11,7 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
-from frames_helpers import GOOD, Recorder, artifact_files, make_config, write_list
+from frames_helpers import Recorder, artifact_files, make_config, write_list
 
 from pipeline.artifacts import ArtifactStore
 from pipeline.frames import ShardUnit, decode_unit, run
@@ -93,8 +93,8 @@ KILLER = textwrap.dedent(
 def test_killed_run_resumes_and_equals_an_uninterrupted_one(video_set, tmp_path):
     root, _ = video_set
     cfg = make_config(root / "videos.csv", videos_per_shard=2)  # 12 videos -> 6 units
-    overrides = {k: v for k, v in cfg.dump()["frames"].items()}
-    overrides = {f"frames.{k}": v for k, v in overrides.items()} | {"dataset.name": "custom", "dataset.video_list": cfg.dataset.video_list}
+    overrides = {f"frames.{k}": v for k, v in cfg.dump()["frames"].items()}
+    overrides |= {"dataset.name": "custom", "dataset.video_list": cfg.dataset.video_list}
     killed_root = tmp_path / "killed"
     script = tmp_path / "killer.py"
     script.write_text(KILLER, encoding="utf-8")
