@@ -40,3 +40,28 @@ def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.datasets.synthetic import generate
 
     return generate(tmp_path_factory.mktemp("synthetic"), 3, seed=0, num_frames=16, size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides(synthetic_root: Path) -> list[str]:
+    """The smallest honest pipeline: script descriptions (file backend), fsar-micro, T=4, two training episodes."""
+    return [
+        "descriptions.backend=file",
+        f"descriptions.corpus={synthetic_root / 'scripts.yaml'}",
+        "frames.storage_size=40",
+        "frames.max_frames=8",
+        "frames.workers=1",
+        "model.clip=fsar-micro",
+        "model.pretrained=null",
+        "model.image_size=32",
+        "model.vision_adapted_layers=1",
+        "model.text_adapted_layers=1",
+        "protocol.num_frames=4",
+        "train.device=cpu",
+        "evaluate.device=cpu",
+        "train.epochs=1",
+        "train.episodes_per_epoch=2",
+        "train.val_episodes=2",
+        "train.warmup_epochs=0",
+        "evaluate.episodes=3",
+    ]

@@ -11,25 +11,6 @@ from pipeline.config import load_config
 from pipeline.datasets import get_dataset
 from pipeline.stage import build_once
 
-TINY = [
-    "frames.storage_size=40",
-    "frames.max_frames=8",
-    "frames.workers=1",
-    "model.clip=fsar-micro",
-    "model.pretrained=null",
-    "model.image_size=32",
-    "model.vision_adapted_layers=1",
-    "model.text_adapted_layers=1",
-    "protocol.num_frames=4",
-    "train.device=cpu",
-    "evaluate.device=cpu",
-    "train.epochs=1",
-    "train.episodes_per_epoch=2",
-    "train.val_episodes=2",
-    "train.warmup_epochs=0",
-    "train.checkpoint_every=1",
-    "evaluate.episodes=4",
-]
 
 
 def script_descriptions(cfg, store, corpus_path):
@@ -48,12 +29,12 @@ def script_descriptions(cfg, store, corpus_path):
 
 
 @pytest.fixture(scope="session")
-def tiny(synthetic_root, tmp_path_factory):
+def tiny(synthetic_root, tiny_overrides, tmp_path_factory):
     """(config, store, {frames, descriptions, embeddings} refs) at the smallest honest size."""
     from pipeline import embeddings, frames
 
     root = tmp_path_factory.mktemp("training-artifacts")
-    cfg = load_config("demo", overrides=[f"dataset.video_root={synthetic_root}", f"artifacts={root}", *TINY])
+    cfg = load_config("demo", overrides=[f"dataset.video_root={synthetic_root}", f"artifacts={root}", *tiny_overrides, "train.checkpoint_every=1", "evaluate.episodes=4"])
     store = ArtifactStore(root)
     fr = frames.run(cfg, {}, store)
     desc = script_descriptions(cfg, store, synthetic_root / "scripts.yaml")
