@@ -35,6 +35,7 @@ class EvaluateConfig(Section):
     split: Literal["train", "val", "test"] = "test"  # split evaluated
     cache: bool = True  # run the frozen vision prefix once per video
     baselines: bool = True  # also score the frozen-CLIP prototype baseline, visual-only and semantic-only
+    untrained: bool = False  # also score the full model at its training initialisation (a second model in memory)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint: str | None = None  # checkpoint file to evaluate; None = best checkpoint of the latest train artifact
     descriptions_label: str | None = None  # name of the corpus in the results; None = `llm` or `file` by backend

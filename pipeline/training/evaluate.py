@@ -3,7 +3,8 @@
 Methods scored on the same saved episodes:
 - `task_adapter_pp`: argmax of vis * sem (the paper's model),
 - `visual_only`: argmax of vis, `semantic_only`: argmax of sem (the two factors alone),
-- `clip_prototype`: frozen CLIP (no adapters), cosine of the mean frame feature to class prototypes.
+- `clip_prototype`: frozen CLIP (no adapters), cosine of the mean frame feature to class prototypes,
+- `untrained` (with `evaluate.untrained`): the full model at its training initialisation.
 
 The evaluation cache (method.md, "Speed"): every parameter is fixed and eval frame sampling is
 deterministic, so the first L-M vision blocks run once per video (`model.vision_prefix`) and only the
@@ -44,7 +45,7 @@ from pipeline.training.report import confusion, summarise, table_markdown, write
 __all__ = ["EpisodeScorer", "FORMAT_VERSION", "METHODS", "descriptions_label", "run", "score_episodes"]
 
 FORMAT_VERSION = 1
-METHODS = ("task_adapter_pp", "visual_only", "semantic_only", "clip_prototype")
+METHODS = ("task_adapter_pp", "visual_only", "semantic_only", "clip_prototype")  # `untrained` too with evaluate.untrained
 
 
 class EpisodeScorer:
@@ -175,7 +176,7 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
     check_checkpoint(ckpt, cfg, ckpt_path)
     label = descriptions_label(cfg, inputs["embeddings"])
     fields = {
-        "evaluate": section_dict(cfg.evaluate, ["episodes", "shot", "seed", "split", "baselines", "checkpoint"]),
+        "evaluate": section_dict(cfg.evaluate, ["episodes", "shot", "seed", "split", "baselines", "untrained", "checkpoint"]),
         "protocol": section_dict(cfg.protocol),
         "model": section_dict(cfg.model),
         "checkpoint_sha256": _file_digest(ckpt_path),
@@ -217,6 +218,8 @@ def _check_text_cache(cfg: Config, text: Any) -> None:
 
 
 def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef], ckpt: dict[str, Any], label: str) -> None:
+    from pipeline.model import build_model
+
     device = pick_device(cfg.evaluate.device)
     model, loader, frames = prepare(cfg, inputs, device)
     model.load_trainable_state_dict(ckpt["trainable"])
@@ -233,6 +236,11 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
 
     pairs = get_dataset(cfg.dataset).order_pairs()
     rows = score_episodes(scorer, episodes, cfg.evaluate.baselines, pairs)
+    if cfg.evaluate.untrained:  # the same model at its training initialisation, on the same episodes
+        torch.manual_seed(cfg.train.seed)
+        fresh = build_model(cfg.model, cfg.protocol, device=device).eval()
+        for row in score_episodes(EpisodeScorer(fresh, loader, cache=cfg.evaluate.cache, amp=cfg.train.amp), episodes, False, pairs, "untrained"):
+            rows.append({**row, "method": "untrained"})
     seconds = time.perf_counter() - t0
     df = pd.DataFrame(rows)
     df.insert(2, "descriptions", label)

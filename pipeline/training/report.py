@@ -22,6 +22,7 @@ METHOD_LABELS = {
     "visual_only": "visual score only",
     "semantic_only": "semantic score only",
     "clip_prototype": "frozen CLIP prototype (no adapters)",
+    "untrained": "Task-Adapter++ before training",
 }
 
 

@@ -80,3 +80,7 @@ def test_same_seed_same_episodes_and_other_shots(trained):
     assert all(e.shot == 1 for e in ea) and all(e.shot == 2 and len(e.support) == 10 for e in eb)
     again = evaluate.run(cfg.override("evaluate.cache=false"), refs, store)
     assert again.version == a.version  # the cache is not part of the version: same results
+    with_init = evaluate.run(cfg.override("evaluate.untrained=true"), refs, store)
+    df = store.load("evaluate", "synthetic", with_init.version)
+    assert set(df["method"]) == {*evaluate.METHODS, "untrained"}
+    assert df.groupby("method")["episode"].apply(list).map(tuple).nunique() == 1  # same episodes for every method
