@@ -12,6 +12,7 @@ vocabulary as `caption(state)`, which describes one frame ("a small red circle n
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -27,14 +28,20 @@ from pipeline.datasets.registry import SPLITS, DatasetError, VideoEntry, registe
 __all__ = [
     "CLASSES",
     "COLOURS",
+    "CaptionedFrame",
     "ObjectState",
     "SyntheticClass",
     "caption",
+    "captioned_frame",
     "class_split",
+    "frame_seed",
     "generate",
+    "phrase",
+    "render_frame",
     "render_video",
     "sample_video_params",
     "script",
+    "states_at",
     "write_video",
 ]
 
@@ -211,7 +218,8 @@ def caption(states: Sequence[ObjectState], shape: str, colour: str, background: 
     return text
 
 
-def _object_phrase(states: Sequence[ObjectState], shape: str) -> str:
+def phrase(states: Sequence[ObjectState], shape: str) -> str:
+    """One frame in the scripts' words, colour-free: 'the object is small near the left', 'the bar is vertical ...'."""
     noun = "bar" if shape == "bar" else "object"
     if len(states) == 2:
         gap = abs(states[1].x - states[0].x)
@@ -233,9 +241,9 @@ def script(name: str, num_sub_actions: int) -> list[str]:
     out = []
     for k in range(num_sub_actions):
         u = (k + 0.5) / num_sub_actions
-        phrase = _object_phrase(cls.trajectory(u), cls.shape or "object")
+        text = phrase(cls.trajectory(u), cls.shape or "object")
         prefix = "first" if k == 0 else "finally" if k == num_sub_actions - 1 else "then"
-        out.append(f"{prefix} {phrase}")
+        out.append(f"{prefix} {text}")
     return out
 
 
@@ -323,6 +331,67 @@ def render_video(cls: SyntheticClass, p: VideoParams, num_frames: int, size: int
     """[num_frames, size, size, 3] uint8."""
     frames = [render_frame(states_at(cls, p, i / (num_frames - 1)), p, size, rng) for i in range(num_frames)]
     return np.stack(frames)
+
+
+# ------------------------------------------------ single captioned frames
+#: first entry of every single-frame seed; videos use the 3-entry seeds [seed, class index, video index]
+FRAME_SEED_NAMESPACE = 0x5CE7E
+#: independent streams of single frames (pre-training vs held-out retrieval); never 0, see `frame_seed`
+FRAME_STREAMS = {"train": 1, "heldout": 2}
+
+
+@dataclass(frozen=True)
+class CaptionedFrame:
+    """One rendered scene with its words: a class trajectory at a random time, or a free random layout."""
+
+    image: np.ndarray  # [size, size, 3] uint8
+    class_name: str | None  # whose trajectory it was taken from (never part of its words); None = free layout
+    t: float  # video time in [0, 1] (trajectory scenes)
+    params: VideoParams
+    states: tuple[ObjectState, ...]
+
+    def caption(self, background: bool = True) -> str:
+        """'a small red circle near the top left on a navy background' (see `caption`)."""
+        return caption(self.states, self.params.shape, self.params.colour, self.params.background if background else None)
+
+    def phrase(self) -> str:
+        """'the object is small near the left' (the scripts' words, see `phrase`)."""
+        return phrase(self.states, self.params.shape)
+
+
+def frame_seed(seed: int, index: int, stream: str) -> list[int]:
+    """Seed of single frame `index`: 4 entries, the last one non-zero, so never equal to a video's 3-entry seed."""
+    if stream not in FRAME_STREAMS:
+        raise ValueError(f"unknown frame stream {stream!r}; choose one of {', '.join(FRAME_STREAMS)}")
+    return [FRAME_SEED_NAMESPACE, seed, index, FRAME_STREAMS[stream]]
+
+
+def _free_layout(rng: np.random.Generator, shape: str) -> tuple[tuple[ObjectState, ...], str]:
+    """Objects anywhere: any position, size, visibility and (bars) tilt, or two objects at any gap."""
+    shape = "bar" if rng.random() < 0.2 else shape
+    if shape != "bar" and rng.random() < 0.15:
+        cx, y, d, s = rng.uniform(0.4, 0.6), rng.uniform(0.25, 0.75), rng.uniform(0.04, 0.36), rng.uniform(0.5, 1.0)
+        return (ObjectState(float(cx - d), float(y), float(s)), ObjectState(float(cx + d), float(y), float(s))), shape
+    x, y = rng.uniform(0.12, 0.88, 2)
+    scale = math.exp(rng.uniform(math.log(0.35), math.log(1.6)))
+    alpha = 1.0 if rng.random() < 0.75 else float(rng.random())
+    angle = float(rng.uniform(0.0, 180.0)) if shape == "bar" else 0.0
+    return (ObjectState(float(x), float(y), scale, alpha, angle),), shape
+
+
+def captioned_frame(seed: int, index: int, size: int, stream: str = "train", free_share: float = 0.0) -> CaptionedFrame:
+    """Frame `index` of a stream: a random class's trajectory at a random time (or, with probability
+    `free_share`, a free random layout), with every video nuisance (colour, background, noise, distractor)."""
+    rng = np.random.default_rng(frame_seed(seed, index, stream))
+    cls = CLASSES[rng.integers(len(CLASSES))]
+    params = sample_video_params(rng, cls)
+    t, u = float(rng.random()), float(rng.random())
+    if u < free_share:
+        states, shape = _free_layout(rng, params.shape)
+        params = dataclasses.replace(params, shape=shape)
+        return CaptionedFrame(render_frame(states, params, size, rng), None, t, params, states)
+    states = tuple(states_at(cls, params, t))
+    return CaptionedFrame(render_frame(states, params, size, rng), cls.name, t, params, states)
 
 
 def write_video(frames: np.ndarray, path: str | os.PathLike[str], fps: int = 12, codec: str = "libx264") -> None:
