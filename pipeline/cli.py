@@ -195,6 +195,29 @@ def evaluate_cmd(
     _guarded(go)
 
 
+@app.command("pretrain-backbone")
+def pretrain_backbone_cmd(
+    dataset: DatasetOpt = "synthetic",
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    artifacts: ArtifactsOpt = None,
+) -> None:
+    """Pre-train the demo's tiny CLIP on captioned synthetic frames (offline, a few CPU minutes)."""
+
+    def go() -> None:
+        from pipeline.artifacts import ArtifactStore
+        from pipeline.backbone import checkpoint_path, run
+
+        cfg = build_config(dataset, preset, set_, artifacts)
+        ref = run(cfg, {}, ArtifactStore(cfg.artifacts))
+        path = checkpoint_path(ref)
+        typer.echo(f"pretrain-backbone: {ref}")
+        typer.echo(f"checkpoint: {path}")
+        typer.echo(f"use it with: --set model.clip={cfg.backbone.clip} --set model.pretrained={path}")
+
+    _guarded(go)
+
+
 @app.command("synthetic")
 def synthetic_cmd(
     out: Annotated[Path, typer.Option("--out", help="folder to write the videos, synthetic.csv and scripts.yaml into")],

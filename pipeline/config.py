@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from pipeline._section import Section
+from pipeline.backbone.config import BackboneConfig
 from pipeline.datasets.config import DatasetConfig, ProtocolConfig
 from pipeline.descriptions.config import DescriptionsConfig
 from pipeline.embeddings.config import EmbeddingsConfig
@@ -54,6 +55,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    backbone: BackboneConfig = Field(default_factory=BackboneConfig)
 
     def override(self, *overrides: str | Mapping[str, Any]) -> "Config":
         """Return a copy with `key=value` strings (or a {dotted.key: value} mapping) applied."""
