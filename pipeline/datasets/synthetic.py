@@ -474,6 +474,14 @@ class SyntheticDataset(ListedDataset):
             raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         return [c.name for c in CLASSES if class_split(c.name) == split]
 
+    def order_pairs(self) -> dict[str, str]:
+        out = {}
+        for a in CLASSES:
+            for b in CLASSES:
+                if a.pair == b.pair and a.name != b.name:
+                    out[a.name] = b.name
+        return out
+
     @cached_property
     def _entries(self) -> list[VideoEntry]:
         root = self._video_root_or_hint()
