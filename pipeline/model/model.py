@@ -226,17 +226,20 @@ class TaskAdapterPP(nn.Module):
         text_prefix: Tensor | None = None,
         support_is_prefix: bool = False,
         query_is_prefix: bool = False,
+        text_features: Tensor | None = None,
     ) -> EpisodeScores:
         """Score every query against the N classes of one episode.
 
         support: (N*K, T, 3, H, W) clips, or (N*K, T, P+1, D) prefix states with support_is_prefix;
         support_labels: (N*K,) in 0..N-1, any order; query: (Q_total, T, 3, H, W) or prefix states;
-        text_tokens: (N, S, ctx), row c = class c; text_prefix: optional (N, S, ctx, D_t) cache.
+        text_tokens: (N, S, ctx), row c = class c; text_prefix: optional (N, S, ctx, D_t) cache;
+        text_features: optional (N, S, E) output of `encode_text` (a class's features depend on that class alone,
+        so evaluation computes them once per class).
         """
         num_classes = text_tokens.shape[0]
         _check_labels(support_labels, support.shape[0], num_classes)
         z_s, z_q = self.encode_videos(support, query, support_is_prefix, query_is_prefix)  # (N*K, T, E), (Q, T, E)
-        text = self.encode_text(text_tokens, text_prefix)  # (N, S, E)
+        text = self.encode_text(text_tokens, text_prefix) if text_features is None else text_features  # (N, S, E)
         vis = visual_scores(z_q, class_prototypes(z_s, support_labels, num_classes))  # (Q, N)
         mask = task_mask(z_s.shape[0], z_q.shape[0], self.cfg.task_context, device=z_s.device)  # (V, V)
         transitions = transition_features(torch.cat([z_s, z_q]), z_s.shape[0], mask, self.ca_norm)  # (Q, T-1, E)

@@ -8,7 +8,8 @@ Methods scored on the same saved episodes:
 
 The evaluation cache (method.md, "Speed"): every parameter is fixed and eval frame sampling is
 deterministic, so the first L-M vision blocks run once per video (`model.vision_prefix`) and only the
-last M blocks run per episode. Predictions are identical to the uncached path (a test).
+last M blocks run per episode; the adapted text features of a class depend on that class alone, so
+they are computed once per class. Predictions are identical to the uncached path (a test).
 
 Artifact files: `episodes.parquet` (main: one row per episode x method, with `accuracy`),
 `episode_list.parquet` (the saved episodes), `confusion.parquet`, `summary.json`, `report.md`, PNG plots.
@@ -55,6 +56,7 @@ class EpisodeScorer:
         self.model, self.loader, self.cache, self.amp, self.batch = model, loader, cache, amp, batch
         self._prefix: dict[str, torch.Tensor] = {}
         self._frozen: dict[str, torch.Tensor] = {}
+        self._text: dict[str, torch.Tensor] = {}
 
     def _fill(self, store: dict[str, torch.Tensor], ids: Sequence[str], fn) -> None:
         todo = [v for v in dict.fromkeys(ids) if v not in store]
@@ -76,6 +78,18 @@ class EpisodeScorer:
         self._fill(self._frozen, ids, self.model.frozen_frame_features)
         return torch.stack([self._frozen[v] for v in ids])  # (B, T, E)
 
+    def text(self, classes: Sequence[str]) -> torch.Tensor | None:
+        """Adapted text features per class, computed once per class when caching (a class's depend on it alone)."""
+        if not self.cache:
+            return None
+        todo = [c for c in classes if c not in self._text]
+        if todo:
+            tokens, states = self.loader.text_for(todo)
+            with autocast(self.loader.device, self.amp):
+                feats = self.model.encode_text(tokens, states).float()  # (n, S, E)
+            self._text.update(zip(todo, feats))
+        return torch.stack([self._text[c] for c in classes])  # (N, S, E)
+
     @torch.inference_mode()
     def scores(self, ep: Episode):
         support, s_prefix = self.videos(ep.support)
@@ -84,7 +98,8 @@ class EpisodeScorer:
         labels = torch.as_tensor(ep.support_labels, device=self.loader.device)
         with autocast(self.loader.device, self.amp):
             return self.model(
-                support, labels, query, tokens, text_prefix=states, support_is_prefix=s_prefix, query_is_prefix=q_prefix
+                support, labels, query, tokens, text_prefix=states, support_is_prefix=s_prefix, query_is_prefix=q_prefix,
+                text_features=self.text(ep.classes),
             )
 
     @torch.inference_mode()
