@@ -31,6 +31,7 @@ import torch
 from pipeline.artifacts import ArtifactError, ArtifactRef, ArtifactStore, Staging
 from pipeline.config import Config, section_dict
 from pipeline.stage import StageError, build_once
+from pipeline.training.common import pick_device
 
 __all__ = ["CHECKPOINT", "FORMAT_VERSION", "MAIN", "RETRIEVAL", "STAGE", "checkpoint_path", "run"]
 
@@ -85,7 +86,7 @@ def _build(cfg: Config, staging: Staging) -> None:
     pre = clip.visual.preprocess_cfg  # open_clip's defaults for a model without a pretrained tag: OpenAI CLIP's mean/std
     view = FrameView(cfg.dataset.synthetic_size, cfg.frames.storage_size, cfg.frames.jpeg_quality, cfg.model.image_size,
                      tuple(float(v) for v in pre["mean"]), tuple(float(v) for v in pre["std"]))  # type: ignore[arg-type]
-    device = _device(b.device)
+    device = pick_device(b.device, "backbone.device")
     clip.to(device)
     heldout = [captioned_frame(b.seed, i, view.video_size, "heldout") for i in range(b.eval_frames)]  # class trajectories only
     at_init = retrieval.evaluate(clip, tokenizer, view, heldout, b.eval_candidates, probes=False)
@@ -128,14 +129,6 @@ def _build(cfg: Config, staging: Staging) -> None:
         "phrase_top1": final["phrase"]["top1"], "phrase_chance": final["phrase"]["chance"],
         "steps": result.steps, "seconds": round(result.seconds, 1),
     }
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise StageError(f"backbone.device {name!r} was asked for but no GPU is visible; use --set backbone.device=cpu")
-    return torch.device(name)
 
 
 def checkpoint_path(ref: ArtifactRef) -> str:

@@ -44,11 +44,12 @@ IDENTITY_FIELDS = (
 )
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, key: str = "train.device") -> torch.device:
+    """`auto` = cuda when visible, else cpu; a GPU asked for where none is visible is an error naming `key`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise StageError(f"device {name!r} was asked for but no GPU is visible; use --set train.device=cpu")
+        raise StageError(f"{key} {name!r} was asked for but no GPU is visible; use --set {key}=cpu")
     return torch.device(name)
 
 

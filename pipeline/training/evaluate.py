@@ -235,7 +235,7 @@ def _check_text_cache(cfg: Config, text: Any) -> None:
 def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef], ckpt: dict[str, Any], label: str) -> None:
     from pipeline.model import build_model
 
-    device = pick_device(cfg.evaluate.device)
+    device = pick_device(cfg.evaluate.device, "evaluate.device")
     model, loader, frames = prepare(cfg, inputs, device)
     model.load_trainable_state_dict(ckpt["trainable"])
     model.eval()
