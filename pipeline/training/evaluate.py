@@ -18,6 +18,7 @@ Artifact files: `episodes.parquet` (main: one row per episode x method, with `ac
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +44,7 @@ from pipeline.training.common import (
 from pipeline.training.episodes import Episode, EpisodeSampler, episodes_to_frame
 from pipeline.training.report import confusion, summarise, table_markdown, write_plots, write_report
 
-__all__ = ["EpisodeScorer", "FORMAT_VERSION", "METHODS", "descriptions_label", "run", "score_episodes"]
+__all__ = ["EpisodeScorer", "FORMAT_VERSION", "METHODS", "combine", "descriptions_label", "run", "score_episodes"]
 
 FORMAT_VERSION = 1
 METHODS = ("task_adapter_pp", "visual_only", "semantic_only", "clip_prototype")  # `untrained` too with evaluate.untrained
@@ -294,3 +295,35 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
     write_report(summary, out, f"fsar evaluation: {cfg.dataset.name}", notes)
     staging.extra["summary"] = {r["method"] + (f"/{r['descriptions']}" if "descriptions" in r else ""): [r["mean"], r["ci95"]] for r in summary["results"]}
     print(table_markdown(summary), flush=True)
+
+
+def combine(store: ArtifactStore, evaluations: dict[str, ArtifactRef], title: str) -> ArtifactRef:
+    """One evaluate artifact holding several evaluations of the same episodes (e.g. one per description corpus).
+
+    Its main table is the inputs' tables stacked (their `descriptions` column tells them apart), with a
+    summary, report and plots over all of them; the inputs must share dataset and saved episodes.
+    """
+    tables, episode_lists = {}, {}
+    for name, ref in evaluations.items():
+        tables[name] = store.load("evaluate", ref.dataset, ref.version)
+        episode_lists[name] = store.load("evaluate", ref.dataset, ref.version, table="episode_list.parquet")
+    first = next(iter(episode_lists.values()))
+    if any(not first.equals(e) for e in episode_lists.values()):
+        raise StageError(f"evaluations {list(evaluations)} were made on different episodes; combine only runs with the same evaluate seed and split")
+    dataset = next(iter(evaluations.values())).dataset
+
+    def build(staging: Staging) -> None:
+        df = pd.concat(tables.values(), ignore_index=True)
+        staging.write_parquet("episodes.parquet", df)
+        staging.write_parquet("episode_list.parquet", first)
+        base = json.loads((store.local_path(next(iter(evaluations.values()))) / "summary.json").read_text())
+        extra = {k: v for k, v in base.items() if k != "results"}
+        summary = summarise(df, {**extra, "combined": {name: str(ref) for name, ref in evaluations.items()}})
+        write_plots(df, summary, staging.dir)
+        write_report(summary, staging.dir, title, [f"combines {', '.join(f'{k} ({v})' for k, v in evaluations.items())}; same saved episodes"])
+        staging.extra["summary"] = {f"{r['method']}/{r.get('descriptions')}": [r["mean"], r["ci95"]] for r in summary["results"]}
+
+    return build_once(
+        store, "evaluate", dataset, config={"combine": sorted(evaluations)}, inputs=evaluations, build=build,
+        main="episodes.parquet", format_version=FORMAT_VERSION,
+    )

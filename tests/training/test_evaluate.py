@@ -9,6 +9,7 @@ import torch
 
 from pipeline import artifacts
 from pipeline.artifacts import ArtifactStore
+from pipeline.stage import StageError
 from pipeline.training import evaluate, train
 from pipeline.training.episodes import episodes_from_frame
 
@@ -84,3 +85,16 @@ def test_same_seed_same_episodes_and_other_shots(trained):
     df = store.load("evaluate", "synthetic", with_init.version)
     assert set(df["method"]) == {*evaluate.METHODS, "untrained"}
     assert df.groupby("method")["episode"].apply(list).map(tuple).nunique() == 1  # same episodes for every method
+
+
+def test_combine_stacks_evaluations_of_the_same_episodes(trained):
+    cfg, store, refs = trained
+    a = evaluate.run(cfg.override("evaluate.descriptions_label=script"), refs, store)
+    b = evaluate.run(cfg.override("evaluate.descriptions_label=llm"), refs, store)
+    both = evaluate.combine(store, {"script": a, "llm": b}, "both")
+    df = artifacts.load("evaluate", "synthetic", root=store.root)  # the latest: the combined one
+    assert store.resolve("evaluate", "synthetic").version == both.version
+    assert set(df["descriptions"]) == {"script", "llm"} and len(df) == 2 * len(store.load("evaluate", "synthetic", a.version))
+    other = evaluate.run(cfg.override("evaluate.seed=77"), refs, store)
+    with pytest.raises(StageError, match="different episodes"):
+        evaluate.combine(store, {"script": a, "other": other}, "mixed")
