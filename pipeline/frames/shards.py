@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import uuid
+from pipeline.artifacts import sha256_file
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,14 +125,6 @@ def _row(v: VideoEntry) -> dict[str, Any]:
     }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _atomic_json(path: Path, data: Any) -> None:
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
@@ -174,7 +167,7 @@ class _PartWriter:
             return
         self._writer.close()
         final = Path(self.unit.out_dir) / self._name
-        self.files[self._name] = {"sha256": _sha256(self._tmp), "size": self._tmp.stat().st_size}
+        self.files[self._name] = {"sha256": sha256_file(self._tmp), "size": self._tmp.stat().st_size}
         os.replace(self._tmp, final)
         self._writer = self._tmp = None
 

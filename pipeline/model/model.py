@@ -222,7 +222,7 @@ class TaskAdapterPP(nn.Module):
         support: Tensor,
         support_labels: Tensor,
         query: Tensor,
-        text_tokens: Tensor,
+        text_tokens: Tensor | None,
         text_prefix: Tensor | None = None,
         support_is_prefix: bool = False,
         query_is_prefix: bool = False,
@@ -236,7 +236,9 @@ class TaskAdapterPP(nn.Module):
         text_features: optional (N, S, E) output of `encode_text` (a class's features depend on that class alone,
         so evaluation computes them once per class).
         """
-        num_classes = text_tokens.shape[0]
+        if text_tokens is None and text_features is None:
+            raise ValueError("forward needs text_tokens (N, S, ctx) or text_features (N, S, E)")
+        num_classes = (text_features if text_features is not None else text_tokens).shape[0]
         _check_labels(support_labels, support.shape[0], num_classes)
         z_s, z_q = self.encode_videos(support, query, support_is_prefix, query_is_prefix)  # (N*K, T, E), (Q, T, E)
         text = self.encode_text(text_tokens, text_prefix) if text_features is None else text_features  # (N, S, E)

@@ -17,7 +17,6 @@ Artifact files: `episodes.parquet` (main: one row per episode x method, with `ac
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging
+from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, sha256_file
 from pipeline.config import Config, section_dict
 from pipeline.stage import StageError, build_once
 from pipeline.training.common import (
@@ -95,12 +94,13 @@ class EpisodeScorer:
     def scores(self, ep: Episode):
         support, s_prefix = self.videos(ep.support)
         query, q_prefix = self.videos(ep.query)
-        tokens, states = self.loader.text_for(ep.classes)
+        features = self.text(ep.classes)  # (N, S, E) once per class when caching, else None
+        tokens, states = self.loader.text_for(ep.classes) if features is None else (None, None)
         labels = torch.as_tensor(ep.support_labels, device=self.loader.device)
         with autocast(self.loader.device, self.amp):
             return self.model(
                 support, labels, query, tokens, text_prefix=states, support_is_prefix=s_prefix, query_is_prefix=q_prefix,
-                text_features=self.text(ep.classes),
+                text_features=features,
             )
 
     @torch.inference_mode()
@@ -175,14 +175,6 @@ def _checkpoint_path(cfg: Config, inputs: dict[str, ArtifactRef]) -> Path:
     return ArtifactStore(inputs["train"].root).local_path(inputs["train"]) / "best.pt"
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
-
 def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> ArtifactRef:
     for need in ("frames", "embeddings"):
         if need not in inputs:
@@ -195,7 +187,7 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
         "evaluate": section_dict(cfg.evaluate, ["episodes", "shot", "seed", "split", "baselines", "untrained", "checkpoint"]),
         "protocol": section_dict(cfg.protocol),
         "model": section_dict(cfg.model),
-        "checkpoint_sha256": _file_digest(ckpt_path),
+        "checkpoint_sha256": sha256_file(ckpt_path),
         "descriptions": label,
     }
     stage_inputs = {k: v for k, v in inputs.items() if k in ("frames", "embeddings", "train")}

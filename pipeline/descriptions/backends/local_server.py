@@ -9,7 +9,6 @@ default model is SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside the PyPI packa
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import socket
@@ -22,6 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.artifacts import sha256_file
 from pipeline.descriptions.backends import Backend, Completion, Request
 from pipeline.descriptions.backends.openai_api import OpenAIBackend
 from pipeline.descriptions.config import DescriptionsConfig
@@ -59,11 +59,7 @@ def file_sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _sha_cache:
-        h = hashlib.sha256()
-        with path.open("rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
-        _sha_cache[key] = h.hexdigest()
+        _sha_cache[key] = sha256_file(path)
     return _sha_cache[key]
 
 
