@@ -30,7 +30,7 @@ from pipeline.descriptions.prompts import Prompt, load_prompt
 from pipeline.descriptions.validate import coerce, parse_answer, qa_flags
 from pipeline.stage import StageError, build_once
 
-__all__ = ["CORPUS_FILE", "FORMAT_VERSION", "MAIN", "SCHEMA", "STAGE", "ClassItem", "describe", "run", "version_fields"]
+__all__ = ["CORPUS_FILE", "FORMAT_VERSION", "MAIN", "SCHEMA", "STAGE", "ClassItem", "describe", "plan_fields", "run", "version_fields"]
 
 STAGE = "descriptions"
 FORMAT_VERSION = 1
@@ -287,10 +287,9 @@ def _corpus(items: Sequence[ClassItem], table: pd.DataFrame) -> dict[str, Any]:
     return out
 
 
-def run(config: Any, inputs: Mapping[str, ArtifactRef] | None, store: ArtifactStore) -> ArtifactRef:
-    """Build (or find) the descriptions artifact of `config.dataset` with `config.descriptions`."""
+def _setup(config: Any) -> tuple[list[ClassItem], Backend, Prompt | None, dict[str, Any]]:
+    """Classes, checked backend, prompt and version fields: everything decided before any answer is asked."""
     cfg: DescriptionsConfig = config.descriptions
-    s = config.protocol.num_sub_actions
     spec = get_dataset(config.dataset)
     items = [ClassItem(split, name, spec.display_name(name)) for split, name in spec.all_classes()]
     if not items:
@@ -299,7 +298,19 @@ def run(config: Any, inputs: Mapping[str, ArtifactRef] | None, store: ArtifactSt
     backend.check()  # before any work: a missing key, model, package or GPU stops here with the choices
     backend.prepare([(i.name, i.action) for i in items])
     prompt = load_prompt(cfg.prompt) if backend.uses_prompt else None
-    fields = version_fields(cfg, s, backend, prompt, items)
+    return items, backend, prompt, version_fields(cfg, config.protocol.num_sub_actions, backend, prompt, items)
+
+
+def plan_fields(config: Any, inputs: Mapping[str, ArtifactRef] | None = None) -> dict[str, Any]:
+    """What this stage's version hashes for `config`, computed without asking the LLM anything (the planner)."""
+    return _setup(config)[3]
+
+
+def run(config: Any, inputs: Mapping[str, ArtifactRef] | None, store: ArtifactStore) -> ArtifactRef:
+    """Build (or find) the descriptions artifact of `config.dataset` with `config.descriptions`."""
+    cfg: DescriptionsConfig = config.descriptions
+    s = config.protocol.num_sub_actions
+    items, backend, prompt, fields = _setup(config)
 
     def build(staging: Staging) -> None:
         t0 = time.monotonic()
