@@ -10,7 +10,8 @@ episodes (never a split episode) and gradients are averaged across ranks before 
 with W ranks of E episodes equals one process with `train.episodes_per_step = W * E`.
 
 Artifact files: `metrics.parquet` (main: step, epoch, episode, loss, accuracy, lr, seconds),
-`validation.parquet`, `best.pt`, `last.pt` (trainable weights + resolved config), `config.json`.
+`validation.parquet`, `best.pt`, `last.pt` (trainable weights + resolved config), `config.json`,
+`curves.png` and `events.out.tfevents.fsar` (TensorBoard; progress and both files: `monitor.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from pipeline.stage import StageError, build_once
 from pipeline.training.common import autocast, dist_info, pick_device, save_checkpoint, videos_by_class
 from pipeline.training.episodes import EpisodeSampler
 from pipeline.training.evaluate import EpisodeScorer, prepare
+from pipeline.training.monitor import TrainMonitor
 
 __all__ = ["FORMAT_VERSION", "Trainer", "make_optimizer", "run"]
 
@@ -113,6 +115,7 @@ class Trainer:
         self.val_episodes = EpisodeSampler(val_vids, p.way, p.shot, p.query, cfg.train.seed + 1, split="val").take(cfg.train.val_episodes)
         self.optimizer = make_optimizer(cfg, self.params)
         self.state: dict[str, Any] = {"step": 0, "best": None, "metrics": [], "validation": [], "seconds": 0.0}
+        self.monitor: TrainMonitor | None = None  # rank 0 only, made in fit()
 
     # ------------------------------------------------------------------ plan
     @property
@@ -201,6 +204,12 @@ class Trainer:
         t = self.cfg.train
         bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step", disable=self.rank != 0, mininterval=2.0)
         window: list[dict[str, float]] = []
+        if self.rank == 0:
+            p = self.cfg.protocol
+            self.monitor = TrainMonitor(self.out, self.cfg.dataset.name, self.total_steps * self.per_step, t.log_every,
+                                        title=f"train: {self.cfg.dataset.name}, {p.way}-way {p.shot}-shot, {self.total_steps * self.per_step} episodes",
+                                        chance=1.0 / p.way)
+            self.monitor.start(self.state["step"] * self.per_step)
         while self.state["step"] < self.total_steps:
             step = self.state["step"]
             t0 = time.perf_counter()
@@ -216,6 +225,8 @@ class Trainer:
                 self._record_validation(row)
             if after // t.checkpoint_every > before // t.checkpoint_every:
                 self._save_state()
+            if self.monitor is not None:
+                self.monitor.update(before, after, self.state["metrics"], self.state["validation"])
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean([w['loss'] for w in window]):.3f}", acc=f"{np.mean([w['accuracy'] for w in window]):.2f}")
         bar.close()
@@ -230,7 +241,11 @@ class Trainer:
         if is_best and self.rank == 0:
             self.state["best"] = {"step": row["step"], "accuracy": acc}
             save_checkpoint(self.out / "best.pt", self.model, self.cfg, step=row["step"], val_accuracy=acc)
-        tqdm.write(f"[fsar] validation at step {row['step']}: accuracy {acc:.4f}{' (best)' if is_best else ''}")
+        line = f"[fsar] validation at step {row['step']} (episode {row['episode']}): accuracy {acc:.4f}{' (best)' if is_best else ''}"
+        if self.monitor is not None:
+            self.monitor.emit(line)
+        else:
+            tqdm.write(line)
 
     def _finish(self, staging: Staging | None) -> None:
         step = self.state["step"]
@@ -244,6 +259,11 @@ class Trainer:
         if staging is not None:
             staging.write_parquet("metrics.parquet", metrics)
             staging.write_parquet("validation.parquet", validation)
+        if self.monitor is not None:  # TensorBoard events + curves.png, from the tables just written
+            best = self.state["best"]
+            kept = {"episode": best["step"] * self.per_step, "accuracy": best["accuracy"]} if best else {"episode": step * self.per_step, "accuracy": None}
+            self.monitor.finish(metrics, validation, kept)
+        if staging is not None:
             staging.extra["summary"] = {
                 "steps": step,
                 "episodes": step * self.per_step,
