@@ -10,6 +10,8 @@ Public API (imported lazily: `pipeline.config` imports this package, and open_cl
         .encode_videos(support, query, support_is_prefix=False, query_is_prefix=False) -> (N*K, T, E), (Q, T, E)
         .forward(support, support_labels, query, text_tokens, text_prefix=None,
                  support_is_prefix=False, query_is_prefix=False) -> EpisodeScores (logits/vis/sem: (Q, N))
+        .forward_batch(same arguments with a leading episode axis B) -> EpisodeScores (B, Q, N); .unbind() -> B of them
+        .encode_videos_batch(support (B, N*K, ...), query (B, Q, ...), ...) -> (B, N*K, T, E), (B, Q, T, E)
         .loss(scores, query_labels) -> cross-entropy of the logits
         .frozen_frame_features(clips) -> (B, T, E)         open_clip encode_image per frame
         .trainable_state_dict() / .load_trainable_state_dict(sd) / .parameter_counts()

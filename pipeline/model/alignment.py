@@ -7,6 +7,9 @@ cross-frame attention (CA):
 
     faithful   supports over the supports, queries over the queries (as released: transductive)
     inductive  supports over the supports, each query over the supports and itself alone
+
+The `batched_*` functions compute the same scores for B episodes of one layout (same N, K, Q) at once,
+with a leading episode axis B that no attention crosses (batched evaluation).
 """
 
 from __future__ import annotations
@@ -20,6 +23,10 @@ from torch import Tensor, nn
 
 __all__ = [
     "TaskContext",
+    "batched_class_prototypes",
+    "batched_semantic_scores",
+    "batched_transition_features",
+    "batched_visual_scores",
     "class_prototypes",
     "semantic_scores",
     "stage_windows",
@@ -113,3 +120,47 @@ def semantic_scores(transitions: Tensor, text: Tensor, weights: Tensor) -> Tenso
     t = F.normalize(text, dim=-1)  # (N, S, E)
     cos = torch.einsum("qte,nse->qtns", u, t)  # (Q, T-1, N, S)
     return torch.einsum("qtns,ts->qn", cos, weights) / weights.shape[1]  # (Q, N)
+
+
+# ---- B episodes of one layout at once: the functions above with a leading episode axis ---------------------------
+
+
+def batched_class_prototypes(support: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """(B, N*K, T, E) support features, (B, N*K) labels in 0..N-1 -> (B, N, T, E) per-episode class means."""
+    onehot = F.one_hot(labels, num_classes).to(support.dtype)  # (B, N*K, N)
+    counts = onehot.sum(dim=1)  # (B, N)
+    if bool((counts == 0).any()):
+        episode, cls = (int(i) for i in torch.nonzero(counts == 0)[0])
+        raise ValueError(f"episode {episode}: class {cls} has no support video (labels must cover 0..{num_classes - 1})")
+    return torch.einsum("bvn,bvte->bnte", onehot / counts[:, None, :], support)  # (B, N, T, E)
+
+
+def batched_visual_scores(query: Tensor, prototypes: Tensor) -> Tensor:
+    """cos(mean_t z_q, mean_t proto_c) per episode: (B, Q, T, E), (B, N, T, E) -> (B, Q, N)."""
+    q = F.normalize(query.mean(dim=2), dim=-1)  # (B, Q, E)
+    p = F.normalize(prototypes.mean(dim=2), dim=-1)  # (B, N, E)
+    return q @ p.transpose(1, 2)  # (B, Q, N)
+
+
+def batched_transition_features(features: Tensor, num_support: int, mask: Tensor, norm: nn.Module | None = None) -> Tensor:
+    """`transition_features` per episode: (B, V, T, E) -> (B, Q, T-1, E); `mask` (V, V) is every episode's.
+
+    Keys/values are frame t+1 of the videos of the query's own episode only.
+    """
+    batch, videos, frames, width = features.shape
+    queries = features[:, num_support:]  # (B, Q, T, E)
+    q = queries[:, :, :-1].transpose(1, 2).reshape(batch * (frames - 1), 1, videos - num_support, width)  # (B*(T-1), 1, Q, E)
+    kv = features[:, :, 1:].transpose(1, 2).reshape(batch * (frames - 1), 1, videos, width)  # (B*(T-1), 1, V, E)
+    ca = F.scaled_dot_product_attention(q, kv, kv, attn_mask=mask[num_support:])  # (B*(T-1), 1, Q, E)
+    ca = ca[:, 0].unflatten(0, (batch, frames - 1)).transpose(1, 2)  # (B, Q, T-1, E)
+    if norm is not None:
+        ca = norm(ca)
+    return ca + queries[:, :, 1:]  # (B, Q, T-1, E)
+
+
+def batched_semantic_scores(transitions: Tensor, text: Tensor, weights: Tensor) -> Tensor:
+    """`semantic_scores` per episode: (B, Q, T-1, E), (B, N, S, E), (T-1, S) -> (B, Q, N)."""
+    u = F.normalize(transitions, dim=-1)  # (B, Q, T-1, E)
+    t = F.normalize(text, dim=-1)  # (B, N, S, E)
+    cos = torch.einsum("bqte,bnse->bqtns", u, t)  # (B, Q, T-1, N, S)
+    return torch.einsum("bqtns,ts->bqn", cos, weights) / weights.shape[1]  # (B, Q, N)

@@ -9,6 +9,10 @@ Evaluation cache: `vision_prefix(clips)` runs the frozen first L-M vision blocks
 pass its output with `support_is_prefix` / `query_is_prefix` and the results equal the uncached
 path. `text_prefix(tokens)` is what the embeddings stage stores per prompt.
 
+Batched evaluation: `forward_batch` scores B episodes of one layout (same N, K, Q) in one pass through
+the adapted blocks, with an extra leading episode axis (task attention and CA never mix two episodes);
+its scores equal B calls of `forward` within fp32 rounding.
+
 Only the declared parts train (`TRAINABLE_PARTS`); everything in `self.clip` is frozen, and
 `_apply_freezing` is the one place that sets `requires_grad`.
 """
@@ -25,6 +29,10 @@ from torch import Tensor, nn
 
 from pipeline.datasets.config import ProtocolConfig
 from pipeline.model.alignment import (
+    batched_class_prototypes,
+    batched_semantic_scores,
+    batched_transition_features,
+    batched_visual_scores,
     class_prototypes,
     semantic_scores,
     stage_windows,
@@ -54,13 +62,17 @@ FROZEN_PARTS: dict[str, tuple[str, ...]] = {"clip_vision": ("clip.visual",), "cl
 
 @dataclass(frozen=True)
 class EpisodeScores:
-    logits: Tensor  # (Q_total, N) tau * vis * sem, fp32
-    vis: Tensor  # (Q_total, N) visual score cos(mean_t z_q, mean_t proto_c)
-    sem: Tensor  # (Q_total, N) semantic (order-aware) score
+    logits: Tensor  # ([B,] Q_total, N) tau * vis * sem, fp32; B = episodes of `forward_batch`
+    vis: Tensor  # ([B,] Q_total, N) visual score cos(mean_t z_q, mean_t proto_c)
+    sem: Tensor  # ([B,] Q_total, N) semantic (order-aware) score
 
     @property
-    def prediction(self) -> Tensor:  # (Q_total,) argmax over classes of vis * sem
+    def prediction(self) -> Tensor:  # ([B,] Q_total) argmax over classes of vis * sem
         return self.logits.argmax(dim=-1)
+
+    def unbind(self) -> list["EpisodeScores"]:
+        """The B episodes of batched scores (B, Q_total, N) as B single-episode scores (Q_total, N)."""
+        return [EpisodeScores(logits=lg, vis=v, sem=s) for lg, v, s in zip(self.logits, self.vis, self.sem, strict=True)]
 
 
 def build_model(model_cfg: ModelConfig, protocol: ProtocolConfig, device: str | torch.device | None = None) -> "TaskAdapterPP":
@@ -71,7 +83,9 @@ def build_model(model_cfg: ModelConfig, protocol: ProtocolConfig, device: str | 
     target = torch.device(device) if device is not None else torch.device("cpu")
     stage_windows(protocol.num_frames, protocol.num_sub_actions)  # T >= S+1, else a clear error now
     load_on = target if target.type == "meta" else torch.device("cpu")
-    backbone = load_backbone(model_cfg.clip, model_cfg.pretrained, model_cfg.image_size, model_cfg.quick_gelu, load_on)
+    with torch.random.fork_rng(devices=[]):  # random weights (pretrained None) come from model.init_seed alone
+        torch.manual_seed(model_cfg.init_seed)
+        backbone = load_backbone(model_cfg.clip, model_cfg.pretrained, model_cfg.image_size, model_cfg.quick_gelu, load_on)
     context = torch.device("meta") if target.type == "meta" else contextlib.nullcontext()
     with context:
         model = TaskAdapterPP(backbone, model_cfg, protocol)
@@ -209,6 +223,19 @@ class TaskAdapterPP(nn.Module):
         z = self.vision_suffix(torch.cat([as_float(s), as_float(q)]), mask)  # (V, T, E)
         return z[: s.shape[0]], z[s.shape[0] :]
 
+    def encode_videos_batch(
+        self, support: Tensor, query: Tensor, support_is_prefix: bool = False, query_is_prefix: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """`encode_videos` for B episodes of one layout: (B, N*K, ...), (B, Q_total, ...) -> (B, N*K, T, E), (B, Q_total, T, E)."""
+        s = support if support_is_prefix else _per_video(self.vision_prefix, support)  # (B, N*K, T, P+1, D)
+        q = query if query_is_prefix else _per_video(self.vision_prefix, query)  # (B, Q_total, T, P+1, D)
+        if s.shape[0] != q.shape[0]:
+            raise ValueError(f"support holds {s.shape[0]} episodes but query holds {q.shape[0]}")
+        num_support = s.shape[1]
+        mask = task_mask(num_support, q.shape[1], self.cfg.task_context, device=s.device)  # (V, V), every episode's
+        z = self.vision_suffix(torch.cat([as_float(s), as_float(q)], dim=1), mask)  # (B, V, T, E)
+        return z[:, :num_support], z[:, num_support:]
+
     def frozen_frame_features(self, clips: Tensor) -> Tensor:
         """(B, T, 3, H, W) -> (B, T, E): open_clip's own encode_image per frame (frozen-CLIP baseline)."""
         with self._precision():
@@ -248,6 +275,42 @@ class TaskAdapterPP(nn.Module):
         sem = semantic_scores(transitions, text, self.windows)  # (Q, N)
         return EpisodeScores(logits=self.cfg.logit_scale * vis * sem, vis=vis, sem=sem)
 
+    def forward_batch(
+        self,
+        support: Tensor,
+        support_labels: Tensor,
+        query: Tensor,
+        text_tokens: Tensor | None,
+        text_prefix: Tensor | None = None,
+        support_is_prefix: bool = False,
+        query_is_prefix: bool = False,
+        text_features: Tensor | None = None,
+    ) -> EpisodeScores:
+        """`forward` for B episodes of one layout (same N, K, Q) in one pass; scores (B, Q_total, N).
+
+        Every argument of `forward` gains a leading episode axis B: support (B, N*K, T, 3, H, W) or prefix
+        states (B, N*K, T, P+1, D); support_labels (B, N*K); query (B, Q_total, ...); text_tokens (B, N, S, ctx);
+        text_prefix (B, N, S, ctx, D_t); text_features (B, N, S, E). Episode b's scores equal
+        `forward(support[b], support_labels[b], ...)` within fp32 rounding (no attention crosses episodes).
+        """
+        if text_tokens is None and text_features is None:
+            raise ValueError("forward_batch needs text_tokens (B, N, S, ctx) or text_features (B, N, S, E)")
+        batch, num_classes = (text_features if text_features is not None else text_tokens).shape[:2]
+        if support.shape[0] != batch or support_labels.shape[0] != batch:
+            raise ValueError(f"text holds {batch} episodes but support {support.shape[0]} and support_labels {support_labels.shape[0]}")
+        _check_labels(support_labels.flatten(), support_labels.numel(), num_classes)  # every episode's labels at once
+        if support_labels.shape != support.shape[:2]:
+            raise ValueError(f"support_labels must have shape {tuple(support.shape[:2])}, got {tuple(support_labels.shape)}")
+        z_s, z_q = self.encode_videos_batch(support, query, support_is_prefix, query_is_prefix)  # (B, N*K, T, E), (B, Q, T, E)
+        if text_features is None:
+            prefix = None if text_prefix is None else text_prefix.flatten(0, 1)  # (B*N, S, ctx, D_t)
+            text_features = self.encode_text(text_tokens.flatten(0, 1), prefix).unflatten(0, (batch, num_classes))
+        vis = batched_visual_scores(z_q, batched_class_prototypes(z_s, support_labels, num_classes))  # (B, Q, N)
+        mask = task_mask(z_s.shape[1], z_q.shape[1], self.cfg.task_context, device=z_s.device)  # (V, V)
+        transitions = batched_transition_features(torch.cat([z_s, z_q], dim=1), z_s.shape[1], mask, self.ca_norm)  # (B, Q, T-1, E)
+        sem = batched_semantic_scores(transitions, text_features, self.windows)  # (B, Q, N)
+        return EpisodeScores(logits=self.cfg.logit_scale * vis * sem, vis=vis, sem=sem)
+
     def loss(self, scores: EpisodeScores, query_labels: Tensor) -> Tensor:
         """Cross-entropy of the logits (tau * vis * sem) over the N classes."""
         return F.cross_entropy(scores.logits, query_labels)
@@ -267,6 +330,11 @@ class TaskAdapterPP(nn.Module):
     def stage_windows(self) -> list[range]:
         """0-based transition indices of each of the S stage windows."""
         return stage_windows(self.protocol.num_frames, self.protocol.num_sub_actions)
+
+
+def _per_video(fn, clips: Tensor) -> Tensor:
+    """Apply a per-video function to (B, V, ...) by flattening the episode and video axes."""
+    return fn(clips.flatten(0, 1)).unflatten(0, clips.shape[:2])
 
 
 def _check_labels(labels: Tensor, num_support: int, num_classes: int) -> None:

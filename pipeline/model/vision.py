@@ -5,6 +5,10 @@ trains: the temporal embedding and the four adapters of each of the last M block
 
     prefix: frames -> patch tokens -> (+ temporal embedding) -> ln_pre -> frozen blocks 1..L-M
     suffix: adapted blocks L-M+1..L -> class token -> ln_post -> proj
+
+Hidden states are (V, T, P+1, D) for one task set, or (B, V, T, P+1, D) for B task sets of the same
+layout (batched evaluation): every axis is counted from the end, so the leading B axis is a batch axis
+that attention never crosses (two episodes never mix).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pipeline.model.layers import Adapter, attend, attend_along, frozen_block
 
 __all__ = ["AdaptedVision", "VisionBlockAdapters", "patch_tokens"]
 
-FRAME_AXIS, TOKEN_AXIS, VIDEO_AXIS = 1, 2, 0  # axes of the (V, T, P+1, D) hidden states
+FRAME_AXIS, TOKEN_AXIS, VIDEO_AXIS = -3, -2, -4  # axes of the ([B,] V, T, P+1, D) hidden states, from the end
 
 
 class VisionBlockAdapters(nn.Module):
@@ -32,7 +36,7 @@ class VisionBlockAdapters(nn.Module):
         self.mlp = Adapter(width, ratio)  # zero-init, parallel to the frozen MLP
 
     def forward(self, block: nn.Module, x: Tensor, task_mask: Tensor) -> Tensor:
-        """x: (V, T, P+1, D) states of the V videos of a task set; task_mask: (V, V) bool, True = may attend."""
+        """x: ([B,] V, T, P+1, D) states of the V videos of (B) task sets; task_mask: (V, V) bool, True = may attend."""
         x = x + self.temporal(attend_along(block.attn, block.ln_1(x), FRAME_AXIS))  # over the T frames of a video
         x = x + self.spatial(attend(block.attn, block.ln_1(x)))  # over the P+1 tokens of a frame
         x = x + self.task(attend_along(block.attn, block.ln_1(x), VIDEO_AXIS, task_mask))  # over the task's videos
@@ -76,15 +80,15 @@ class AdaptedVision(nn.Module):
         return x.unflatten(0, (batch, frames))  # (B, T, P+1, D)
 
     def suffix(self, visual: nn.Module, states: Tensor, task_mask: Tensor) -> Tensor:
-        """(V, T, P+1, D) prefix states of a task set -> (V, T, E) frame features; task_mask: (V, V) bool."""
-        self._check_frames(states.shape[1], "prefix states")
+        """([B,] V, T, P+1, D) prefix states of (B) task sets -> ([B,] V, T, E) frame features; task_mask: (V, V) bool."""
+        self._check_frames(states.shape[-3], "prefix states")
         x = states
         if self.embed_at == "first_adapted":
             x = x + self.temporal_embedding[:, None, :]  # (T, 1, D)
         for block, adapters in zip(visual.transformer.resblocks[self.num_frozen :], self.blocks, strict=True):
-            x = adapters(block, x, task_mask)  # (V, T, P+1, D)
-        cls = visual.ln_post(x[:, :, 0])  # (V, T, D) class token of every frame
-        return cls @ visual.proj  # (V, T, E)
+            x = adapters(block, x, task_mask)  # ([B,] V, T, P+1, D)
+        cls = visual.ln_post(x[..., 0, :])  # ([B,] V, T, D) class token of every frame
+        return cls @ visual.proj  # ([B,] V, T, E)
 
     def _check_frames(self, frames: int, what: str) -> None:
         if frames != self.num_frames:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline._section import Section
 
@@ -34,8 +34,18 @@ class EvaluateConfig(Section):
     seed: int = 2024  # test episodes' seed (same seed -> same saved episodes)
     split: Literal["train", "val", "test"] = "test"  # split evaluated
     cache: bool = True  # run the frozen vision prefix once per video
+    # episodes scored per pass through the adapted blocks (same results as one at a time; not part of the version);
+    # "auto" = 8 on CPU, 64 on CUDA; lower it if evaluation runs out of memory
+    episodes_per_batch: int | Literal["auto"] = "auto"
     baselines: bool = True  # also score the frozen-CLIP prototype baseline, visual-only and semantic-only
     untrained: bool = False  # also score the full model at its training initialisation (a second model in memory)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint: str | None = None  # checkpoint file to evaluate; None = best checkpoint of the latest train artifact
     descriptions_label: str | None = None  # name of the corpus in the results; None = `llm` or `file` by backend
+
+    @field_validator("episodes_per_batch", mode="before")
+    @classmethod
+    def _check_episodes_per_batch(cls, value: object) -> object:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError("use 'auto' or a whole number of episodes >= 1")
