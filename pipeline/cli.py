@@ -290,6 +290,9 @@ def model_info_cmd(
     _guarded(go)
 
 
+importlib.import_module("pipeline.predict.cli").register(app)  # `fsar export`, `fsar predict`
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -30,7 +30,7 @@ import torch
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore
 
-__all__ = ["CLIP_MEAN", "CLIP_STD", "FrameStore", "FrameStoreError", "MODES", "crop_box", "sample_indices", "to_clip"]
+__all__ = ["CLIP_MEAN", "CLIP_STD", "FrameStore", "FrameStoreError", "MODES", "clip_from_jpegs", "crop_box", "sample_indices", "to_clip"]
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -91,6 +91,17 @@ def to_clip(
 ) -> torch.Tensor:
     """uint8 frames (T, H, W, 3) -> float (T, 3, size, size): one crop for all frames (random/centre), normalised."""
     return _clip_chw(frames.transpose(0, 3, 1, 2), size, mode, mean, std, rng)
+
+
+def clip_from_jpegs(
+    jpegs: Sequence[bytes], size: int, mode: str = "eval", mean: Sequence[float] = CLIP_MEAN, std: Sequence[float] = CLIP_STD, rng: RngLike = None
+) -> torch.Tensor:
+    """Sampled frames as stored (JPEG bytes, T of them) -> float (T, 3, size, size), exactly as `FrameStore.clip` transforms them.
+
+    For frames that are not in a store: `decode.decode_video` gives a video's stored frames, `sample_indices` picks T.
+    """
+    _check_mode(mode)
+    return _clip_chw(_decode_jpegs(jpegs), size, mode, mean, std, rng)  # (T, 3, size, size)
 
 
 def _clip_chw(x: np.ndarray, size: int, mode: str, mean: Sequence[float], std: Sequence[float], rng: RngLike) -> torch.Tensor:

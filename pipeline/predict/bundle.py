@@ -1,0 +1,358 @@
+"""Model bundles: a trained run as a self-contained folder that `fsar predict` and `FewShotClassifier` load.
+
+    path = export_bundle(cfg, store, "bundles/demo")          # `fsar export --dataset D --out DIR`
+    bundle = load_bundle("bundles/demo", backbone="open_clip.pt")
+    model = bundle.build_model(device="cpu", task_context="inductive")
+
+Layout (every file deterministic for the same run: sorted JSON, no times, no absolute paths):
+- `bundle.json`: format_version, the resolved model and protocol config, the backbone's identity
+  (open_clip name, weights: tag or file name + sha256, activation, image size), the preprocessing
+  (frames stage decode settings, T, eval sampling, centre crop, mean/std), the prompt templates,
+  the descriptions settings and the lineage (train, embeddings, descriptions, frames versions).
+- `weights.safetensors`: the trainable parameters only (never the frozen CLIP weights).
+- `descriptions.json`: the sub-action descriptions of every class the run's descriptions artifact
+  holds ({class: {display_name, split, sentences}}), so these classes need no LLM.
+
+A backbone from a file is named by its file name and sha256; loading needs that file (`backbone=`,
+else the artifact it came from under the artifact root) and refuses any other checksum.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.artifacts import ArtifactRef, ArtifactStore, sha256_file
+from pipeline.config import Config, section_dict
+from pipeline.stage import StageError
+
+__all__ = ["BUNDLE_FILE", "Bundle", "BundleError", "FORMAT_VERSION", "describe_lineage", "export_bundle", "load_bundle"]
+
+FORMAT_VERSION = 1
+BUNDLE_FILE = "bundle.json"
+WEIGHTS_FILE = "weights.safetensors"
+DESCRIPTIONS_FILE = "descriptions.json"
+SAMPLING = "eval: the centre frame of each of T equal segments over the stored frames; centre crop; no flip"
+
+
+class BundleError(StageError):
+    """A bundle cannot be written or used; the message names the file and the fix."""
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: its metadata, trainable weights, known descriptions and the backbone file to use."""
+
+    path: Path  # the bundle folder
+    meta: dict[str, Any]  # bundle.json
+    weights: dict[str, torch.Tensor]  # trainable state dict
+    descriptions: dict[str, dict[str, Any]]  # class -> {display_name, split, sentences}
+    pretrained: str | None = None  # what model.pretrained becomes: the verified backbone file, or the tag
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.meta["protocol"]["num_frames"])
+
+    @property
+    def num_sub_actions(self) -> int:
+        return int(self.meta["protocol"]["num_sub_actions"])
+
+    def model_config(self, task_context: str | None = None):
+        """The ModelConfig of the trained run, with the verified backbone and (optionally) another task context."""
+        from pipeline.model.config import ModelConfig
+
+        data = dict(self.meta["model"])
+        data["pretrained"] = self.pretrained
+        data["quick_gelu"] = self.meta["backbone"]["quick_gelu"]
+        if task_context is not None:
+            data["task_context"] = task_context
+        return ModelConfig(**data)
+
+    def protocol(self):
+        from pipeline.datasets.config import ProtocolConfig
+
+        return ProtocolConfig(**self.meta["protocol"])
+
+    def build_model(self, device: str | torch.device = "cpu", task_context: str | None = None):
+        """The trained TaskAdapterPP in eval mode on `device`."""
+        from pipeline.model import BackboneError, build_model
+
+        try:
+            model = build_model(self.model_config(task_context), self.protocol(), device=device)
+        except BackboneError as exc:
+            raise BundleError(f"bundle {str(self.path)!r}: {exc}") from None
+        try:
+            model.load_trainable_state_dict({k: v.to(model._device()) for k, v in self.weights.items()})
+        except ValueError as exc:
+            raise BundleError(f"bundle {str(self.path)!r}: its weights do not fit its model ({exc}); re-export it") from None
+        _check_preprocessing(self, model)
+        return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------- export
+
+
+def export_bundle(cfg: Config, store: ArtifactStore, out: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None) -> Path:
+    """Write the bundle of the trained run `cfg` resolves to (or of `checkpoint`) into folder `out`; returns it."""
+    from pipeline.training.common import check_checkpoint, load_checkpoint
+
+    train_ref = None if checkpoint is not None else _train_ref(cfg, store)
+    ckpt_path = Path(checkpoint).expanduser() if checkpoint is not None else store.local_path(train_ref) / "best.pt"
+    if train_ref is not None:
+        store.verify(train_ref, ["best.pt"])
+    ckpt = load_checkpoint(ckpt_path)
+    check_checkpoint(ckpt, cfg, ckpt_path)
+    trained = _trained_config(ckpt, cfg)
+    lineage = _lineage(store, cfg, train_ref)
+    descriptions = _known_descriptions(trained, store, lineage)
+    meta = _metadata(trained, store, lineage, ckpt_path if train_ref is None else None)
+    model = _checked_model(trained, ckpt["trainable"])
+    meta["preprocessing"]["mean"] = [float(v) for v in model.image_mean]
+    meta["preprocessing"]["std"] = [float(v) for v in model.image_std]
+    meta["backbone"]["quick_gelu"] = bool(model.quick_gelu)  # the activation the frozen blocks ran with
+    return _write(Path(out).expanduser(), meta, model.trainable_state_dict(), descriptions)
+
+
+def _trained_config(ckpt: dict[str, Any], cfg: Config) -> Config:
+    """The config the checkpoint was trained with; its backbone file as `cfg` names it here (they match: checked)."""
+    try:
+        trained = Config.model_validate(ckpt["config"]) if ckpt.get("config") else cfg
+    except ValueError:
+        trained = cfg
+    return trained.override({"model.pretrained": cfg.model.pretrained, "artifacts": cfg.artifacts})
+
+
+def _train_ref(cfg: Config, store: ArtifactStore) -> ArtifactRef:
+    """The train artifact to export (the one place that decides it; the stage registry will pick the planned version)."""
+    return store.resolve("train", cfg.dataset.name)
+
+
+def _lineage(store: ArtifactStore, cfg: Config, train_ref: ArtifactRef | None) -> dict[str, str]:
+    """{stage: "stage/dataset/version"} of the run: train and what it read (with --checkpoint: the latest embeddings)."""
+    out: dict[str, str] = {}
+    if train_ref is not None:
+        out["train"] = str(train_ref)
+        inputs = store.manifest(train_ref).get("inputs", {})
+    else:
+        inputs = {"embeddings": store.resolve("embeddings", cfg.dataset.name).to_dict()}
+    for name in ("frames", "embeddings"):
+        if name in inputs:
+            out[name] = str(ArtifactRef.from_dict({**inputs[name], "root": store.root}))
+    if "embeddings" in inputs:
+        emb = ArtifactRef.from_dict({**inputs["embeddings"], "root": store.root})
+        desc = store.manifest(emb).get("inputs", {}).get("descriptions")
+        if desc:
+            out["descriptions"] = str(ArtifactRef.from_dict({**desc, "root": store.root}))
+    if "descriptions" not in out:
+        raise BundleError(f"cannot find the descriptions artifact of this run under {store.root}; re-run `fsar embeddings` first")
+    return out
+
+
+def _ref(store: ArtifactStore, text: str) -> ArtifactRef:
+    stage, dataset, version = text.split("/")
+    return store.ref(stage, dataset, version)
+
+
+def _known_descriptions(trained: Config, store: ArtifactStore, lineage: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Every class of the run's descriptions artifact, with the display name its prompts used."""
+    from pipeline.datasets import get_dataset
+
+    ref = _ref(store, lineage["descriptions"])
+    table = store.load(ref.stage, ref.dataset, ref.version)  # checksum-verified
+    spec = get_dataset(trained.dataset)
+    out: dict[str, dict[str, Any]] = {}
+    for (split, cls), part in table.groupby(["split", "class"], sort=True):
+        texts = [str(t) for t in part.sort_values("k")["text"]]
+        out[str(cls)] = {"display_name": spec.display_name(str(cls)), "split": str(split), "sentences": texts}
+    return out
+
+
+def _backbone(model: dict[str, Any], store: ArtifactStore) -> dict[str, Any]:
+    """The frozen CLIP's identity: name, tag or file (name, sha256, artifact it came from), activation, size."""
+    pretrained = model["pretrained"]
+    out: dict[str, Any] = {"clip": model["clip"], "image_size": model["image_size"]}
+    if pretrained is None:
+        if "init_seed" not in model:
+            raise BundleError(
+                "this run's frozen CLIP has unseeded random weights (model.pretrained=null), which a bundle cannot name; "
+                "train with an open_clip tag or a checkpoint file (model.pretrained=...)"
+            )
+        out.update(weights="random", init_seed=model["init_seed"])  # reproduced from model.init_seed
+        return out
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        out.update(weights="file", file=path.name, sha256=sha256_file(path), artifact_file=_in_store(path, store))
+    else:
+        out.update(weights="tag", tag=pretrained)
+    return out
+
+
+def _in_store(path: Path, store: ArtifactStore) -> str | None:
+    """`stage/dataset/version/file` when the file lies in an artifact of this store, else None."""
+    if not store.local:
+        return None
+    try:
+        rel = path.resolve().relative_to(Path(store.root).resolve())
+    except ValueError:
+        return None
+    return rel.as_posix() if len(rel.parts) == 4 else None
+
+
+def _metadata(trained: Config, store: ArtifactStore, lineage: dict[str, str], checkpoint: Path | None) -> dict[str, Any]:
+    model = section_dict(trained.model)
+    backbone = _backbone(model, store)
+    model["pretrained"] = None  # named by `backbone` instead (no machine-specific path in the bundle)
+    descriptions = section_dict(trained.descriptions)
+    if descriptions.get("corpus"):
+        descriptions["corpus"] = Path(descriptions["corpus"]).name
+    if descriptions.get("gguf"):
+        descriptions["gguf"] = Path(descriptions["gguf"]).name
+    frames = trained.frames
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": trained.dataset.name,
+        "preset": trained.preset,
+        "model": model,
+        "protocol": section_dict(trained.protocol),
+        "backbone": backbone,
+        "preprocessing": {
+            "num_frames": trained.protocol.num_frames,
+            "sampling": SAMPLING,
+            "storage_size": frames.storage_size,
+            "max_frames": frames.max_frames,
+            "jpeg_quality": frames.jpeg_quality,
+            "decoder": frames.decoder,
+            "crop_size": trained.model.image_size,
+        },
+        "prompts": {"template": trained.model.prompt_template, "class_template": trained.model.class_prompt_template},
+        "descriptions": descriptions,
+        "lineage": lineage,
+        "checkpoint": None if checkpoint is None else {"file": checkpoint.name, "sha256": sha256_file(checkpoint)},
+    }
+
+
+def _checked_model(trained: Config, state: dict[str, torch.Tensor]):
+    """The run's model with its weights (proves the bundle loads, and gives the backbone's mean/std)."""
+    from pipeline.model import BackboneError, build_model
+
+    try:
+        model = build_model(trained.model, trained.protocol, device="cpu")
+        model.load_trainable_state_dict(state)
+    except (BackboneError, ValueError) as exc:
+        raise BundleError(f"the checkpoint does not load into its own model ({exc})") from None
+    return model
+
+
+def _write(out: Path, meta: dict[str, Any], weights: dict[str, torch.Tensor], descriptions: dict[str, Any]) -> Path:
+    """Write into a temporary sibling folder, then rename into place (an existing bundle there is replaced)."""
+    from safetensors.torch import save_file
+
+    if out.exists() and not (out / BUNDLE_FILE).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise BundleError(f"--out {str(out)!r} exists and is not a fsar bundle; choose a new or empty folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.detach().cpu().contiguous() for k, v in sorted(weights.items())}, str(tmp / WEIGHTS_FILE))
+    _dump_json(tmp / DESCRIPTIONS_FILE, descriptions)
+    _dump_json(tmp / BUNDLE_FILE, meta)  # last: a folder without it is not a bundle
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def _dump_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------------------- load
+
+
+def load_bundle(path: str | os.PathLike[str], backbone: str | os.PathLike[str] | None = None, artifacts: str | None = None) -> Bundle:
+    """Read and check a bundle; a backbone file comes from `backbone`, else from its artifact under `artifacts`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(path).expanduser()
+    meta = _read_meta(folder)
+    try:
+        weights = load_file(str(folder / WEIGHTS_FILE))
+        descriptions = json.loads((folder / DESCRIPTIONS_FILE).read_text(encoding="utf-8"))
+    except (OSError, SafetensorError, json.JSONDecodeError) as exc:
+        raise BundleError(f"bundle {str(folder)!r} is incomplete or damaged ({type(exc).__name__}: {exc}); export it again") from None
+    return Bundle(folder, meta, weights, descriptions, pretrained=_pretrained(meta["backbone"], folder, backbone, artifacts))
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    file = folder / BUNDLE_FILE
+    if not file.is_file():
+        raise BundleError(f"{str(folder)!r} is not a fsar model bundle (no {BUNDLE_FILE}); make one with `fsar export --out DIR`")
+    try:
+        meta = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{str(file)!r} cannot be read ({exc}); export the bundle again") from None
+    got = meta.get("format_version") if isinstance(meta, dict) else None
+    if got != FORMAT_VERSION:
+        raise BundleError(
+            f"bundle {str(folder)!r} has format version {got!r}, this fsar reads version {FORMAT_VERSION}; "
+            f"re-export it with this fsar (`fsar export`) or use the fsar that wrote it"
+        )
+    return meta
+
+
+def _pretrained(identity: dict[str, Any], folder: Path, backbone: str | os.PathLike[str] | None, artifacts: str | None) -> str | None:
+    """The value for model.pretrained: the tag, or a backbone file whose sha256 is the bundle's."""
+    if identity.get("weights") == "tag":
+        return str(identity["tag"])
+    if identity.get("weights") == "random":
+        return None
+    want, name = identity["sha256"], identity["file"]
+    if backbone is not None:
+        path = Path(backbone).expanduser()
+        if not path.is_file():
+            raise BundleError(f"backbone file {str(path)!r} does not exist; pass the {name!r} this bundle was trained with (--backbone FILE)")
+    else:
+        path = _from_artifacts(identity, artifacts)
+        if path is None:
+            raise BundleError(
+                f"bundle {str(folder)!r} needs its backbone file {name!r} (sha256 {want[:12]}...), which is not under the artifact root; "
+                f"pass it with --backbone FILE"
+            )
+    got = sha256_file(path)
+    if got != want:
+        raise BundleError(
+            f"backbone file {str(path)!r} has sha256 {got[:12]}..., the bundle was trained with {want[:12]}... ({name}); pass that file with --backbone"
+        )
+    return str(path)
+
+
+def _from_artifacts(identity: dict[str, Any], artifacts: str | None) -> Path | None:
+    rel = identity.get("artifact_file")
+    if not rel:
+        return None
+    store = ArtifactStore(artifacts)
+    if not store.local:
+        return None
+    path = Path(store.root) / rel
+    return path if path.is_file() else None
+
+
+def _check_preprocessing(bundle: Bundle, model: Any) -> None:
+    pre = bundle.meta["preprocessing"]
+    for key, value in (("mean", model.image_mean), ("std", model.image_std)):
+        if [round(float(v), 6) for v in value] != [round(float(v), 6) for v in pre[key]]:
+            raise BundleError(f"bundle {str(bundle.path)!r}: the backbone's {key} {list(value)} differs from the bundle's {pre[key]}")
+
+
+def describe_lineage(bundle: Bundle) -> str:
+    """One line: what the bundle was made from."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(bundle.meta.get("lineage", {}).items())) or "unknown"
+
