@@ -3,6 +3,8 @@
     prompt = load_prompt("subactions_v1")
     prompt.messages("brush hair", num_sub_actions=3, max_chars=200)  # [{"role": "system", ...}, {"role": "user", ...}]
     prompt.schema(3)                                                 # {"type": "object", ... "minItems": 3, "maxItems": 3}
+    prompt.messages("ride bike", 3, 200, exemplars=[("brush hair", ["Grip the brush.", ...])])
+    # worked examples come first as chat turns: user.txt for the example's name, then its answer as JSON
 
 The templates are `string.Template` texts (see prompts/README.md). `Prompt.sha256` hashes the three
 files, so an edited prompt gives a new artifact version even under the same version name.
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -40,13 +43,23 @@ class Prompt:
         slots = ", ".join(f'"sub-action {k + 1}"' for k in range(num_sub_actions))
         return {"action": action, "num_sub_actions": num_sub_actions, "max_chars": max_chars, "slots": slots}
 
-    def messages(self, action: str, num_sub_actions: int, max_chars: int) -> list[dict[str, str]]:
-        """The chat messages asking for the sub-actions of one class (by its display name)."""
+    def messages(
+        self, action: str, num_sub_actions: int, max_chars: int, exemplars: Sequence[tuple[str, Sequence[str]]] = ()
+    ) -> list[dict[str, str]]:
+        """The chat messages asking for the sub-actions of one class (by its display name).
+
+        Each exemplar (display name, sentences) becomes a worked example before the question: a user
+        turn asking for it, an assistant turn answering `{"sub_actions": [...]}`. The nearest example
+        should come last (the stage orders them so).
+        """
         p = self.params(action, num_sub_actions, max_chars)
-        return [
-            {"role": "system", "content": _render(self.system, p, self.version, "system.txt").strip()},
-            {"role": "user", "content": _render(self.user, p, self.version, "user.txt").strip()},
-        ]
+        out = [{"role": "system", "content": _render(self.system, p, self.version, "system.txt").strip()}]
+        for name, sentences in exemplars:
+            ask = _render(self.user, self.params(name, num_sub_actions, max_chars), self.version, "user.txt").strip()
+            answer = json.dumps({"sub_actions": list(sentences)}, ensure_ascii=False)
+            out += [{"role": "user", "content": ask}, {"role": "assistant", "content": answer}]
+        out.append({"role": "user", "content": _render(self.user, p, self.version, "user.txt").strip()})
+        return out
 
     def schema(self, num_sub_actions: int) -> dict[str, Any]:
         """The answer's JSON schema with minItems = maxItems = S."""

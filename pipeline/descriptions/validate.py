@@ -11,6 +11,8 @@ Flags (a valid answer has none):
     too_long         a sentence longer than max_chars
     class_name_only  a sentence that only repeats the class name
     refusal          refusal text ("I can't", "as an AI", ...)
+    copies_exemplar  the answer repeats one of the prompt's worked examples (its sentences, in order)
+    same_as_other_class  the kept answer equals another class's kept answer (set by the stage)
     request_failed   the request itself failed (after transport retries)
 """
 
@@ -18,11 +20,15 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["FLAGS", "coerce", "normalize", "parse_answer", "qa_flags"]
+__all__ = ["FLAGS", "coerce", "copies", "normalize", "parse_answer", "qa_flags"]
 
-FLAGS = ("unparseable", "wrong_count", "empty", "duplicate", "too_long", "class_name_only", "refusal", "request_failed")
+FLAGS = (
+    "unparseable", "wrong_count", "empty", "duplicate", "too_long", "class_name_only", "refusal",
+    "copies_exemplar", "same_as_other_class", "request_failed",
+)  # fmt: skip
 
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*|\s*```$")
 _BULLET = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d{1,2}[.):]|(?:step|sub-?action)\s*\d{1,2}\s*(?:[.):-]|$))\s*", re.IGNORECASE)
@@ -102,9 +108,19 @@ def parse_answer(text: str | None) -> list[str]:
     return found if found is not None else _from_text(body)
 
 
-def qa_flags(sentences: list[str], num_sub_actions: int, action: str, max_chars: int, raw: str | None = None) -> list[str]:
-    """The problems of an answer, in FLAGS order (empty list: valid)."""
+def copies(sentences: Sequence[str], other: Sequence[str]) -> bool:
+    """The same sentences in the same order, ignoring case and punctuation."""
+    return bool(sentences) and [normalize(s) for s in sentences] == [normalize(s) for s in other]
+
+
+def qa_flags(
+    sentences: list[str], num_sub_actions: int, action: str, max_chars: int, raw: str | None = None,
+    exemplars: Sequence[Sequence[str]] = (),
+) -> list[str]:  # fmt: skip
+    """The problems of an answer, in FLAGS order (empty list: valid); `exemplars`: the prompt's example answers."""
     flags: set[str] = set()
+    if any(copies(sentences, e) for e in exemplars):
+        flags.add("copies_exemplar")
     if not sentences:
         flags.add("unparseable")
     elif len(sentences) != num_sub_actions:

@@ -207,8 +207,7 @@ def test_missing_class_is_an_error_naming_it(store, tiny_list):
 
 
 def test_benchmark_preset_without_llm_stops_before_work(store):
-    cfg = load_config("hmdb51", overrides={"artifacts": store.root})
-    assert cfg.descriptions.backend == "openai"
+    cfg = load_config("hmdb51", overrides={"artifacts": store.root, "descriptions.backend": "openai"})
     with pytest.raises(StageError) as err:
         run(cfg, {}, store)
     msg = str(err.value)

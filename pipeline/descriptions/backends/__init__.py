@@ -15,18 +15,22 @@ answer parsing, validation, retries for invalid answers and caching live in the 
 | local    | local_server.py  | starts `python -m llama_cpp.server` with a GGUF model, then talks to it as `openai` |
 | vllm     | vllm_engine.py   | the in-process vLLM engine (`LLM.chat` with structured outputs), GPU only |
 | file     | corpus_file.py   | an existing corpus (YAML release layout or JSON {class: [sentences]}) |
+
+`auto` (the default) is `openai` when an endpoint is configured (`descriptions.base_url`, or the key
+in `$<descriptions.api_key_env>`), else `local`; `resolve_backend` says which and why.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pipeline.descriptions.config import DescriptionsConfig
 
-__all__ = ["BACKENDS", "Backend", "Completion", "Request", "Sampling", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "Completion", "Request", "Sampling", "make_backend", "resolve_backend"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class Sampling:
 class Request:
     """One question: the sub-actions of one class, at one attempt."""
 
-    index: int  # position of the class in the stage's class list
+    index: int  # the stage's answer slot: class position x candidates + candidate
     class_name: str  # raw class name (the file backend looks it up)
     action: str  # display name, as written into the prompt
     messages: list[dict[str, str]]  # chat messages
@@ -122,10 +126,24 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def make_backend(cfg: DescriptionsConfig) -> Backend:
-    """The configured backend (not started yet)."""
+def resolve_backend(cfg: DescriptionsConfig) -> tuple[str, str]:
+    """(backend name, why): `auto` becomes openai when a base URL or key is configured, else local."""
+    if cfg.backend != "auto":
+        return cfg.backend, "descriptions.backend"
+    if cfg.base_url:
+        return "openai", "auto: descriptions.base_url is set"
+    if os.environ.get(cfg.api_key_env):
+        return "openai", f"auto: ${cfg.api_key_env} is set"
+    return "local", f"auto: no base URL and no ${cfg.api_key_env}, so the embedded llama.cpp model"
+
+
+def make_backend(cfg: DescriptionsConfig, *, announce: bool = False) -> Backend:
+    """The configured backend (not started yet); `announce` prints which one `auto` chose."""
+    name, why = resolve_backend(cfg)
+    if announce and cfg.backend == "auto":
+        print(f"[fsar] descriptions: backend {name} ({why}; choose with descriptions.backend / LLM=...)", flush=True)
     try:
-        target = BACKENDS[cfg.backend]
+        target = BACKENDS[name]
     except KeyError:
         raise ValueError(f"unknown descriptions backend {cfg.backend!r}; choose one of {', '.join(BACKENDS)}") from None
     module_name, cls_name = target.split(":")

@@ -26,19 +26,22 @@ from pipeline.stage import StageError
 __all__ = ["FileBackend", "read_corpus"]
 
 
-def read_corpus(path: str | Path) -> dict[str, list[str]]:
-    """{name: [sentences]} from a corpus file; entries with a `label` are also found under it."""
+def read_corpus(path: str | Path, what: str = "backend 'file': corpus", hint: str = "CORPUS=... / --corpus / descriptions.corpus") -> dict[str, list[str]]:
+    """{name: [sentences]} from a corpus file; entries with a `label` are also found under it.
+
+    `what` and `hint` name the file's role in error messages (the corpus, or the exemplars).
+    """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise StageError(f"backend 'file': corpus {str(p)!r} does not exist (CORPUS=... / --corpus / descriptions.corpus)")
+        raise StageError(f"{what} {str(p)!r} does not exist ({hint})")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise StageError(f"backend 'file': corpus {str(p)!r} is neither valid YAML nor JSON ({exc})") from None
+        raise StageError(f"{what} {str(p)!r} is neither valid YAML nor JSON ({exc})") from None
     if isinstance(data, list):  # [{label: ..., sub_act_en_li: [...]}, ...]
         data = {str(e.get("label")): e for e in data if isinstance(e, dict)}
     if not isinstance(data, dict):
-        raise StageError(f"backend 'file': corpus {str(p)!r} must map class names to sentences, got {type(data).__name__}")
+        raise StageError(f"{what} {str(p)!r} must map class names to sentences, got {type(data).__name__}")
     out: dict[str, list[str]] = {}
     for key, entry in data.items():
         label = None
@@ -47,7 +50,7 @@ def read_corpus(path: str | Path) -> dict[str, list[str]]:
             entry = entry.get("sub_act_en_li", entry.get("sub_actions"))
         if not isinstance(entry, list):
             raise StageError(
-                f"backend 'file': corpus entry {key!r} in {str(p)!r} is not a list of sentences "
+                f"{what.replace(' corpus', '')} entry {key!r} in {str(p)!r} is not a list of sentences "
                 f"(expected {{label: ..., sub_act_en_li: [...]}} or [sentences])"
             )
         sentences = [str(s) for s in entry]

