@@ -25,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default=None, help="comma-separated subset of the stages")
     parser.add_argument("--task-runner", default="local", choices=["local", "dask", "ray"])
     parser.add_argument("--dask-address", default=None)
+    parser.add_argument("--input", dest="inputs", action="append", default=[], help="pin an upstream artifact: STAGE=VERSION")
     args = parser.parse_args(argv)
+    from pipeline.secrets import stash_overrides
+
+    args.overrides = stash_overrides(args.overrides)  # Prefect stores flow parameters: never a secret among them
     # The ephemeral Prefect API starts a local server; its 20 s default time-out is too short on small machines.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         stages=args.stages.split(",") if args.stages else None,
         task_runner=args.task_runner,
         dask_address=args.dask_address,
+        inputs=args.inputs,
     )
     for stage, version in versions.items():
         print(f"{stage}: {version}")

@@ -1,7 +1,9 @@
 """Prefect flow `fsar`: descriptions -> frames -> embeddings -> train -> evaluate for one dataset.
 
-Each stage is a Prefect task that calls the library's stage function (`pipeline.cli.run_stage`) and
-passes artifact references on; no stage logic lives here. A stage whose artifact version exists is
+Each stage is a Prefect task that calls the library's stage function (`pipeline.stages.run_stage`) and
+passes artifact references on; no stage logic and no stage table live here (the registry in
+`pipeline.stages` has both). Stages not run in this flow run are taken at the versions the config
+implies (`fsar plan`), or pinned with `inputs=["STAGE=VERSION"]`. A stage whose artifact version exists is
 skipped by the library and the task says so. The frames stage's work units (shards) run as Prefect
 tasks through the chosen task runner: threads in-process (default), a Dask cluster
 (`task_runner="dask"`, optional `dask_address`), or Ray (`task_runner="ray"`).
@@ -17,12 +19,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore
-from pipeline.cli import STAGES, build_config, run_stage
+from pipeline.cli import build_config
 from pipeline.config import Config
+from pipeline.secrets import restore_overrides
+from pipeline.stages import PIPELINE, parse_pins, resolve_inputs, run_stage
 
-__all__ = ["fsar", "ALL_STAGES"]
+__all__ = ["fsar", "ALL_STAGES", "run_stages"]
 
-ALL_STAGES = tuple(STAGES)
+ALL_STAGES = tuple(s.name for s in PIPELINE)
 # Where a retry helps: LLM calls (rate limits, a server that restarts) and I/O.
 RETRIES = {"descriptions": 2, "frames": 1, "embeddings": 1, "train": 0, "evaluate": 0}
 
@@ -87,29 +91,35 @@ def fsar(
     stages: list[str] | None = None,
     task_runner: str = "local",
     dask_address: str | None = None,
+    inputs: list[str] | None = None,
 ) -> dict[str, str]:
-    """Run the pipeline's stages in order for a dataset; returns {stage: artifact version}."""
+    """Run the pipeline's stages in order for a dataset; returns {stage: artifact version}.
+
+    `overrides` are `key=value` config overrides (secrets in them are masked by `python -m flows`
+    before Prefect stores the parameters, and restored here); `inputs` pins upstream versions."""
     logger = get_run_logger()
-    cfg = build_config(dataset, preset, list(overrides or []), artifacts, video_root, video_list)
+    cfg = build_config(dataset, preset, restore_overrides(overrides or []), artifacts, video_root, video_list)
     chosen = list(stages or ALL_STAGES)
     unknown = [s for s in chosen if s not in ALL_STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; choose from {list(ALL_STAGES)}")
-    refs = run_stages(cfg, chosen, task_runner, dask_address)
+    refs = run_stages(cfg, chosen, task_runner, dask_address, parse_pins(inputs))
     store = ArtifactStore(cfg.artifacts)
     _publish_outcome(cfg, refs, store)
     logger.info("artifacts: %s", {k: str(v) for k, v in refs.items()})
     return {k: v.version for k, v in refs.items()}
 
 
-def run_stages(cfg: Config, chosen: Sequence[str], task_runner: str = "local", dask_address: str | None = None) -> dict[str, ArtifactRef]:
-    """Run the chosen stages in pipeline order inside the current flow; upstream artifacts not run here are the latest."""
+def run_stages(cfg: Config, chosen: Sequence[str], task_runner: str = "local", dask_address: str | None = None,
+               pins: dict[str, str] | None = None) -> dict[str, ArtifactRef]:
+    """Run the chosen stages in pipeline order inside the current flow; upstream artifacts not run here are
+    the versions the config implies (or `pins`)."""
     store = ArtifactStore(cfg.artifacts)
     refs: dict[str, ArtifactRef] = {}
     for name in ALL_STAGES:
         if name not in chosen:
             continue
-        inputs = {up: refs[up] if up in refs else store.resolve(up, cfg.dataset.name) for up in STAGES[name][1]}
+        inputs = resolve_inputs(cfg, name, store, pins, built=refs)
         if name == "frames":
             runner = _task_runner(task_runner, dask_address)
             sub = frames_subflow if runner is None else frames_subflow.with_options(task_runner=runner)
@@ -128,8 +138,8 @@ def _publish_outcome(cfg: Config, refs: dict[str, ArtifactRef], store: ArtifactS
         from pipeline.training.report import table_markdown
         import json
 
-        path = store.local_path(refs["evaluate"]) / "summary.json" if store.local else None
-        if path is not None and path.exists():
+        path = store.local_path(refs["evaluate"]) / "summary.json"
+        if path.exists():
             lines += ["", table_markdown(json.loads(path.read_text()))]
     key = f"fsar-{cfg.dataset.name}".lower().replace("_", "-")
     create_markdown_artifact(markdown="\n".join(lines), key=key, description=f"fsar results for {cfg.dataset.name}")

@@ -2,8 +2,11 @@
 
 Layout: ``<root>/<stage>/<dataset>/<version>/`` holding the data files and ``manifest.json``.
 The manifest is written last and marks completion: a folder without one is never read.
-Writes go to a staging folder (``<root>/.staging/...``) and are renamed into place (local roots) or
-uploaded with the manifest last (other fsspec roots).
+Writes go to a staging folder (``<root>/.staging/...``) and are renamed into place, one writer per
+version at a time (a file lock under ``<root>/.locks``). Roots are local folders or ``file://`` URLs.
+Every file is listed in the manifest with its sha256 and size: readers check small files against their
+sha256 before use (`verified_path`), `problems(ref)` / `fsar verify` check whole artifacts, and a broken
+artifact is listed by the catalog with its problem, never hidden and never taken as built.
 
     from pipeline import artifacts
     artifacts.catalog()                        # every complete artifact, as a DataFrame
@@ -36,14 +39,18 @@ __all__ = [
     "ArtifactStore",
     "Staging",
     "catalog",
+    "broken_message",
     "compute_version",
     "default_root",
+    "file_fingerprint",
+    "sha256_file",
     "load",
     "resolve",
 ]
 
 MANIFEST = "manifest.json"
 STAGING = ".staging"
+LOCKS = ".locks"
 _CHUNK = 1 << 20
 
 
@@ -91,6 +98,41 @@ def sha256_file(path: str | os.PathLike[str], fs: fsspec.AbstractFileSystem | No
     return h.hexdigest()
 
 
+_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_fingerprint(path: str | os.PathLike[str]) -> str:
+    """``sha256:<hex>`` of a local file (what versions hash for a weights file, never its path).
+
+    A file inside an artifact folder is checked against that artifact's manifest first, so a corrupt
+    checkpoint is an error, not a new version. Cached per (path, size, mtime) within the process.
+    """
+    p = Path(path).expanduser().resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        digest = sha256_file(p)
+        _check_in_artifact(p, digest)
+        _FINGERPRINTS[key] = digest
+    return f"sha256:{_FINGERPRINTS[key]}"
+
+
+def _check_in_artifact(path: Path, digest: str) -> None:
+    for folder in list(path.parents)[:4]:
+        manifest = folder / MANIFEST
+        if not manifest.is_file():
+            continue
+        try:
+            listed = json.loads(manifest.read_text(encoding="utf-8")).get("files", {})
+        except (OSError, ValueError):
+            return
+        rel = path.relative_to(folder).as_posix()
+        if rel in listed and listed[rel] != digest:
+            ref = ArtifactRef(folder.parents[1].name, folder.parent.name, folder.name, str(folder.parents[2]))
+            raise ArtifactError(broken_message(ref, f"file {rel!r} does not match its sha256 in the manifest"))
+        return
+
+
 @dataclass(frozen=True)
 class ArtifactRef:
     """A pointer to one complete artifact."""
@@ -103,7 +145,7 @@ class ArtifactRef:
 
     @property
     def path(self) -> str:
-        """Folder of the artifact (a local path, or a URL for remote roots)."""
+        """Folder of the artifact."""
         return _join(self.root, self.stage, self.dataset, self.version)
 
     def file(self, name: str) -> str:
@@ -116,8 +158,9 @@ class ArtifactRef:
         return {"stage": self.stage, "dataset": self.dataset, "version": self.version, "root": self.root}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, str]) -> "ArtifactRef":
-        return cls(data["stage"], data["dataset"], data["version"], data["root"])
+    def from_dict(cls, data: Mapping[str, str], root: str | None = None) -> "ArtifactRef":
+        """From `to_dict` output, or a manifest's inputs entry (which holds no root: give it)."""
+        return cls(data["stage"], data["dataset"], data["version"], data.get("root") or root or default_root())
 
     def __str__(self) -> str:
         return f"{self.stage}/{self.dataset}/{self.version}"
@@ -157,14 +200,20 @@ class Staging:
 
 
 class ArtifactStore:
-    """The artifact store at one root (a local folder or any fsspec URL)."""
+    """The artifact store at one root: a local folder or a ``file://`` URL (other fsspec roots are refused)."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None):
         root = os.fspath(root) if root is not None else default_root()
         self.fs, base = fsspec.core.url_to_fs(root)
-        self.local = "file" in _protocols(self.fs)
-        self.root = str(Path(base).resolve()) if self.local else root.rstrip("/")
-        self._base = self.root if self.local else base.rstrip("/")
+        protocols = _protocols(self.fs)
+        if "file" not in protocols and "local" not in protocols:
+            raise ArtifactError(
+                f"artifact root {root!r}: protocol {protocols[0]!r} is not supported; use a local folder or a file:// URL "
+                f"(for a cluster, a shared file system mounted at the same path on every machine)"
+            )
+        self.local = True  # kept for callers: every supported root is a local folder
+        self.root = str(Path(base).expanduser().resolve())
+        self._base = self.root
 
     # ----------------------------------------------------------------- lookup
     def ref(self, stage: str, dataset: str, version: str) -> ArtifactRef:
@@ -173,79 +222,139 @@ class ArtifactStore:
     def _fs_path(self, *parts: str) -> str:
         return _join(self._base, *parts)
 
-    def exists(self, stage: str, dataset: str, version: str) -> ArtifactRef | None:
-        """The complete artifact of that version, or None (a folder without a manifest is not one)."""
-        if self.fs.exists(self._fs_path(stage, dataset, version, MANIFEST)):
-            return self.ref(stage, dataset, version)
-        return None
+    def status(self, stage: str, dataset: str, version: str) -> tuple[str, str | None]:
+        """("exists", None), ("missing", None) or ("broken", problem) for one version (cheap checks only)."""
+        folder = Path(self._fs_path(stage, dataset, version))
+        if not folder.exists():
+            return "missing", None
+        problems = self.problems(self.ref(stage, dataset, version), full=False)
+        return ("broken", problems[0]) if problems else ("exists", None)
 
-    def manifest(self, ref: ArtifactRef) -> dict[str, Any]:
+    def exists(self, stage: str, dataset: str, version: str) -> ArtifactRef | None:
+        """The intact artifact of that version, or None when there is none; a broken one is an error naming the fix."""
+        state, problem = self.status(stage, dataset, version)
+        if state == "broken":
+            raise ArtifactError(broken_message(self.ref(stage, dataset, version), problem or "broken"))
+        return self.ref(stage, dataset, version) if state == "exists" else None
+
+    def _read_manifest(self, ref: ArtifactRef) -> tuple[dict[str, Any] | None, str | None]:
         path = self._fs_path(ref.stage, ref.dataset, ref.version, MANIFEST)
         try:
-            with self.fs.open(path, "r") as fh:
-                return json.load(fh)
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
         except FileNotFoundError:
-            raise ArtifactError(f"artifact {ref} is incomplete or missing (no {MANIFEST} in {ref.path}); re-run the {ref.stage} stage") from None
-        except json.JSONDecodeError as exc:
-            raise ArtifactError(f"manifest of artifact {ref} is not valid JSON ({exc}); delete {ref.path} and re-run the {ref.stage} stage") from None
+            return None, f"no {MANIFEST}"
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return None, f"{MANIFEST} is not valid JSON ({exc})"
+        if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+            return None, f"{MANIFEST} has no file list"
+        return data, None
+
+    def manifest(self, ref: ArtifactRef) -> dict[str, Any]:
+        data, problem = self._read_manifest(ref)
+        if data is None:
+            if problem == f"no {MANIFEST}":
+                raise ArtifactError(f"artifact {ref} is incomplete or missing (no {MANIFEST} in {ref.path}); re-run the {ref.stage} stage")
+            raise ArtifactError(broken_message(ref, problem or "unreadable"))
+        return data
+
+    def problems(self, ref: ArtifactRef, full: bool = True) -> list[str]:
+        """What is wrong with an artifact ([] when intact): manifest, missing files, sizes, and with `full` every sha256."""
+        m, problem = self._read_manifest(ref)
+        if m is None:
+            return [problem or "unreadable manifest"]
+        out = []
+        sizes: dict[str, int] = m.get("sizes", {})
+        for name, digest in m["files"].items():
+            path = Path(self._fs_path(ref.stage, ref.dataset, ref.version, name))
+            if not path.is_file():
+                out.append(f"file {name!r} is missing")
+                continue
+            if name in sizes and path.stat().st_size != sizes[name]:
+                out.append(f"file {name!r} has {path.stat().st_size} bytes, the manifest says {sizes[name]}")
+                continue
+            if full and sha256_file(path) != digest:
+                out.append(f"file {name!r} does not match its sha256 in the manifest")
+        return out
+
+    def _version_folders(self, stage: str | None = None, dataset: str | None = None) -> list[tuple[str, str, str]]:
+        base = Path(self._base)
+        if not base.is_dir():
+            return []
+        out = []
+        for s in sorted(base.iterdir()) if stage is None else [base / stage]:
+            if not s.is_dir() or s.name.startswith("."):
+                continue
+            for d in sorted(s.iterdir()) if dataset is None else [s / dataset]:
+                if not d.is_dir():
+                    continue
+                out.extend((s.name, d.name, v.name) for v in sorted(d.iterdir()) if v.is_dir() and not v.name.startswith("."))
+        return out
 
     def manifests(self, stage: str | None = None, dataset: str | None = None) -> list[dict[str, Any]]:
-        """Manifests of every complete artifact, oldest first."""
-        pattern_stage = stage or "*"
-        pattern_dataset = dataset or "*"
-        found = self.fs.glob(self._fs_path(pattern_stage, pattern_dataset, "*", MANIFEST))
+        """Manifests of every intact artifact (cheap checks), oldest first."""
         out = []
-        for path in found:
-            rel = path[len(self._base.rstrip("/")) + 1 :] if path.startswith(self._base.rstrip("/")) else path
-            parts = rel.strip("/").split("/")
-            if len(parts) != 4 or parts[0].startswith("."):
+        for s, d, v in self._version_folders(stage, dataset):
+            ref = self.ref(s, d, v)
+            if self.problems(ref, full=False):
                 continue
-            try:
-                with self.fs.open(path, "r") as fh:
-                    m = json.load(fh)
-            except (OSError, json.JSONDecodeError):
-                continue
-            m["path"] = self.ref(parts[0], parts[1], parts[2]).path
+            m = self.manifest(ref)
+            m["path"] = ref.path
             out.append(m)
         out.sort(key=lambda m: (m.get("created", ""), m.get("version", "")))
         return out
 
     def resolve(self, stage: str, dataset: str, version: str = "latest") -> ArtifactRef:
-        """A complete artifact by version, or the newest one for "latest"."""
+        """An intact artifact by version, or the newest intact one for "latest" (a reading convenience)."""
         if version != "latest":
             ref = self.exists(stage, dataset, version)
             if ref is None:
                 raise ArtifactError(
                     f"no complete {stage} artifact {version!r} for dataset {dataset!r} under {self.root}; "
-                    f"see artifacts.catalog() for what exists"
+                    f"`fsar catalog` (or artifacts.catalog()) lists what exists"
                 )
             return ref
-        found = self.manifests(stage, dataset)
+        found = []  # every version with a readable manifest, intact or not: the newest must be intact
+        for s, d, v in self._version_folders(stage, dataset):
+            m = self._read_manifest(self.ref(s, d, v))[0]
+            if m is not None:
+                found.append((m.get("created", ""), v))
         if not found:
             raise ArtifactError(
                 f"no {stage} artifact for dataset {dataset!r} under {self.root}; run `fsar {stage} --dataset {dataset}` first"
             )
-        return self.ref(stage, dataset, found[-1]["version"])
+        ref = self.ref(stage, dataset, max(found)[1])
+        problems = self.problems(ref, full=False)
+        if problems:  # never fall back silently to an older one
+            raise ArtifactError(broken_message(ref, problems[0]))
+        return ref
 
     def catalog(self) -> pd.DataFrame:
-        """Every complete artifact: stage, dataset, version, created, inputs, path, rows, package."""
+        """Every artifact folder: stage, dataset, version, created, inputs, path, main, rows (of the main table),
+        package_version, and problem (None when intact; broken ones are listed, never hidden)."""
         rows = []
-        for m in self.manifests():
+        for s, d, v in self._version_folders():
+            ref = self.ref(s, d, v)
+            problems = self.problems(ref, full=False)
+            m = self._read_manifest(ref)[0] or {}
+            main = m.get("main")
             rows.append(
                 {
-                    "stage": m.get("stage"),
-                    "dataset": m.get("dataset"),
-                    "version": m.get("version"),
+                    "stage": s,
+                    "dataset": d,
+                    "version": v,
                     "created": pd.Timestamp(m["created"]) if m.get("created") else pd.NaT,
-                    "inputs": ", ".join(f"{k}={v['stage']}/{v['dataset']}/{v['version']}" for k, v in m.get("inputs", {}).items()),
-                    "path": m["path"],
-                    "main": m.get("main"),
-                    "rows": sum(m.get("rows", {}).values()) if m.get("rows") else None,
+                    "inputs": ", ".join(f"{k}={x['stage']}/{x['dataset']}/{x['version']}" for k, x in m.get("inputs", {}).items()),
+                    "path": ref.path,
+                    "main": main,
+                    "rows": m.get("rows", {}).get(main) if main else None,
                     "package_version": m.get("package_version"),
+                    "problem": "; ".join(problems) if problems else None,
                 }
             )
-        cols = ["stage", "dataset", "version", "created", "inputs", "path", "main", "rows", "package_version"]
-        return pd.DataFrame(rows, columns=cols)
+        cols = ["stage", "dataset", "version", "created", "inputs", "path", "main", "rows", "package_version", "problem"]
+        df = pd.DataFrame(rows, columns=cols)
+        return df.sort_values(["created", "version"], na_position="last", kind="stable").reset_index(drop=True) if len(df) else df
 
     def lineage(self, ref: ArtifactRef) -> list[ArtifactRef]:
         """This artifact and every artifact it was made from, depth first."""
@@ -257,27 +366,32 @@ class ArtifactStore:
             seen.add(str(r))
             out.append(r)
             for v in self.manifest(r).get("inputs", {}).values():
-                todo.append(ArtifactRef(v["stage"], v["dataset"], v["version"], v.get("root", self.root)))
+                todo.append(ArtifactRef(v["stage"], v["dataset"], v["version"], self.root))
         return out
 
     # ------------------------------------------------------------------- read
     def verify(self, ref: ArtifactRef, files: list[str] | None = None) -> None:
-        """Check the sha256 of the listed files (default: all) against the manifest."""
+        """Check the sha256 of the listed files (default: all) against the manifest; an ArtifactError names the fix."""
         m = self.manifest(ref)
-        sums: dict[str, str] = m.get("files", {})
+        sums: dict[str, str] = m["files"]
         for name in files if files is not None else list(sums):
             if name not in sums:
-                raise ArtifactError(f"file {name!r} is not listed in the manifest of artifact {ref}")
+                raise ArtifactError(f"file {name!r} is not listed in the manifest of artifact {ref}; it is not part of the artifact")
             path = self._fs_path(ref.stage, ref.dataset, ref.version, name)
             try:
-                actual = sha256_file(path, self.fs)
+                actual = sha256_file(path)
             except FileNotFoundError:
-                raise ArtifactError(f"file {name!r} of artifact {ref} is missing; delete {ref.path} and re-run the {ref.stage} stage") from None
+                raise ArtifactError(broken_message(ref, f"file {name!r} is missing")) from None
             if actual != sums[name]:
                 raise ArtifactError(
                     f"checksum mismatch for {name!r} in artifact {ref}: the file changed after it was written; "
                     f"delete {ref.path} and re-run the {ref.stage} stage"
                 )
+
+    def verified_path(self, ref: ArtifactRef, name: str) -> Path:
+        """Local path of one file of an artifact, after checking it against its sha256 in the manifest."""
+        self.verify(ref, [name])
+        return Path(self._fs_path(ref.stage, ref.dataset, ref.version, name))
 
     def load(self, stage: str, dataset: str, version: str = "latest", table: str | None = None) -> pd.DataFrame | str:
         """The stage's main table (checksum-verified) as a DataFrame; the folder path if it has none."""
@@ -286,17 +400,38 @@ class ArtifactStore:
         name = table or m.get("main")
         if not name:
             return ref.path
-        self.verify(ref, [name])
-        with self.fs.open(self._fs_path(ref.stage, ref.dataset, ref.version, name), "rb") as fh:
-            return pd.read_parquet(fh)
+        return pd.read_parquet(self.verified_path(ref, name))
 
     def local_path(self, ref: ArtifactRef) -> Path:
-        """Local folder of an artifact (only for local roots)."""
-        if not self.local:
-            raise ArtifactError(f"artifact root {self.root} is not a local folder; open files with fsspec instead")
+        """Local folder of an artifact."""
         return Path(ref.path)
 
     # ------------------------------------------------------------------ write
+    @contextlib.contextmanager
+    def lock(self, stage: str, dataset: str, version: str, timeout_s: float | None = None) -> Iterator[None]:
+        """Hold the one-writer lock of a version (a file lock under <root>/.locks); waits for another holder."""
+        from filelock import FileLock, Timeout
+
+        path = Path(self._base) / LOCKS / stage / dataset / f"{version}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path))
+        timeout = lock_timeout_s() if timeout_s is None else timeout_s
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            print(f"[fsar] {stage}: another run is building {dataset}/{version}; waiting for it (up to {timeout:.0f} s)", flush=True)
+            try:
+                lock.acquire(timeout=timeout)
+            except Timeout:
+                raise ArtifactError(
+                    f"{stage} {dataset}/{version}: another run held the lock {path} for more than {timeout:.0f} s; "
+                    f"wait for it, or raise $FSAR_LOCK_TIMEOUT_S"
+                ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
     @contextlib.contextmanager
     def publish(
         self,
@@ -310,19 +445,22 @@ class ArtifactStore:
         format_version: int | str = 1,
         resume: bool = False,
     ) -> Iterator[Staging]:
-        """Write an artifact atomically.
+        """Write an artifact atomically (call it holding `lock` for the version).
 
         Yields a `Staging` with a local folder to write into. On clean exit the manifest (with file
-        checksums) is written last and the folder is moved into place; on error nothing is published.
-        With `resume=True` the staging folder is stable per version and kept on error, so a re-run can
-        skip work units it already finished (the stage marks those itself).
+        checksums and sizes) is written last and the folder is renamed into place; on error nothing is
+        published. With `resume=True` the staging folder is stable per version and kept on error, so a
+        re-run can skip work units it already finished (the stage marks those itself). Leftover
+        one-off staging folders of the same version (a killed run's) are removed first.
         """
-        staging_root = self._local_staging_root()
-        name = version if resume else f"{version}-{uuid.uuid4().hex[:8]}"
-        sdir = staging_root / stage / dataset / name
-        if not resume and sdir.exists():
-            shutil.rmtree(sdir)
-        sdir.mkdir(parents=True, exist_ok=True)
+        parent = Path(self._base) / STAGING / stage / dataset
+        for old in parent.glob(f"{version}-*") if parent.is_dir() else []:
+            shutil.rmtree(old, ignore_errors=True)
+        sdir = parent / (version if resume else f"{version}-{uuid.uuid4().hex[:8]}")
+        try:
+            sdir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ArtifactError(f"cannot write under the artifact root {self.root} ({exc.strerror}); choose a writable --artifacts folder") from None
         staging = Staging(sdir, stage, dataset, version, main=main)
         try:
             yield staging
@@ -332,18 +470,14 @@ class ArtifactStore:
             raise
         self._finish(staging, config=config, inputs=inputs or {}, format_version=format_version)
 
-    def _local_staging_root(self) -> Path:
-        if self.local:
-            return Path(self.root) / STAGING
-        tmp = Path(os.environ.get("FSAR_STAGING", Path.home() / ".cache" / "fsar" / "staging"))
-        return tmp / hashlib.sha256(self.root.encode()).hexdigest()[:10]
-
     def _finish(self, staging: Staging, *, config: Mapping[str, Any], inputs: Mapping[str, ArtifactRef], format_version: int | str) -> None:
-        files = sorted(
-            p.relative_to(staging.dir).as_posix()
-            for p in staging.dir.rglob("*")
-            if p.is_file() and not p.name.startswith(".") and p.name != MANIFEST and not p.name.endswith(".part")
-        )
+        from pipeline.secrets import redact
+
+        # Drop hidden helper files (per-unit completion markers) and partial writes before listing.
+        for p in list(staging.dir.rglob("*")):
+            if p.is_file() and (p.name.startswith(".") or p.name.endswith(".part")):
+                p.unlink()
+        files = sorted(p.relative_to(staging.dir).as_posix() for p in staging.dir.rglob("*") if p.is_file() and p.name != MANIFEST)
         if staging.main and staging.main not in files:
             raise ArtifactError(f"stage {staging.stage} declared main table {staging.main!r} but did not write it")
         sums = {f: staging.checksums.get(f) or sha256_file(staging.dir / f) for f in files}
@@ -355,33 +489,44 @@ class ArtifactStore:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
             "package_version": _package_version(),
             "main": staging.main,
-            "inputs": {k: v.to_dict() for k, v in inputs.items()},
+            "inputs": {k: {kk: vv for kk, vv in v.to_dict().items() if kk != "root"} for k, v in inputs.items()},
             "config": json.loads(_canonical(config)),
             "rows": staging.rows,
             "files": sums,
+            "sizes": {f: (staging.dir / f).stat().st_size for f in files},
             **staging.extra,
         }
-        # Drop hidden helper files (per-unit completion markers) before publishing.
-        for p in list(staging.dir.rglob(".*")):
-            if p.is_file():
-                p.unlink()
-        if self.local:
-            (staging.dir / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-            final = Path(self._fs_path(staging.stage, staging.dataset, staging.version))
-            final.parent.mkdir(parents=True, exist_ok=True)
-            if (final / MANIFEST).exists():  # someone published the same version meanwhile: same content
-                shutil.rmtree(staging.dir, ignore_errors=True)
-                return
-            if final.exists():  # an incomplete folder (no manifest) from a crashed copy: never read, replace it
-                shutil.rmtree(final)
-            os.replace(staging.dir, final)
-        else:
-            target = self._fs_path(staging.stage, staging.dataset, staging.version)
-            for f in files:
-                self.fs.put_file(str(staging.dir / f), _join(target, f))
-            with self.fs.open(_join(target, MANIFEST), "w") as fh:
-                fh.write(json.dumps(manifest, indent=2, default=str))
+        _atomic_write_text(staging.dir / MANIFEST, json.dumps(redact(manifest), indent=2, default=str))
+        final = Path(self._fs_path(staging.stage, staging.dataset, staging.version))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if (final / MANIFEST).exists():  # published meanwhile (same version, same content)
             shutil.rmtree(staging.dir, ignore_errors=True)
+            return
+        if final.exists():  # an incomplete folder (no manifest) left by a crashed copy: never read, replace it
+            shutil.rmtree(final)
+        os.replace(staging.dir, final)
+
+
+def broken_message(ref: ArtifactRef, problem: str) -> str:
+    """One line: which artifact is broken, why, and the fix."""
+    return (
+        f"{ref.stage} artifact {ref.dataset}/{ref.version} is broken ({problem}): move {ref.path} away or delete it, "
+        f"then re-run the {ref.stage} stage (`fsar verify` checks every artifact)"
+    )
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def lock_timeout_s() -> float:
+    """How long a run waits for another run building the same artifact: $FSAR_LOCK_TIMEOUT_S, default 6 hours."""
+    try:
+        return float(os.environ.get("FSAR_LOCK_TIMEOUT_S", 6 * 3600))
+    except ValueError:
+        raise ArtifactError(f"FSAR_LOCK_TIMEOUT_S={os.environ['FSAR_LOCK_TIMEOUT_S']!r} is not a number of seconds") from None
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

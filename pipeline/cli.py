@@ -1,7 +1,8 @@
 """`fsar <stage> --dataset NAME [--preset NAME] [--set key=value ...] [--artifacts ROOT]`.
 
-The Makefile calls this. Every stage command builds a Config, resolves its input artifacts (the
-latest of each upstream stage for the dataset) and calls the stage's `run(config, inputs, store)`.
+The Makefile calls this. Every stage command builds a Config and runs the stage through the registry
+(`pipeline.stages`) on exactly the upstream versions that config implies (`fsar plan` shows them;
+`--input STAGE=VERSION` pins one). `fsar verify` checks whole artifacts against their manifests.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from typing import Annotated, Any
 
 import typer
 
-from pipeline.config import Config, ConfigError, list_presets, load_config
+from pipeline.config import Config, ConfigError, list_presets, load_config, parse_overrides
 from pipeline.stage import StageError
+from pipeline.stages import parse_pins, plan, run_stage
+
+__all__ = ["app", "build_config", "flag_overrides", "run_stage"]
 
 app = typer.Typer(
     name="fsar",
@@ -26,21 +30,15 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# The stages, in pipeline order: name -> (module with run(config, inputs, store), upstream stages it reads)
-STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "descriptions": ("pipeline.descriptions", ()),
-    "frames": ("pipeline.frames", ()),
-    "embeddings": ("pipeline.embeddings", ("descriptions",)),
-    "train": ("pipeline.training.train", ("frames", "embeddings")),
-    "evaluate": ("pipeline.training.evaluate", ("frames", "embeddings", "train")),
-}
-
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name (see `fsar datasets`)")]
 PresetOpt = Annotated[
     str | None, typer.Option("--preset", "-p", help="preset under configs/ (default: the dataset's own, if any) or a YAML path")
 ]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="config override key=value (repeatable)")]
-ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", help="artifact root: folder or fsspec URL")]
+ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", help="artifact root: a local folder or file:// URL")]
+InputOpt = Annotated[
+    list[str] | None, typer.Option("--input", help="pin an upstream artifact: STAGE=VERSION (repeatable; default: what the config implies)")
+]
 VideoRootOpt = Annotated[str | None, typer.Option("--video-root", help="folder holding the dataset's videos")]
 VideoListOpt = Annotated[str | None, typer.Option("--video-list", help="custom dataset: CSV with path,label,split")]
 
@@ -53,7 +51,10 @@ def build_config(
     video_root: str | None = None,
     video_list: str | None = None,
 ) -> Config:
-    """Preset (default: the dataset's own preset if one exists, else the demo for `synthetic`, else defaults) + overrides."""
+    """Preset (default: the dataset's own preset if one exists, else the demo for `synthetic`, else defaults) + overrides.
+
+    A flag and a `--set` for the same key must agree (a one-line error otherwise, never a silent winner).
+    """
     if preset is None and dataset is not None:
         preset = dataset if dataset in list_presets() else ("demo" if dataset == "synthetic" else None)
     sets: dict[str, Any] = {}
@@ -65,7 +66,18 @@ def build_config(
         sets["dataset.video_list"] = str(Path(video_list).expanduser().resolve())
     if artifacts is not None:
         sets["artifacts"] = artifacts
-    cfg = load_config(preset, overrides=sets).override(*(overrides or []))
+    flags = dict(sets)
+    plain = []  # --set items; `flag:key=value` items are a command flag's value (see `flag_overrides`)
+    for item in overrides or []:
+        if item.startswith(_FLAG):
+            flags.update(parse_overrides([item[len(_FLAG):]]))
+        else:
+            plain.append(item)
+    given = parse_overrides(plain)
+    for key, value in flags.items():
+        if key in given and not _same(given[key], value):
+            raise ConfigError(f"the command's flag gives {key}={value!r} but --set gives {key}={given[key]!r}; give one of them")
+    cfg = load_config(preset, overrides=sets).override({k: v for k, v in flags.items() if k not in sets}, *plain)
     from pipeline.datasets import DatasetError, list_datasets
 
     if cfg.dataset.name not in list_datasets():
@@ -73,16 +85,17 @@ def build_config(
     return cfg
 
 
-def run_stage(name: str, cfg: Config, inputs: dict[str, Any] | None = None, **kwargs: Any) -> Any:
-    """Resolve a stage's inputs (latest upstream artifacts) and run it; kwargs go to the stage's `run`."""
-    from pipeline.artifacts import ArtifactStore
+_FLAG = "flag:"
 
-    module_name, upstream = STAGES[name]
-    store = ArtifactStore(cfg.artifacts)
-    if inputs is None:
-        inputs = {up: store.resolve(up, cfg.dataset.name) for up in upstream}
-    module = importlib.import_module(module_name)
-    return module.run(cfg, inputs, store, **kwargs)
+
+def flag_overrides(pairs: Any) -> list[str]:
+    """Overrides that come from a command's own flags ((key, value) pairs; None values are skipped), marked so
+    `build_config` can tell them from `--set` items and refuse a disagreement."""
+    return [f"{_FLAG}{k}={v}" for k, v in pairs if v is not None]
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or str(a) == str(b)
 
 
 def _fail(exc: Exception) -> None:
@@ -100,6 +113,13 @@ def _guarded(fn: Callable[[], Any]) -> Any:
         _fail(exc)
 
 
+def _run(name: str, cfg: Config, inputs: list[str] | None) -> Any:
+    """Run stage `name` through the registry with `--input` pins; prints and returns its reference."""
+    ref = run_stage(name, cfg, pins=parse_pins(inputs))
+    typer.echo(f"{name}: {ref}")
+    return ref
+
+
 def _stage_command(name: str, help_text: str) -> None:
     def command(
         dataset: DatasetOpt,
@@ -108,11 +128,10 @@ def _stage_command(name: str, help_text: str) -> None:
         artifacts: ArtifactsOpt = None,
         video_root: VideoRootOpt = None,
         video_list: VideoListOpt = None,
+        input_: InputOpt = None,
     ) -> None:
         def go() -> None:
-            cfg = build_config(dataset, preset, set_, artifacts, video_root, video_list)
-            ref = run_stage(name, cfg)
-            typer.echo(f"{name}: {ref}")
+            _run(name, build_config(dataset, preset, set_, artifacts, video_root, video_list), input_)
 
         _guarded(go)
 
@@ -140,9 +159,8 @@ def descriptions_cmd(
     """Write ordered sub-action descriptions for every class with an LLM."""
 
     def go() -> None:
-        extra = [f"descriptions.{k}={v}" for k, v in (("backend", llm), ("model", model), ("base_url", base_url), ("corpus", corpus)) if v]
-        cfg = build_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list)
-        typer.echo(f"descriptions: {run_stage('descriptions', cfg)}")
+        extra = flag_overrides((f"descriptions.{k}", v) for k, v in (("backend", llm), ("model", model), ("base_url", base_url), ("corpus", corpus)))
+        _run("descriptions", build_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list), None)
 
     _guarded(go)
 
@@ -155,14 +173,14 @@ def train_cmd(
     artifacts: ArtifactsOpt = None,
     video_root: VideoRootOpt = None,
     video_list: VideoListOpt = None,
+    input_: InputOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue a killed run from its last checkpoint")] = False,
 ) -> None:
     """Train Task-Adapter++ adapters on episodes of the train split."""
 
     def go() -> None:
-        extra = ["train.resume=true"] if resume else []
-        cfg = build_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list)
-        typer.echo(f"train: {run_stage('train', cfg)}")
+        extra = flag_overrides([("train.resume", True if resume else None)])
+        _run("train", build_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list), input_)
 
     _guarded(go)
 
@@ -175,22 +193,19 @@ def evaluate_cmd(
     artifacts: ArtifactsOpt = None,
     video_root: VideoRootOpt = None,
     video_list: VideoListOpt = None,
-    checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="checkpoint file (default: best of the latest train)")] = None,
+    input_: InputOpt = None,
+    checkpoint: Annotated[
+        str | None, typer.Option("--checkpoint", help="checkpoint file (default: best.pt of the train artifact this config implies)")
+    ] = None,
     episodes: Annotated[int | None, typer.Option("--episodes", help="test episodes")] = None,
     shots: Annotated[int | None, typer.Option("--shots", help="K at test")] = None,
 ) -> None:
     """Evaluate on seeded few-shot episodes of the test split."""
 
     def go() -> None:
-        extra = [f"evaluate.{k}={v}" for k, v in (("checkpoint", checkpoint), ("episodes", episodes), ("shot", shots)) if v is not None]
-        cfg = build_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list)
-        store_inputs = None
-        if checkpoint is not None:
-            from pipeline.artifacts import ArtifactStore
-
-            store = ArtifactStore(cfg.artifacts)
-            store_inputs = {up: store.resolve(up, cfg.dataset.name) for up in ("frames", "embeddings")}
-        typer.echo(f"evaluate: {run_stage('evaluate', cfg, store_inputs)}")
+        checkpoint_file = str(Path(checkpoint).expanduser().resolve()) if checkpoint else None
+        extra = flag_overrides((f"evaluate.{k}", v) for k, v in (("checkpoint", checkpoint_file), ("episodes", episodes), ("shot", shots)))
+        _run("evaluate", build_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list), input_)
 
     _guarded(go)
 
@@ -236,11 +251,68 @@ def synthetic_cmd(
 
 @app.command("catalog")
 def catalog_cmd(artifacts: ArtifactsOpt = None) -> None:
-    """List every complete artifact."""
+    """List every artifact (a broken one with its problem)."""
     from pipeline.artifacts import catalog
 
-    df = catalog(artifacts)
+    df = _guarded(lambda: catalog(artifacts))
     typer.echo(df.to_string(index=False) if len(df) else "no artifacts")
+
+
+@app.command("plan")
+def plan_cmd(
+    dataset: DatasetOpt,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    artifacts: ArtifactsOpt = None,
+    video_root: VideoRootOpt = None,
+    video_list: VideoListOpt = None,
+    input_: InputOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON list instead of a table")] = False,
+) -> None:
+    """Show the pipeline a config implies: each stage's version, its inputs' versions, and exists / build / blocked."""
+
+    def go() -> None:
+        cfg = build_config(dataset, preset, set_, artifacts, video_root, video_list)
+        planned = plan(cfg, pins=parse_pins(input_))
+        if as_json:
+            typer.echo(json.dumps([p.to_dict() for p in planned], indent=2))
+            return
+        width = max(len(p.stage) for p in planned)
+        for p in planned:
+            ins = ", ".join(f"{k}={v}" for k, v in p.inputs.items()) or "-"
+            note = f"  ({p.reason})" if p.reason else ""
+            typer.echo(f"{p.stage:<{width}}  {p.version or '?':<12}  {p.status:<7}  inputs: {ins}{note}")
+
+    _guarded(go)
+
+
+@app.command("verify")
+def verify_cmd(
+    artifacts: ArtifactsOpt = None,
+    stage: Annotated[str | None, typer.Option("--stage", help="only this stage")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="only this dataset")] = None,
+) -> None:
+    """Check every file of every artifact against its manifest (sha256, size); exit 2 when any is broken."""
+
+    def go() -> None:
+        from pipeline.artifacts import ArtifactStore
+
+        store = ArtifactStore(artifacts)
+        cat = store.catalog()
+        if stage is not None:
+            cat = cat[cat["stage"] == stage]
+        if dataset is not None:
+            cat = cat[cat["dataset"] == dataset]
+        broken = 0
+        for row in cat.itertuples(index=False):
+            problems = store.problems(store.ref(row.stage, row.dataset, row.version), full=True)
+            broken += bool(problems)
+            typer.echo(f"{'BROKEN' if problems else 'ok':<6}  {row.stage}/{row.dataset}/{row.version}" + (f"  {'; '.join(problems)}" if problems else ""))
+        typer.echo(f"{len(cat)} artifact(s) checked under {store.root}: {broken} broken")
+        if broken:
+            raise typer.Exit(2)
+
+    _guarded(go)
 
 
 @app.command("datasets")
@@ -270,7 +342,8 @@ def config_cmd(
 
 @app.command("model-info")
 def model_info_cmd(
-    preset: Annotated[str, typer.Option("--preset", "-p", help="preset under configs/ or a YAML path")],
+    dataset: Annotated[str | None, typer.Option("--dataset", "-d", help="dataset name (its preset is the default)")] = None,
+    preset: PresetOpt = None,
     clip: Annotated[str | None, typer.Option("--clip", help="open_clip model name (overrides model.clip)")] = None,
     no_pretrained: Annotated[bool, typer.Option("--no-pretrained", help="random weights: downloads nothing")] = False,
     set_: SetOpt = None,
@@ -280,8 +353,8 @@ def model_info_cmd(
     def go() -> None:
         from pipeline.model import BackboneError, model_info
 
-        extra = [*([f"model.clip={clip}"] if clip else []), *(["model.pretrained=null"] if no_pretrained else [])]
-        cfg = load_config(preset).override(*extra, *(set_ or []))
+        extra = flag_overrides([("model.clip", clip), ("model.pretrained", "null" if no_pretrained else None)])
+        cfg = build_config(dataset, preset, [*extra, *(set_ or [])])
         try:
             typer.echo(json.dumps(model_info(cfg), indent=2))
         except (BackboneError, ValueError) as exc:

@@ -31,11 +31,27 @@ __all__ = [
     "Config",
     "ConfigError",
     "CONFIG_DIR",
+    "RUNTIME_FIELDS",
     "list_presets",
     "load_config",
     "parse_overrides",
     "section_dict",
 ]
+
+# Settings that decide how a run goes, never what it produces: left out of versions and stored configs.
+RUNTIME_FIELDS = (
+    "artifacts",
+    "train.resume",
+    "train.device",
+    "train.log_every",
+    "train.checkpoint_every",
+    "evaluate.device",
+    "evaluate.cache",
+    "evaluate.episodes_per_batch",
+    "frames.workers",
+    "descriptions.concurrency",
+    "backbone.device",
+)
 
 CONFIG_DIR = Path(os.environ.get("FSAR_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
 
@@ -67,8 +83,29 @@ class Config(Section):
         return _validate(data, origin="overrides")
 
     def dump(self) -> dict[str, Any]:
-        """Plain, JSON-ready dict of the whole resolved config (holds no secrets: keys live in env vars)."""
-        return json.loads(self.model_dump_json())
+        """Plain, JSON-ready dict of the whole resolved config, secrets (URL user-info, key values) masked."""
+        from pipeline.secrets import redact
+
+        return redact(json.loads(self.model_dump_json()), [self.descriptions.api_key_env])
+
+    def stored(self) -> dict[str, Any]:
+        """The config as artifacts store it (checkpoints, config.json): `dump()` without the runtime-only
+        fields (RUNTIME_FIELDS), and with paths under the artifact root written as ``$FSAR_ARTIFACTS/...``,
+        so the same run gives the same bytes in any root and after a resume."""
+        from pipeline.artifacts import ArtifactStore
+
+        data = self.dump()
+        for key in RUNTIME_FIELDS:
+            section, _, name = key.rpartition(".")
+            (data.get(section, {}) if section else data).pop(name, None)
+        root = ArtifactStore(self.artifacts).root.rstrip("/") + "/"
+
+        def rel(v: Any) -> Any:
+            if isinstance(v, dict):
+                return {k: rel(x) for k, x in v.items()}
+            return "$FSAR_ARTIFACTS/" + v[len(root):] if isinstance(v, str) and v.startswith(root) else v
+
+        return rel(data)
 
 
 def list_presets() -> list[str]:
@@ -186,5 +223,7 @@ def _validate(data: dict[str, Any], origin: str) -> Config:
             raise ConfigError(
                 f"unknown config key {key!r} ({origin}); allowed keys in {scope}: {', '.join(model.model_fields)}"
             ) from None
-        got = err.get("input")
+        from pipeline.secrets import redact
+
+        got = redact(err.get("input"))
         raise ConfigError(f"config key {key!r} ({origin}): {err['msg']} (got {got!r})") from None

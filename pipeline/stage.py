@@ -37,16 +37,24 @@ def build_once(
     """Return the artifact for (stage, config, inputs), building it with `build(staging)` if absent."""
     inputs = dict(inputs or {})
     version = compute_version(stage, format_version, config, inputs)
-    existing = store.exists(stage, dataset, version)
+    existing = store.exists(stage, dataset, version)  # a broken artifact is an ArtifactError naming the fix
     if existing is not None:
-        log.info("%s: artifact %s already exists, skipped", stage, existing)
-        print(f"[fsar] {stage}: {dataset}/{version} already exists, skipped", flush=True)
-        return dataclasses.replace(existing, skipped=True)
-    print(f"[fsar] {stage}: building {dataset}/{version}", flush=True)
-    with store.publish(
-        stage, dataset, version, config=config, inputs=inputs, main=main, format_version=format_version, resume=resume
-    ) as staging:
-        build(staging)
+        return _skipped(stage, existing)
+    with store.lock(stage, dataset, version):
+        existing = store.exists(stage, dataset, version)
+        if existing is not None:  # another run built it while this one waited
+            return _skipped(stage, existing)
+        print(f"[fsar] {stage}: building {dataset}/{version}", flush=True)
+        with store.publish(
+            stage, dataset, version, config=config, inputs=inputs, main=main, format_version=format_version, resume=resume
+        ) as staging:
+            build(staging)
     ref = store.ref(stage, dataset, version)
     print(f"[fsar] {stage}: published {ref.path}", flush=True)
     return ref
+
+
+def _skipped(stage: str, ref: ArtifactRef) -> ArtifactRef:
+    log.info("%s: artifact %s already exists, skipped", stage, ref)
+    print(f"[fsar] {stage}: {ref.dataset}/{ref.version} already exists, skipped", flush=True)
+    return dataclasses.replace(ref, skipped=True)

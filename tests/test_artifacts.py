@@ -97,7 +97,9 @@ def test_folder_without_manifest_is_never_read(store):
     ref = build_once(store, "toy", "ds", config={}, inputs={}, build=_build(pd.DataFrame({"a": [1]})), main="table.parquet")
     path = store.local_path(ref)
     (path / "manifest.json").unlink()
-    assert store.catalog().empty
+    cat = store.catalog()  # listed as broken, never hidden
+    assert cat["problem"].tolist() == ["no manifest.json"]
+    assert store.manifests() == []  # and never read
     with pytest.raises(ArtifactError):
         store.load("toy", "ds", ref.version)
 
@@ -105,8 +107,13 @@ def test_folder_without_manifest_is_never_read(store):
 def test_checksum_mismatch_is_a_clear_error(store):
     ref = build_once(store, "toy", "ds", config={}, inputs={}, build=_build(pd.DataFrame({"a": [1, 2]})), main="table.parquet")
     target = store.local_path(ref) / "table.parquet"
-    pd.DataFrame({"a": [9, 9]}).to_parquet(target, index=False)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte, same size: only the sha256 can tell
+    target.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="checksum mismatch for 'table.parquet'.*re-run the toy stage"):
+        store.load("toy", "ds")
+    pd.DataFrame({"a": [9, 9, 9]}).to_parquet(target, index=False)  # another size: caught by the cheap check
+    with pytest.raises(ArtifactError, match=r"is broken \(file 'table.parquet' has \d+ bytes, the manifest says"):
         store.load("toy", "ds")
 
 
@@ -119,12 +126,10 @@ def test_artifact_without_table_loads_as_path(store):
     store.verify(ref)
 
 
-def test_fsspec_memory_root():
-    store = ArtifactStore("memory://fsar-test-root")
+def test_only_local_roots(tmp_path):
+    with pytest.raises(ArtifactError, match="protocol 'memory' is not supported; use a local folder or a file:// URL"):
+        ArtifactStore("memory://fsar-test-root")
+    store = ArtifactStore(f"file://{tmp_path / 'art'}")
     ref = build_once(store, "toy", "ds", config={"a": 1}, inputs={}, build=_build(pd.DataFrame({"a": [5]})), main="table.parquet")
-    assert ref.path.startswith("memory://")
-    assert store.load("toy", "ds")["a"].tolist() == [5]
-    assert len(store.catalog()) == 1
-    again = build_once(store, "toy", "ds", config={"a": 1}, inputs={}, build=_build(pd.DataFrame({"a": [6]})), main="table.parquet")
-    assert again.skipped
-    assert json.loads(store.fs.cat(ref.path.replace("memory://", "/") + "/manifest.json"))["version"] == ref.version
+    assert ref.path == str(tmp_path / "art" / "toy" / "ds" / ref.version)
+    assert ArtifactStore(tmp_path / "art").load("toy", "ds")["a"].tolist() == [5]

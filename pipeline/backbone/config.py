@@ -18,7 +18,7 @@ from pipeline._section import Section
 class BackboneConfig(Section):
     clip: str = "fsar-tiny"  # open_clip model name (a registered tiny config), random init
     pos_init: Literal["sincos", "random"] = "sincos"  # start of the ViT's learnable positional embedding: 2D sin-cos (MAE) or open_clip's random
-    steps: int = Field(default=250, ge=1)  # optimiser steps (fewer if time_budget_s runs out first)
+    steps: int = Field(default=250, ge=1)  # optimiser steps (a step budget: results never depend on machine speed)
     batch_size: int = Field(default=128, ge=2)  # frames per step (in-batch negatives)
     lr: float = Field(default=5e-4, gt=0.0)  # AdamW peak learning rate
     weight_decay: float = Field(default=0.1, ge=0.0)  # AdamW weight decay of matrices (not of gains, biases, embeddings)
@@ -27,7 +27,6 @@ class BackboneConfig(Section):
     scenes: int = Field(default=100_000, ge=1)  # distinct training scenes; batches cycle through them
     free_scene_share: float = Field(default=0.5, ge=0.0, le=1.0)  # share of scenes with a random layout instead of a class trajectory
     caption_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)  # full caption / script phrase / phrase in model.prompt_template
-    time_budget_s: float | None = Field(default=180.0, gt=0.0)  # wall-clock cap of training; the schedule shrinks to fit
     device: str = "auto"  # cpu, cuda, cuda:N; auto = cuda when visible, else cpu (the demo: cpu)
     eval_frames: int = Field(default=1080, ge=2)  # held-out trajectory frames (their own seeds) for zero-shot retrieval
     eval_candidates: int = Field(default=36, ge=2)  # captions per retrieval group (chance = 1 / this)

@@ -13,7 +13,8 @@ Pre-training frames come from their own seed stream (`synthetic.frame_seed`), ne
 
 Artifact `backbone/<dataset>/<version>/`:
 - `open_clip.pt`: the model's state dict (`open_clip.create_model(clip, pretrained=<this file>)`)
-- `metrics.parquet` (main table): step, loss, seconds, lr, logit_scale, batch_top1
+- `metrics.parquet` (main table): step, loss, lr, logit_scale, batch_top1 (wall-clock time and threads
+  only in the manifest's `run`, so equal versions hold equal bytes)
 - `retrieval.json`: zero-shot retrieval on held-out frames after training and at random init
   (see `retrieval`), the preprocessing (mean, std, sizes) and the training run's facts
 """
@@ -33,19 +34,24 @@ from pipeline.config import Config, section_dict
 from pipeline.stage import StageError, build_once
 from pipeline.training.common import pick_device
 
-__all__ = ["CHECKPOINT", "FORMAT_VERSION", "MAIN", "RETRIEVAL", "STAGE", "checkpoint_path", "run"]
+__all__ = ["CHECKPOINT", "FORMAT_VERSION", "MAIN", "RETRIEVAL", "STAGE", "checkpoint_path", "plan_fields", "run"]
 
 STAGE = "backbone"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a step budget only (no wall-clock budget), no timings in data files
 CHECKPOINT = "open_clip.pt"
 MAIN = "metrics.parquet"
 RETRIEVAL = "retrieval.json"
 
 
+def plan_fields(cfg: Config, inputs: dict[str, ArtifactRef] | None = None) -> dict[str, Any]:
+    """What this stage's version hashes (see `_fields`)."""
+    return _fields(cfg)
+
+
 def _fields(cfg: Config) -> dict[str, Any]:
     """Everything the stage reads: its own section and how the model stage will see frames and prompts."""
     return {
-        "backbone": section_dict(cfg.backbone),
+        "backbone": {k: v for k, v in section_dict(cfg.backbone).items() if k != "device"},
         "video_size": cfg.dataset.synthetic_size,
         "storage_size": cfg.frames.storage_size,
         "jpeg_quality": cfg.frames.jpeg_quality,
@@ -96,12 +102,11 @@ def _build(cfg: Config, staging: Staging) -> None:
                          caption_weights=b.caption_weights, prompt_template=cfg.model.prompt_template)
     threads = torch.get_num_threads()
     where = f"{threads} CPU threads" if device.type == "cpu" else str(device)
-    print(f"[fsar] backbone: training {b.clip} from random init: up to {b.steps} steps of {b.batch_size} frames, "
-          f"time budget {b.time_budget_s} s, {where}", flush=True)
+    print(f"[fsar] backbone: training {b.clip} from random init: {b.steps} steps of {b.batch_size} frames, {where}", flush=True)
     result = train(clip, tokenizer, stream.next, steps=b.steps, lr=b.lr, weight_decay=b.weight_decay,
-                   warmup_steps=b.warmup_steps, time_budget_s=b.time_budget_s, device=device)
+                   warmup_steps=b.warmup_steps, device=device)
     final = retrieval.evaluate(clip, tokenizer, view, heldout, b.eval_candidates)
-    print(f"[fsar] backbone: {result.steps} steps in {result.seconds:.0f} s (stopped by {result.stopped_by}); "
+    print(f"[fsar] backbone: {result.steps} steps in {result.seconds:.0f} s; "
           f"held-out zero-shot retrieval: {retrieval.headline(final)}", flush=True)
     print(f"[fsar] backbone: {retrieval.probe_line(final, 'caption')}", flush=True)
     print(f"[fsar] backbone: {retrieval.probe_line(final, 'phrase')}", flush=True)
@@ -110,7 +115,7 @@ def _build(cfg: Config, staging: Staging) -> None:
     tmp = path.with_name(path.name + ".part")
     torch.save({k: v.cpu() for k, v in clip.state_dict().items()}, tmp)
     os.replace(tmp, path)
-    staging.write_parquet(MAIN, pd.DataFrame(result.metrics, columns=["step", "loss", "seconds", "lr", "logit_scale", "batch_top1"]))
+    staging.write_parquet(MAIN, pd.DataFrame(result.metrics, columns=["step", "loss", "lr", "logit_scale", "batch_top1"]))
     report = {
         "clip": b.clip,
         "trained": final,
@@ -119,16 +124,16 @@ def _build(cfg: Config, staging: Staging) -> None:
         "preprocess": {"mean": list(view.mean), "std": list(view.std), "mean_std_source": "open_clip defaults (OpenAI CLIP)",
                        "video_size": view.video_size, "storage_size": view.storage_size, "resize": "PIL bilinear",
                        "jpeg_quality": view.jpeg_quality, "image_size": view.image_size, "crop": "random (train), centre (retrieval)"},
-        "training": {"steps": result.steps, "seconds": round(result.seconds, 1), "stopped_by": result.stopped_by,
-                     "frames_seen": result.steps * b.batch_size, "device": str(device), "threads": threads,
+        "training": {"steps": result.steps, "frames_seen": result.steps * b.batch_size,
                      "final_loss": float(pd.Series([r["loss"] for r in result.metrics]).tail(20).mean()) if result.metrics else None},
     }
     (staging.dir / RETRIEVAL).write_text(json.dumps(report, indent=2), encoding="utf-8")
     staging.extra["summary"] = {
         "caption_top1": final["caption"]["top1"], "caption_chance": final["caption"]["chance"],
         "phrase_top1": final["phrase"]["top1"], "phrase_chance": final["phrase"]["chance"],
-        "steps": result.steps, "seconds": round(result.seconds, 1),
+        "steps": result.steps,
     }
+    staging.extra["run"] = {"seconds": round(result.seconds, 1), "device": str(device), "threads": threads}
 
 
 def checkpoint_path(ref: ArtifactRef) -> str:

@@ -119,33 +119,26 @@ def lr_at(progress: float, step: int, peak: float, warmup_steps: int) -> float:
 
 @dataclass
 class TrainResult:
-    metrics: list[dict[str, float]]  # one row per step: step, loss, seconds, lr, logit_scale, batch_top1
+    metrics: list[dict[str, float]]  # one row per step: step, loss, lr, logit_scale, batch_top1
     steps: int  # steps done
-    seconds: float  # wall-clock of the loop
-    stopped_by: str  # "steps" or "time budget"
+    seconds: float  # wall-clock of the loop (for logs and the manifest, never for results)
 
 
 def train(clip: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], next_batch: Callable[[], tuple[torch.Tensor, list[str], torch.Tensor]],
-          *, steps: int, lr: float, weight_decay: float, warmup_steps: int, time_budget_s: float | None, progress: bool = True,
+          *, steps: int, lr: float, weight_decay: float, warmup_steps: int, progress: bool = True,
           device: torch.device | str = "cpu") -> TrainResult:
-    """Train in place. The cosine schedule follows max(step / steps, elapsed / time_budget_s), so a slow
-    machine finishes the schedule early instead of being cut off mid-way."""
+    """Train in place for exactly `steps` steps (warm-up, then cosine decay over step / steps): the result
+    never depends on how fast the machine is."""
     from tqdm.auto import tqdm
 
     opt = make_optimizer(clip, lr, weight_decay)
     clip.train()
     rows: list[dict[str, float]] = []
     start = time.perf_counter()
-    stopped_by = "steps"
     bar = tqdm(total=steps, desc="backbone", unit="step", disable=not progress, mininterval=2.0)
     step = 0
     while step < steps:
-        elapsed = time.perf_counter() - start
-        frac = step / steps if time_budget_s is None else max(step / steps, elapsed / time_budget_s)
-        if frac >= 1.0:
-            stopped_by = "time budget"
-            break
-        rate = lr_at(frac, step, lr, warmup_steps)
+        rate = lr_at(step / steps, step, lr, warmup_steps)
         for g in opt.param_groups:
             g["lr"] = rate
         images, texts, pos = next_batch()
@@ -163,7 +156,7 @@ def train(clip: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], next_
             top1 = float(pos[torch.arange(len(pos), device=device), logits.argmax(1)].float().mean())
             scale = float(clip.logit_scale.exp())
         step += 1
-        rows.append({"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - start, "lr": rate,
+        rows.append({"step": step, "loss": float(loss.detach()), "lr": rate,
                      "logit_scale": scale, "batch_top1": top1})
         bar.update(1)
         if step % 10 == 0 or step == 1:
@@ -171,4 +164,4 @@ def train(clip: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], next_
             bar.set_postfix(loss=f"{np.mean([r['loss'] for r in window]):.3f}", top1=f"{np.mean([r['batch_top1'] for r in window]):.2f}", lr=f"{rate:.1e}")
     bar.close()
     clip.eval()
-    return TrainResult(rows, step, time.perf_counter() - start, stopped_by)
+    return TrainResult(rows, step, time.perf_counter() - start)

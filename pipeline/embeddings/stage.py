@@ -14,7 +14,7 @@ Artifact files:
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -23,9 +23,10 @@ import torch
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging
 from pipeline.config import Config, section_dict
+from pipeline.model.config import model_fields
 from pipeline.stage import StageError, build_once
 
-__all__ = ["FORMAT_VERSION", "TextCache", "build_prompts", "run"]
+__all__ = ["FORMAT_VERSION", "TEXT_MODEL_FIELDS", "TextCache", "build_prompts", "plan_fields", "run"]
 
 FORMAT_VERSION = 1
 CLASS_PROMPT = -1  # k of the plain class-name prompt
@@ -71,14 +72,9 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
     """Cache the frozen text-prefix states of every prompt of the descriptions artifact."""
     if "descriptions" not in inputs:
         raise StageError("the embeddings stage needs a descriptions artifact; run `fsar descriptions` first")
+    fields = plan_fields(cfg, inputs)
     descriptions = ArtifactStore(inputs["descriptions"].root).load("descriptions", inputs["descriptions"].dataset, inputs["descriptions"].version)
     _check_coverage(cfg, descriptions)
-    fields: dict[str, Any] = {
-        "model": section_dict(cfg.model, ["clip", "pretrained", "text_adapted_layers", "prompt_template", "class_prompt_template"]),
-        "num_sub_actions": cfg.protocol.num_sub_actions,
-        "embeddings": section_dict(cfg.embeddings, ["dtype"]),
-        "pretrained_checksum": _pretrained_checksum(cfg.model.pretrained),
-    }
 
     def build(staging: Staging) -> None:
         from pipeline.model import build_model
@@ -109,12 +105,16 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
     )
 
 
-def _pretrained_checksum(pretrained: str | None) -> str | None:
-    """A local checkpoint file is part of the version through its size and mtime (tags are names)."""
-    if pretrained and Path(pretrained).is_file():
-        st = Path(pretrained).stat()
-        return f"{st.st_size}:{int(st.st_mtime)}"
-    return None
+TEXT_MODEL_FIELDS = ["clip", "pretrained", "init_seed", "text_adapted_layers", "prompt_template", "class_prompt_template"]
+
+
+def plan_fields(cfg: Config, inputs: Mapping[str, ArtifactRef] | None = None) -> dict[str, Any]:
+    """What this stage's version hashes: the text model (weights by content), S, the stored dtype."""
+    return {
+        "model": model_fields(cfg.model, TEXT_MODEL_FIELDS),
+        "num_sub_actions": cfg.protocol.num_sub_actions,
+        "embeddings": section_dict(cfg.embeddings, ["dtype"]),
+    }
 
 
 class TextCache:
@@ -124,9 +124,8 @@ class TextCache:
         store = ArtifactStore(ref.root)
         self.ref = ref
         self.prompts = store.load(ref.stage, ref.dataset, ref.version)
-        folder = store.local_path(ref)
-        self.tokens = torch.from_numpy(np.load(folder / "tokens.npy"))  # (P, ctx)
-        self.states = torch.from_numpy(np.load(folder / "states.npy").astype(np.float32))  # (P, ctx, D_t)
+        self.tokens = torch.from_numpy(np.load(store.verified_path(ref, "tokens.npy")))  # (P, ctx)
+        self.states = torch.from_numpy(np.load(store.verified_path(ref, "states.npy")).astype(np.float32))  # (P, ctx, D_t)
         self.config = store.manifest(ref)["config"]
         desc = self.prompts[self.prompts["k"] >= 0].sort_values(["class", "k"])
         self._rows = {c: part["row"].to_numpy() for c, part in desc.groupby("class")}

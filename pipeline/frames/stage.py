@@ -55,7 +55,7 @@ from pipeline.frames.decode import DecodeSettings
 from pipeline.frames.shards import INDEX_SCHEMA, SHARD_DIR, ShardUnit, decode_unit, read_marker
 from pipeline.stage import StageError, build_once, log
 
-__all__ = ["FORMAT_VERSION", "INDEX", "STAGE", "MapUnits", "plan_units", "run", "version_config"]
+__all__ = ["FORMAT_VERSION", "INDEX", "STAGE", "MapUnits", "plan_fields", "plan_units", "run", "version_config"]
 
 STAGE = "frames"
 INDEX = "index.parquet"
@@ -70,11 +70,7 @@ def run(config: Any, inputs: Mapping[str, ArtifactRef] | None = None, store: Art
     """Build (or find) the frames artifact of `config.dataset`; returns its reference."""
     store = store if store is not None else ArtifactStore(config.artifacts)
     fc, t = config.frames, config.protocol.num_frames
-    if fc.max_frames is not None and fc.max_frames < t:
-        raise StageError(f"frames.max_frames={fc.max_frames} keeps fewer frames than T=protocol.num_frames={t}; raise it to at least {t} (or null for all)")
-    videos = list_videos(config)
-    stats = [_stat(v.path) for v in videos]
-    _refuse_all_missing(config, videos, stats)
+    videos, stats = _listing(config)
     workers = fc.workers or _cpu_count()
     settings = DecodeSettings(
         size=fc.storage_size,
@@ -102,6 +98,22 @@ def run(config: Any, inputs: Mapping[str, ArtifactRef] | None = None, store: Art
         format_version=FORMAT_VERSION,
         resume=True,
     )
+
+
+def _listing(config: Any) -> tuple[list[VideoEntry], list[tuple[int, int] | None]]:
+    """Every video with its (size, mtime) or None when missing; refuses settings and listings that cannot work."""
+    fc, t = config.frames, config.protocol.num_frames
+    if fc.max_frames is not None and fc.max_frames < t:
+        raise StageError(f"frames.max_frames={fc.max_frames} keeps fewer frames than T=protocol.num_frames={t}; raise it to at least {t} (or null for all)")
+    videos = list_videos(config)
+    stats = [_stat(v.path) for v in videos]
+    _refuse_all_missing(config, videos, stats)
+    return videos, stats
+
+
+def plan_fields(config: Any, inputs: Mapping[str, ArtifactRef] | None = None) -> dict[str, Any]:
+    """What this stage's version hashes for `config` (the video listing is stat'ed, nothing decoded)."""
+    return version_config(config, *_listing(config))
 
 
 def list_videos(config: Any) -> list[VideoEntry]:

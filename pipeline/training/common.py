@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.config import Config, section_dict
+from pipeline.config import Config
+from pipeline.model.config import model_fields
 from pipeline.stage import StageError
 from pipeline.training.episodes import Episode
 
@@ -34,6 +35,7 @@ __all__ = [
 IDENTITY_FIELDS = (
     "clip",
     "pretrained",
+    "init_seed",
     "vision_adapted_layers",
     "text_adapted_layers",
     "adapter_ratio",
@@ -122,13 +124,13 @@ class EpisodeLoader:
 
 
 def model_identity(cfg: Config) -> dict[str, Any]:
-    return {"model": section_dict(cfg.model, IDENTITY_FIELDS), "preset": cfg.preset, "num_frames": cfg.protocol.num_frames,
+    return {"model": model_fields(cfg.model, IDENTITY_FIELDS), "preset": cfg.preset, "num_frames": cfg.protocol.num_frames,
             "num_sub_actions": cfg.protocol.num_sub_actions}
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, cfg: Config, **extra: Any) -> None:
     """Trainable weights + the resolved config + extras, written atomically."""
-    payload = {"trainable": model.trainable_state_dict(), "identity": model_identity(cfg), "config": cfg.dump(), **extra}
+    payload = {"trainable": model.trainable_state_dict(), "identity": model_identity(cfg), "config": cfg.stored(), **extra}
     tmp = path.with_name(path.name + ".part")
     torch.save(payload, tmp)
     os.replace(tmp, path)

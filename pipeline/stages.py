@@ -1,0 +1,221 @@
+"""The pipeline as data: one registry of stages, and the plan a config implies.
+
+Every stage module has `run(config, inputs, store) -> ArtifactRef` and `plan_fields(config, inputs) ->
+dict` (what its version hashes, computed without doing the work) and `FORMAT_VERSION`. A stage's
+version is `compute_version(stage, FORMAT_VERSION, plan_fields(...), inputs)`, and its inputs are the
+versions that the *same config* implies for its upstream stages, never the newest ones on disk. So
+from a config alone every version is known before anything runs:
+
+    for p in plan(cfg):                      # `fsar plan --dataset D ...`
+        print(p.stage, p.version, p.status, p.inputs)
+
+`run_stage(name, cfg)` runs one stage on exactly the upstream versions `plan` shows; a missing one is
+an error naming the stage to run first. `pins` ({stage: version}, `--input STAGE=VERSION`) replace a
+planned upstream version by an existing artifact.
+
+The CLI, the Prefect flows and the tests all read the stage table from here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from pipeline.artifacts import ArtifactError, ArtifactRef, ArtifactStore, compute_version
+from pipeline.stage import StageError
+
+__all__ = [
+    "PIPELINE",
+    "STAGES",
+    "Planned",
+    "StageSpec",
+    "parse_pins",
+    "plan",
+    "resolve_inputs",
+    "run_stage",
+]
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage: its module, the stages it reads, and the config sections its version depends on."""
+
+    name: str
+    module: str  # has run(config, inputs, store), plan_fields(config, inputs), FORMAT_VERSION
+    upstream: tuple[str, ...]  # stages whose artifacts it reads (in the order they are passed)
+    reads: tuple[str, ...]  # config sections read (documentation and `fsar plan`)
+    summary: str
+    upstream_fn: str | None = None  # name of a module function cfg -> upstream tuple, when config decides it
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+    def upstream_of(self, cfg: Any) -> tuple[str, ...]:
+        if self.upstream_fn is None:
+            return self.upstream
+        return tuple(getattr(self.load(), self.upstream_fn)(cfg))
+
+    def version(self, cfg: Any, inputs: Mapping[str, ArtifactRef]) -> str:
+        module = self.load()
+        return compute_version(self.name, module.FORMAT_VERSION, module.plan_fields(cfg, dict(inputs)), dict(inputs))
+
+
+PIPELINE: tuple[StageSpec, ...] = (
+    StageSpec("descriptions", "pipeline.descriptions.stage", (), ("dataset", "protocol", "descriptions"),
+              "ordered sub-action descriptions per class (LLM)"),
+    StageSpec("frames", "pipeline.frames.stage", (), ("dataset", "protocol", "frames"),
+              "videos decoded into Parquet shards of JPEG frames"),
+    StageSpec("embeddings", "pipeline.embeddings.stage", ("descriptions",), ("model", "protocol", "embeddings"),
+              "frozen text-prefix states of every prompt"),
+    StageSpec("train", "pipeline.training.train", ("frames", "embeddings"), ("model", "protocol", "train"),
+              "Task-Adapter++ adapters trained on episodes"),
+    StageSpec("evaluate", "pipeline.training.evaluate", ("frames", "embeddings", "train"), ("model", "protocol", "evaluate"),
+              "seeded test episodes, per-episode table, report", upstream_fn="upstream_for"),
+)
+# Stages outside the benchmark pipeline (the demo's backbone pre-training reads only its config).
+EXTRA: tuple[StageSpec, ...] = (
+    StageSpec("backbone", "pipeline.backbone.stage", (), ("backbone", "dataset", "frames", "model"),
+              "demo only: a tiny CLIP pre-trained on captioned synthetic frames"),
+)
+STAGES: dict[str, StageSpec] = {s.name: s for s in (*PIPELINE, *EXTRA)}
+
+# Errors that make a plan "blocked" (bad or missing input), not a crash.
+_BLOCKING: tuple[type[Exception], ...] = (StageError, ArtifactError, ValueError, FileNotFoundError)
+
+
+@dataclass
+class Planned:
+    """One stage of a plan: the version the config implies, and whether it exists, must be built, or is blocked."""
+
+    stage: str
+    version: str | None
+    status: str  # "exists" | "build" | "blocked"
+    inputs: dict[str, str] = field(default_factory=dict)  # {upstream stage: version}
+    reason: str | None = None  # why blocked, or what is wrong with a broken artifact that will be rebuilt
+    pinned: bool = False  # the version came from --input, not from the config
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "version": self.version, "status": self.status, "inputs": self.inputs,
+                "reason": self.reason, "pinned": self.pinned}
+
+
+def parse_pins(items: Sequence[str] | None) -> dict[str, str]:
+    """`["train=abc123", ...]` -> {"train": "abc123"}; names must be stages."""
+    pins: dict[str, str] = {}
+    for item in items or []:
+        stage, sep, version = item.partition("=")
+        stage, version = stage.strip(), version.strip()
+        if not sep or not stage or not version:
+            raise StageError(f"--input {item!r} is not of the form STAGE=VERSION (e.g. --input train=0123456789ab)")
+        if stage not in STAGES:
+            raise StageError(f"--input {item!r}: unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+        pins[stage] = version
+    return pins
+
+
+def plan(cfg: Any, store: ArtifactStore | None = None, pins: Mapping[str, str] | None = None,
+         stages: Sequence[str] | None = None) -> list[Planned]:
+    """The pipeline for `cfg`, in order: each stage's implied version, its inputs' versions and its status.
+
+    `stages` limits the answer to those stages and what they need. Nothing is built; a stage whose
+    version cannot be computed (missing video root, no LLM configured, a missing upstream) is `blocked`
+    with the reason, and so is everything downstream of it.
+    """
+    store = store if store is not None else ArtifactStore(cfg.artifacts)
+    pins = dict(pins or {})
+    wanted = _closure(cfg, stages) if stages is not None else {s.name for s in PIPELINE}
+    out: dict[str, Planned] = {}
+    for spec in PIPELINE:
+        if spec.name in wanted:
+            out[spec.name] = _plan_one(spec, cfg, store, pins, out)
+    return list(out.values())
+
+
+def _closure(cfg: Any, stages: Sequence[str]) -> set[str]:
+    need, todo = set(), list(stages)
+    while todo:
+        name = todo.pop()
+        if name not in STAGES:
+            raise StageError(f"unknown stage {name!r}; choose from {', '.join(s.name for s in PIPELINE)}")
+        if name not in need:
+            need.add(name)
+            todo.extend(STAGES[name].upstream_of(cfg))
+    return need
+
+
+def _plan_one(spec: StageSpec, cfg: Any, store: ArtifactStore, pins: Mapping[str, str], done: Mapping[str, Planned]) -> Planned:
+    dataset = cfg.dataset.name
+    if spec.name in pins:
+        version = pins[spec.name]
+        state, problem = store.status(spec.name, dataset, version)
+        if state != "exists":
+            why = f"pinned version {version} does not exist under {store.root}" if state == "missing" else f"pinned version {version} is broken ({problem})"
+            return Planned(spec.name, version, "blocked", {}, why, pinned=True)
+        ins = {k: v["version"] for k, v in store.manifest(store.ref(spec.name, dataset, version)).get("inputs", {}).items()}
+        return Planned(spec.name, version, "exists", ins, pinned=True)
+    try:
+        upstream = spec.upstream_of(cfg)
+    except _BLOCKING as exc:
+        return Planned(spec.name, None, "blocked", {}, _one_line(exc))
+    ups = {u: done[u] if u in done else _plan_one(STAGES[u], cfg, store, pins, done) for u in upstream}
+    inputs = {u: p.version for u, p in ups.items() if p.version is not None}
+    blocked = [u for u, p in ups.items() if p.status == "blocked"]
+    if blocked:
+        return Planned(spec.name, None, "blocked", inputs, f"needs {blocked[0]}, which is blocked: {ups[blocked[0]].reason}")
+    refs = {u: store.ref(u, dataset, v) for u, v in inputs.items()}
+    try:
+        version = spec.version(cfg, refs)
+    except _BLOCKING as exc:
+        return Planned(spec.name, None, "blocked", inputs, _one_line(exc))
+    state, problem = store.status(spec.name, dataset, version)
+    if state == "exists":
+        return Planned(spec.name, version, "exists", inputs)
+    return Planned(spec.name, version, "build", inputs, f"the artifact there is broken: {problem}" if state == "broken" else None)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def resolve_inputs(cfg: Any, name: str, store: ArtifactStore | None = None, pins: Mapping[str, str] | None = None,
+                   built: Mapping[str, ArtifactRef] | None = None) -> dict[str, ArtifactRef]:
+    """The upstream artifacts of stage `name` that `plan` shows for this config (or `pins`, or `built` refs
+    from this same run); a missing, blocked or broken one is an error naming what to run first."""
+    store = store if store is not None else ArtifactStore(cfg.artifacts)
+    spec = STAGES[name]
+    built = dict(built or {})
+    pins = {**{k: v.version for k, v in built.items()}, **dict(pins or {})}
+    upstream = spec.upstream_of(cfg)
+    if not upstream:
+        return {}
+    planned = {p.stage: p for p in plan(cfg, store, pins, stages=list(upstream))}
+    out = {}
+    for up in upstream:
+        p = planned[up]
+        if p.status == "exists":
+            out[up] = built.get(up) or store.ref(up, cfg.dataset.name, p.version)
+            continue
+        hint = f"`fsar {up} --dataset {cfg.dataset.name}` with the same preset and --set options (or `make full`)"
+        if p.status == "blocked":
+            raise StageError(f"{name} needs a {up} artifact, but planning it is blocked: {p.reason}")
+        broken = f" (the one there is broken: {p.reason.split(': ', 1)[-1]})" if p.reason else ""
+        raise StageError(
+            f"{name} needs the {up} artifact {cfg.dataset.name}/{p.version} that this config implies, and it does not exist"
+            f"{broken}; run {hint} first, or pin an existing one with --input {up}=VERSION"
+        )
+    return out
+
+
+def run_stage(name: str, cfg: Any, inputs: Mapping[str, ArtifactRef] | None = None, *, pins: Mapping[str, str] | None = None,
+              store: ArtifactStore | None = None, **kwargs: Any) -> ArtifactRef:
+    """Run one stage on the upstream versions its config implies (or `inputs` given explicitly)."""
+    if name not in STAGES:
+        raise StageError(f"unknown stage {name!r}; choose from {', '.join(STAGES)}")
+    store = store if store is not None else ArtifactStore(cfg.artifacts)
+    if inputs is None:
+        inputs = resolve_inputs(cfg, name, store, pins)
+    run: Callable[..., ArtifactRef] = STAGES[name].load().run
+    return run(cfg, dict(inputs), store, **kwargs)
