@@ -41,7 +41,7 @@ from pipeline.training.common import (
     videos_by_class,
 )
 from pipeline.training.episodes import Episode, EpisodeSampler, episodes_to_frame
-from pipeline.training.report import confusion, summarise, table_markdown, write_plots, write_report
+from pipeline.training.report import collect_lineage, confusion, summarise, table_markdown, write_plots, write_report
 
 __all__ = ["EpisodeScorer", "FORMAT_VERSION", "METHODS", "combine", "descriptions_label", "run", "score_episodes"]
 
@@ -267,13 +267,18 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
             "shot": shot,
             "query": cfg.protocol.query,
             "episodes": len(episodes),
-            "seconds": seconds,
-            "episodes_per_second": len(episodes) / max(seconds, 1e-9),
+            "seed": cfg.evaluate.seed,
+            "num_frames": cfg.protocol.num_frames,
+            "num_sub_actions": cfg.protocol.num_sub_actions,
             "excluded_videos": excluded,
             "task_context": cfg.model.task_context,
             "checkpoint_step": ckpt.get("step"),
+            "lineage": {label: collect_lineage(cfg, inputs, _checkpoint_path(cfg, inputs), ckpt)},
         },
     )
+    # Wall-clock numbers go to the manifest's `run` and the log, never into report.md or summary.json.
+    staging.extra["run"] = {"seconds": round(seconds, 3), "episodes_per_second": round(len(episodes) / max(seconds, 1e-9), 3)}
+    print(f"[fsar] evaluate: {len(episodes)} episodes in {seconds:.1f} s ({len(episodes) / max(seconds, 1e-9):.2f} episodes/s)", flush=True)
     out = staging.dir
     write_plots(df, summary, out)
     notes = [
@@ -309,8 +314,11 @@ def combine(store: ArtifactStore, evaluations: dict[str, ArtifactRef], title: st
         staging.write_parquet("episodes.parquet", df)
         staging.write_parquet("episode_list.parquet", first)
         base = json.loads((store.local_path(next(iter(evaluations.values()))) / "summary.json").read_text())
-        extra = {k: v for k, v in base.items() if k != "results"}
-        summary = summarise(df, {**extra, "combined": {name: str(ref) for name, ref in evaluations.items()}})
+        extra = {k: v for k, v in base.items() if k not in ("results", "seconds", "episodes_per_second")}
+        lineage: dict[str, Any] = {}
+        for ref in evaluations.values():  # each input's lineage, by its descriptions label
+            lineage.update(json.loads((store.local_path(ref) / "summary.json").read_text()).get("lineage", {}))
+        summary = summarise(df, {**extra, "lineage": lineage, "combined": {name: str(ref) for name, ref in evaluations.items()}})
         write_plots(df, summary, staging.dir)
         write_report(summary, staging.dir, title, [f"combines {', '.join(f'{k} ({v})' for k, v in evaluations.items())}; same saved episodes"])
         staging.extra["summary"] = {f"{r['method']}/{r.get('descriptions')}": [r["mean"], r["ci95"]] for r in summary["results"]}
