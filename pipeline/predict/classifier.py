@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,7 +31,7 @@ import torch
 
 from pipeline.predict.bundle import Bundle, load_bundle
 from pipeline.predict.descriptions import ClassText, resolve_descriptions
-from pipeline.predict.videos import Preprocessing, check_support, query_videos, read_clip, support_videos
+from pipeline.predict.videos import VIDEO_EXTENSIONS, Preprocessing, check_support, query_videos, read_clip, support_videos
 from pipeline.stage import StageError
 
 __all__ = ["FewShotClassifier", "TASK_CONTEXTS"]
@@ -144,7 +145,7 @@ class FewShotClassifier:
             try:
                 clips[i] = read_clip(q, self.prep)
             except Exception as exc:  # noqa: BLE001 - one bad query never loses the others
-                errors[i] = _why(exc)
+                errors[i] = _why(exc, q)
         scores = self._score(clips)
         return self._table(queries, scores, errors)
 
@@ -193,11 +194,13 @@ class FewShotClassifier:
         return f"FewShotClassifier({str(self.bundle.path)!r}, {self.device}, {self.task_context}, {fitted})"
 
 
-def _why(exc: BaseException) -> str:
+def _why(exc: BaseException, path: str) -> str:
+    """The error column: the frames stage's reason and message, saying so when the file is not a video at all."""
     from pipeline.frames.decode import VideoFailure
 
+    suffix = Path(path).suffix.lower()
+    hint = f"not a video ({suffix or 'no'} extension); " if suffix not in VIDEO_EXTENSIONS else ""
     if isinstance(exc, VideoFailure):
-        hint = " (not a video?)" if exc.reason == "unreadable" else ""
-        return f"{exc.reason}{hint}: {exc}"
-    return f"{type(exc).__name__}: {exc}"
+        return f"{hint}{exc.reason}: {exc}"
+    return f"{hint}{type(exc).__name__}: {exc}"
 

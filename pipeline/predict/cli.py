@@ -4,9 +4,7 @@
     fsar predict --model bundles/demo --backbone open_clip.pt --support my_support/ --query q1.mp4 q2.mp4 --out predictions.csv
 """
 
-from __future__ import annotations
-
-import time
+import time  # no `from __future__ import annotations`: typer reads the commands' annotations, defined inside register()
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
