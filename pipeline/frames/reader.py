@@ -18,6 +18,7 @@ hold the requested rows are read.
 from __future__ import annotations
 
 import os
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,10 +26,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.artifacts import ArtifactRef, ArtifactStore
+from pipeline.artifacts import ArtifactError, ArtifactRef, ArtifactStore, broken_message
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "FrameStore", "FrameStoreError", "MODES", "clip_from_jpegs", "crop_box", "sample_indices", "to_clip"]
 
@@ -137,9 +139,11 @@ class _Video:
 class FrameStore:
     """Random access to the frames of one frames artifact."""
 
-    def __init__(self, path: str, index: pd.DataFrame, *, fs: Any = None, ref: ArtifactRef | None = None, max_open_files: int = 64):
-        self.path = path.rstrip("/")  # the artifact folder (local path, or a URL for remote roots)
+    def __init__(self, path: str, index: pd.DataFrame, *, fs: Any = None, ref: ArtifactRef | None = None, max_open_files: int = 64,
+                 sizes: dict[str, int] | None = None):
+        self.path = path.rstrip("/")  # the artifact folder
         self.ref = ref
+        self._sizes = dict(sizes or {})  # file -> bytes, from the manifest: a shard of another size is refused
         self.index = index  # one row per video (see pipeline.frames.shards.INDEX_SCHEMA)
         self._fs = fs  # fsspec filesystem for remote roots; None = local files
         self._max_open = max_open_files
@@ -159,7 +163,7 @@ class FrameStore:
         store = ArtifactStore(root)
         ref = store.resolve("frames", dataset, version)
         index = store.load("frames", dataset, ref.version)  # checksum-verified
-        return cls(ref.path, index, fs=None if store.local else store.fs, ref=ref)
+        return cls(ref.path, index, ref=ref, sizes=store.manifest(ref).get("sizes"))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -257,7 +261,15 @@ class FrameStore:
             self._files.move_to_end(shard)
             return hit
         full = f"{self.path}/{shard}"
-        pf = pq.ParquetFile(self._fs.open(full, "rb") if self._fs is not None else full)
+        try:
+            size = os.stat(full).st_size
+            if shard in self._sizes and size != self._sizes[shard]:
+                raise self._corrupt(shard, f"it has {size} bytes, the manifest says {self._sizes[shard]}")
+            pf = pq.ParquetFile(self._fs.open(full, "rb") if self._fs is not None else full)
+        except FileNotFoundError:
+            raise self._corrupt(shard, "it is missing") from None
+        except (OSError, pa.ArrowException) as exc:
+            raise self._corrupt(shard, f"it cannot be read ({' '.join(str(exc).split())[:120]})") from None
         md = pf.metadata
         starts = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
         self._files[shard] = (pf, starts)
@@ -272,14 +284,25 @@ class FrameStore:
         jpegs: list[bytes] = [b""] * len(rows)
         frame_index = np.empty(len(rows), dtype=np.int64)
         for g in np.unique(groups):
-            t = pf.read_row_group(int(g), columns=["frame_index", "jpeg"])
+            try:
+                t = pf.read_row_group(int(g), columns=["frame_index", "jpeg", "crc32"])
+            except (OSError, pa.ArrowException) as exc:
+                raise self._corrupt(shard, f"row group {int(g)} cannot be read ({' '.join(str(exc).split())[:120]})") from None
             fi = t.column("frame_index").to_numpy()
             jp = t.column("jpeg")
+            crc = t.column("crc32").to_numpy()
             for k in np.flatnonzero(groups == g):
                 local = int(rows[k] - starts[g])
                 jpegs[k] = jp[local].as_py()
                 frame_index[k] = fi[local]
+                if zlib.crc32(jpegs[k]) != int(crc[local]):
+                    raise self._corrupt(shard, f"frame {int(fi[local])} fails its CRC-32 check")
         return jpegs, frame_index
+
+    def _corrupt(self, shard: str, what: str) -> ArtifactError:
+        if self.ref is not None:
+            return ArtifactError(broken_message(self.ref, f"shard {shard}: {what}"))
+        return ArtifactError(f"shard {shard} of {self.path}: {what}; rebuild the frames artifact")
 
 
 def _describe(stored: np.ndarray) -> str:

@@ -10,7 +10,8 @@ Dask/Ray worker, and running it twice gives the same bytes.
 
 Shard schema (`SHARD_SCHEMA`): one row per stored frame, videos in unit order, frames ascending;
 row groups hold at most `ROW_GROUP_ROWS` rows of a single video, so a reader fetches one video's
-frames without touching its neighbours.
+frames without touching its neighbours. Each frame carries the CRC-32 of its JPEG bytes, which the
+reader checks before decoding (the cheap per-read check; `fsar verify` checks whole files by sha256).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import hashlib
 import json
 import os
 import uuid
+import zlib
 from pipeline.artifacts import sha256_file
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,7 @@ SHARD_SCHEMA = pa.schema(
         pa.field("video_id", pa.string(), nullable=False),  # the dataset's video id
         pa.field("frame_index", pa.int32(), nullable=False),  # frame number in the source video (0-based)
         pa.field("jpeg", pa.binary(), nullable=False),  # the frame, resized to storage_size^2, JPEG-encoded
+        pa.field("crc32", pa.uint32(), nullable=False),  # zlib.crc32 of `jpeg`: readers check it before decoding
     ]
 )
 
@@ -156,7 +159,7 @@ class _PartWriter:
         self._writer = pq.ParquetWriter(
             self._tmp,
             SHARD_SCHEMA,
-            compression={"video_id": "zstd", "frame_index": "zstd", "jpeg": "none"},  # JPEG does not compress
+            compression={"video_id": "zstd", "frame_index": "zstd", "jpeg": "none", "crc32": "none"},  # JPEG does not compress
             use_dictionary=["video_id"],
             write_statistics=["video_id", "frame_index"],
         )
@@ -179,7 +182,8 @@ class _PartWriter:
         if self._writer is None:
             self._open()
         table = pa.Table.from_arrays(
-            [pa.array([video_id] * len(jpegs), pa.string()), pa.array(indices, pa.int32()), pa.array(jpegs, pa.binary())],
+            [pa.array([video_id] * len(jpegs), pa.string()), pa.array(indices, pa.int32()), pa.array(jpegs, pa.binary()),
+             pa.array([zlib.crc32(j) for j in jpegs], pa.uint32())],
             schema=SHARD_SCHEMA,
         )
         self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)

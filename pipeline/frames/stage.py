@@ -59,7 +59,7 @@ __all__ = ["FORMAT_VERSION", "INDEX", "STAGE", "MapUnits", "plan_fields", "plan_
 
 STAGE = "frames"
 INDEX = "index.parquet"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a crc32 column per frame
 _MB = 1 << 20
 
 # map_units(fn, units) -> results in any order; e.g. `lambda fn, units: [fn(u) for u in units]`

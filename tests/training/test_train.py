@@ -57,7 +57,11 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(tiny, tmp_path, monke
     train.run(cfg.override("train.resume=true"), refs, killed)
     assert calls == [2, 3]  # only the steps after the checkpoint ran
     got = killed.load("train", "synthetic")
-    pd.testing.assert_frame_equal(got.drop(columns="seconds"), expected.drop(columns="seconds"), check_exact=False, rtol=1e-5)
+    pd.testing.assert_frame_equal(got, expected)
+    # equal version, equal bytes: every data file of the resumed run (checkpoints, config.json included)
+    resumed, straight = killed.resolve("train", "synthetic"), clean.resolve("train", "synthetic")
+    assert resumed.version == straight.version
+    assert killed.manifest(resumed)["files"] == clean.manifest(straight)["files"]
 
 
 def _ddp_worker(rank: int, world: int, port: int, cfg_json: str, refs: dict, out: str) -> None:
