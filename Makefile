@@ -70,7 +70,7 @@ POOL ?= fsar-process
 HOST ?= 127.0.0.1
 PORT ?= 4200
 server: setup
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PREFECT) server start --host $(HOST) --port $(PORT)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_UI_API_URL=http://$(HOST):$(PORT)/api $(PREFECT) server start --host $(HOST) --port $(PORT)
 
 deploy: setup
 	$(PREFECT) work-pool inspect $(POOL) >/dev/null 2>&1 || $(PREFECT) work-pool create $(POOL) --type process

@@ -37,6 +37,9 @@ def _stage_task(name: str):
         logger = get_run_logger()
         ref = run_stage(name, cfg, inputs, **kwargs)
         logger.info("%s: %s %s", name, "skipped, artifact exists:" if ref.skipped else "built", ref)
+        from flows.stage_artifacts import publish_stage_artifact
+
+        publish_stage_artifact(name, ref)  # Prefect artifact `<stage>-<dataset>`, also when skipped
         return ref
 
     return stage_task
