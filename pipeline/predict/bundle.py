@@ -99,11 +99,22 @@ class Bundle:
 # ----------------------------------------------------------------------------------------------------- export
 
 
-def export_bundle(cfg: Config, store: ArtifactStore, out: str | os.PathLike[str], checkpoint: str | os.PathLike[str] | None = None) -> Path:
-    """Write the bundle of the trained run `cfg` resolves to (or of `checkpoint`) into folder `out`; returns it."""
+def export_bundle(
+    cfg: Config,
+    store: ArtifactStore,
+    out: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | None = None,
+    train: ArtifactRef | None = None,
+) -> Path:
+    """Write the bundle of a trained run into folder `out`; returns it.
+
+    The run: `train` (a train artifact), else `checkpoint` (a file; lineage from the latest embeddings), else the
+    train artifact `cfg` resolves to. `cfg` must describe the same model (checked against the checkpoint).
+    """
     from pipeline.training.common import check_checkpoint, load_checkpoint
 
-    train_ref = None if checkpoint is not None else _train_ref(cfg, store)
+    train_ref = train if train is not None else (None if checkpoint is not None else _train_ref(cfg, store))
+    checkpoint = None if train is not None else checkpoint
     ckpt_path = Path(checkpoint).expanduser() if checkpoint is not None else store.local_path(train_ref) / "best.pt"
     if train_ref is not None:
         store.verify(train_ref, ["best.pt"])
