@@ -4,8 +4,8 @@
         ...  # descriptions.base_url = llm.url
         llm.log  # one entry per request: action, behaviour, response_format type, seed, status
 
-Each class (found as the first quoted string of the user message) follows its script, one behaviour
-per request, then answers well ("ok"). Behaviours:
+Each class (found as the first quoted string of the last user message: earlier ones are worked
+examples) follows its script, one behaviour per request, then answers well ("ok"). Behaviours:
     ok           a valid answer {"sub_actions": [S distinct sentences]} (S from the schema, else `num_sub_actions`)
     slow         sleeps `slow_s` before a valid answer (the client times out first)
     429 / 500    HTTP errors (429 with Retry-After: 0)
@@ -14,6 +14,8 @@ per request, then answers well ("ok"). Behaviours:
     refusal      "I'm sorry, but as an AI language model I can't help with that."
     class_name   the class name repeated S times
     garbage      HTTP 200 with a body that is not JSON
+    copy         the prompt's last worked example (assistant message) repeated as the answer
+    seeded       a valid answer whose last sentence depends on the seed (seed % 2): candidates differ
 `reject_json_schema=True` answers response_format json_schema with HTTP 500 like llama.cpp's server.
 """
 
@@ -59,6 +61,7 @@ class FakeLLM:
         self.reject_json_schema = reject_json_schema
         self.num_sub_actions = num_sub_actions
         self.models = models
+        self.port = 0  # 0: any free port
         self.log: list[dict[str, Any]] = []
         self.in_flight = self.max_in_flight = 0
         self._seen: dict[str, int] = defaultdict(int)
@@ -112,7 +115,7 @@ class FakeLLM:
                 except (BrokenPipeError, ConnectionResetError):  # the client timed out and left
                     pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._httpd.daemon_threads = True
         threading.Thread(target=self._httpd.serve_forever, name="fake-llm", daemon=True).start()
         return self
@@ -135,7 +138,7 @@ class FakeLLM:
         return sum(1 for e in self.log if (action is None or e["action"] == action) and (behaviour is None or e["behaviour"] == behaviour))
 
     def answer(self, body: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
-        user = next((m["content"] for m in body.get("messages", []) if m.get("role") == "user"), "")
+        user = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "user"), "")
         found = _QUOTED.search(user)
         action = found.group(1) if found else user
         rf = body.get("response_format") or {}
@@ -174,6 +177,12 @@ class FakeLLM:
             content = "I'm sorry, but as an AI language model I can't help with that."
         elif behaviour == "class_name":
             content = json.dumps({"sub_actions": [action] * s})
+        elif behaviour == "copy":
+            content = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "assistant"), "")
+        elif behaviour == "seeded":
+            sentences = good_sentences(action, s)
+            sentences[-1] = f"It ends in manner {int(body.get('seed') or 0) % 2} for {action.lower()}."
+            content = json.dumps({"sub_actions": sentences})
         else:
             content = json.dumps({"sub_actions": good_sentences(action, s)})
         entry.update(behaviour=behaviour, status=status)
@@ -192,3 +201,21 @@ class FakeLLM:
     def _record(self, entry: dict[str, Any]) -> None:
         with self._lock:
             self.log.append(entry)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """A stand-in server process (tests replace llama.cpp's with it): `python fake_openai_server.py --port P`."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
+    args, _ = ap.parse_known_args(argv)
+    fake = FakeLLM(latency=args.latency)
+    fake.port = args.port
+    fake.start()
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
