@@ -88,6 +88,7 @@ def demo(artifacts: str | None = None, corpora: list[str] | None = None, overrid
         print(f"[fsar] {corpus}: report {store.local_path(refs['evaluate']) / 'report.md'}")
     print(f"[fsar] artifacts under {store.root}; list them with: python -c \"from pipeline import artifacts; "
           f"print(artifacts.catalog('{store.root}'))\"")
+    use_trained_model(base, store, video_root, refs_by_corpus)  # ROOT/bundles/demo + `fsar predict` on held-out clips
     create_markdown_artifact(markdown=text, key="fsar-demo", description="fsar demo results")
     logger.info("demo finished")
     return summaries
@@ -117,3 +118,66 @@ def demo_table(summaries: dict[str, Any], cfg: Config) -> str:
         f"{cfg.train.epochs} x {cfg.train.episodes_per_epoch} episodes (the paper: SGD, lr 1e-3, 10 x 1000).",
     ]
     return "\n".join(lines)
+
+# ---- use the trained model: export its bundle, classify held-out synthetic clips with `fsar predict` ----------------
+
+PREDICT_SHOTS = 3  # support clips per test class (from the dataset's test videos)
+PREDICT_QUERIES = 6  # new clips per test class, from another seed: never seen by any stage
+
+
+@task(name="use-trained-model", cache_policy=NO_CACHE, log_prints=True)
+def use_trained_model(base: Config, store: ArtifactStore, video_root: str, refs_by_corpus: dict[str, dict[str, ArtifactRef]]) -> dict[str, Any]:
+    """Export the best corpus's model to ROOT/bundles/demo and run `fsar predict` on held-out clips of the test classes."""
+    corpus = "script" if "script" in refs_by_corpus else next(iter(refs_by_corpus))
+    return predict_demo(base, store, video_root, refs_by_corpus[corpus]["train"], corpus)
+
+
+def predict_demo(base: Config, store: ArtifactStore, video_root: str, train: ArtifactRef, corpus: str = "script") -> dict[str, Any]:
+    """The demo's last step (a plain function, so tests call it on a small root): bundle, support, queries, predict."""
+    import time
+
+    from pipeline.predict.bundle import export_bundle
+    from pipeline.predict.cli import predict_videos
+
+    cfg = base.override(*[o.format(video_root=video_root) for o in CORPORA[corpus]])
+    root = Path(store.root)
+    bundle = export_bundle(cfg, store, root / "bundles" / "demo", train=train)
+    support, queries, truth = _demo_clips(cfg, Path(video_root), root / "predict-demo")
+    print(f"[fsar] model bundle of the {corpus} run: {bundle}")
+    t0 = time.perf_counter()
+    df = predict_videos(bundle, support, [str(q) for q in queries], root / "predict-demo" / "predictions.csv",
+                        backbone=cfg.model.pretrained, device="cpu", artifacts=str(root))
+    seconds = time.perf_counter() - t0
+    right = sum(p == truth[Path(q).parent.name] for q, p in zip(df["query"], df["prediction"]))
+    print(f"[fsar] predict on {len(df)} held-out clips of the {len(queries)} test classes ({PREDICT_SHOTS} support clips each): "
+          f"{right}/{len(df)} correct ({100 * right / max(len(df), 1):.1f}%), {seconds / max(len(df), 1):.3f} s per query with "
+          f"loading and support encoding")
+    query_args = " ".join(f"'{q}'" for q in queries)
+    print("[fsar] the same from the command line:\n"
+          f"  fsar predict --model {bundle} --backbone {cfg.model.pretrained} --support {support} --query {query_args} "
+          f"--out predictions.csv")
+    return {"bundle": str(bundle), "queries": len(df), "correct": int(right), "seconds": seconds}
+
+
+def _demo_clips(cfg: Config, video_root: Path, out: Path) -> tuple[Path, list[Path], dict[str, str]]:
+    """support/<class>/ (copies of test videos), held-out/<class slug>/ (new clips), {slug: class}."""
+    import shutil
+
+    from pipeline.datasets import get_dataset
+    from pipeline.datasets.synthetic import generate
+
+    spec = get_dataset(cfg.dataset)
+    test = spec.classes("test")
+    by_class: dict[str, list[str]] = {}
+    for v in spec.videos("test"):
+        by_class.setdefault(v.class_name, []).append(v.path)
+    support = out / "support"
+    for cls in test:
+        (support / cls).mkdir(parents=True, exist_ok=True)
+        for path in sorted(by_class[cls])[:PREDICT_SHOTS]:
+            shutil.copyfile(path, support / cls / Path(path).name)
+    d = cfg.dataset
+    held = generate(out / "held-out", PREDICT_QUERIES, seed=d.synthetic_seed + 1, num_frames=d.synthetic_frames, size=d.synthetic_size,
+                    num_sub_actions=cfg.protocol.num_sub_actions, classes=test)
+    slugs = {cls.replace(" ", "_"): cls for cls in test}
+    return support, [held / slug for slug in slugs], slugs
