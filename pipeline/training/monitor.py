@@ -10,8 +10,8 @@ TensorBoard: `events.out.tfevents.fsar` at the top of the train artifact, writte
 from the metrics and validation tables with tensorboard's record writer and event protos (not a
 `SummaryWriter`, whose file name holds the host and clock). Each event's wall_time is its episode
 number (seconds after the epoch), so the same run gives the same bytes anywhere; TensorBoard's
-"relative" axis then reads as episodes. During a run the file is rewritten at every progress line
-in the staging folder, so `tensorboard --logdir ROOT/.staging/train` follows a live run and
+"relative" axis then reads as episodes. During a run new events are appended at every progress line
+in the staging folder (the file is rewritten whole at the end), so `tensorboard --logdir ROOT/.staging/train` follows a live run and
 `tensorboard --logdir ROOT/train` every finished one.
 """
 
@@ -74,21 +74,27 @@ def write_events(path: Path, metrics: pd.DataFrame, validation: pd.DataFrame) ->
 
     Deterministic: fixed file name, events in table order, wall_time = episode (not the clock).
     """
-    from tensorboard.summary.writer.record_writer import RecordWriter
-
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as fh:
-        writer = RecordWriter(fh)
-        writer.write(_event_bytes(0.0, version=True))
-        columns = [(c, tag) for c, tag in TRAIN_TAGS.items() if c in metrics.columns]
-        for row in metrics.to_dict("records"):
-            for column, tag in columns:
-                writer.write(_event_bytes(float(row["episode"]), row["episode"], tag, row[column]))
-        for row in validation.to_dict("records"):
-            writer.write(_event_bytes(float(row["episode"]), row["episode"], VAL_TAG, row["accuracy"]))
+    _append_events(tmp, metrics.to_dict("records"), validation.to_dict("records"), fresh=True)
     tmp.replace(path)
     return path
+
+
+def _append_events(path: Path, metrics: Sequence[dict[str, Any]], validation: Sequence[dict[str, Any]], fresh: bool = False) -> None:
+    """Append the events of metrics rows, then of validation rows (`fresh`: a new file starting with its version event)."""
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    with open(path, "wb" if fresh else "ab") as fh:
+        writer = RecordWriter(fh)
+        if fresh:
+            writer.write(_event_bytes(0.0, version=True))
+        for row in metrics:
+            for column, tag in TRAIN_TAGS.items():
+                if row.get(column) is not None:
+                    writer.write(_event_bytes(float(row["episode"]), row["episode"], tag, row[column]))
+        for row in validation:
+            writer.write(_event_bytes(float(row["episode"]), row["episode"], VAL_TAG, row["accuracy"]))
 
 
 # ------------------------------------------------------------------ curves.png
@@ -159,6 +165,7 @@ class TrainMonitor:
         self._t0 = time.perf_counter()
         self._start_episode: int | None = None
         self._progress_id: Any = None
+        self._written = (0, 0)  # metrics and validation rows already in the live event file
 
     # ----------------------------------------------------------- output
     def emit(self, line: str) -> None:
@@ -204,7 +211,7 @@ class TrainMonitor:
         """After each step: a progress line (and live TensorBoard file) every log_every episodes."""
         if not self.due(before, after):
             return
-        recent = [m for m in metrics if m["episode"] > after - self.log_every] or metrics[-1:]
+        recent = [m for m in metrics[-self.log_every :] if m["episode"] > after - self.log_every] or metrics[-1:]
         loss = float(np.mean([m["loss"] for m in recent]))
         acc = float(np.mean([m["accuracy"] for m in recent]))
         rate = (after - (self._start_episode or 0)) / max(time.perf_counter() - self._t0, 1e-9)
@@ -222,7 +229,13 @@ class TrainMonitor:
         self.write_events(metrics, validation)
 
     def write_events(self, metrics: list[dict[str, Any]], validation: list[dict[str, Any]]) -> Path:
-        return write_events(self.out / EVENTS_FILE, pd.DataFrame(metrics), _validation_frame(validation))
+        """Append the rows not yet in the live event file (the first call after start writes it afresh)."""
+        path = self.out / EVENTS_FILE
+        m, v = self._written
+        fresh = m == 0 and v == 0
+        _append_events(path, metrics[m:], validation[v:], fresh=fresh)
+        self._written = (len(metrics), len(validation))
+        return path
 
     def finish(self, metrics: pd.DataFrame, validation: pd.DataFrame, kept: dict[str, Any] | None) -> list[str]:
         """Final TensorBoard file and curves.png in the artifact folder; returns their names."""
@@ -230,7 +243,3 @@ class TrainMonitor:
         write_curves(self.out / CURVES_FILE, metrics, validation, kept, self.title, self.chance)
         self._progress_artifact(100.0)
         return [EVENTS_FILE, CURVES_FILE]
-
-
-def _validation_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    return pd.DataFrame(rows, columns=["step", "epoch", "episode", "accuracy", "best"])

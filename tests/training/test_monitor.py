@@ -62,7 +62,12 @@ def test_progress_lines_go_to_the_terminal_outside_prefect(tmp_path, capsys):
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[fsar] train")]
     assert len(lines) == 3  # episodes 2, 4, 6
     assert "episode 4/6" in lines[1] and "val acc 0.600" in lines[1] and "episodes/s" in lines[1] and "ETA" in lines[1]
-    assert (tmp_path / monitor.EVENTS_FILE).is_file()  # live file follows the run
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    live = EventAccumulator(str(tmp_path / monitor.EVENTS_FILE))  # the live file follows the run, appended per line
+    live.Reload()
+    assert [e.step for e in live.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in live.Scalars("validation/accuracy")] == [3]
 
 
 def test_curves_render_without_warnings_with_and_without_validation(tmp_path):
