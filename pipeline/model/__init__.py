@@ -11,7 +11,8 @@ Public API (imported lazily: `pipeline.config` imports this package, and open_cl
         .forward(support, support_labels, query, text_tokens, text_prefix=None,
                  support_is_prefix=False, query_is_prefix=False) -> EpisodeScores (logits/vis/sem: (Q, N))
         .forward_batch(same arguments with a leading episode axis B) -> EpisodeScores (B, Q, N); .unbind() -> B of them
-        .encode_videos_batch(support (B, N*K, ...), query (B, Q, ...), ...) -> (B, N*K, T, E), (B, Q, T, E)
+        .encode_videos_batch(support (B, N*K, ...), query (B, Q, ...), ..., video_states=False) -> (B, N*K, T, E), (B, Q, T, E)
+        .vision_video_states(prefix (B, T, P+1, D)) -> (B, T, P+1, D)  per-video part of the first adapted block (cacheable)
         .loss(scores, query_labels) -> cross-entropy of the logits
         .frozen_frame_features(clips) -> (B, T, E)         open_clip encode_image per frame
         .trainable_state_dict() / .load_trainable_state_dict(sd) / .parameter_counts()

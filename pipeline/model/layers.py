@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Adapter", "as_float", "attend", "attend_along", "bottleneck_width", "frozen_block"]
+__all__ = ["Adapter", "as_float", "attend", "attend_along", "attend_first", "bottleneck_width", "frozen_block"]
 
 
 def bottleneck_width(width: int, ratio: float) -> int:
@@ -56,6 +56,23 @@ def attend(attn: nn.MultiheadAttention, x: Tensor, mask: Tensor | None = None, c
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)  # (B, H, L, D/H)
     out = out.transpose(1, 2).reshape(flat.shape[0], length, width)  # (B, L, D)
     return F.linear(out, attn.out_proj.weight, attn.out_proj.bias).view(*lead, length, width)
+
+
+def attend_first(attn: nn.MultiheadAttention, x: Tensor) -> Tensor:
+    """`attend(attn, x)[..., 0, :]` without the other positions' outputs: position 0 attends over all L.
+
+    x: (..., L, D) -> (..., D). Keys and values come from every position, the query from position 0 only.
+    """
+    *lead, length, width = x.shape
+    heads = attn.num_heads
+    flat = x.reshape(-1, length, width)  # (B, L, D)
+    q = F.linear(flat[:, :1], attn.in_proj_weight[:width], attn.in_proj_bias[:width])  # (B, 1, D)
+    kv = F.linear(flat, attn.in_proj_weight[width:], attn.in_proj_bias[width:])  # (B, L, 2D)
+    q = q.view(flat.shape[0], 1, heads, width // heads).transpose(1, 2)  # (B, H, 1, D/H)
+    k, v = kv.view(flat.shape[0], length, 2, heads, width // heads).permute(2, 0, 3, 1, 4)  # 2 x (B, H, L, D/H)
+    out = F.scaled_dot_product_attention(q, k, v)  # (B, H, 1, D/H)
+    out = out.transpose(1, 2).reshape(flat.shape[0], width)  # (B, D)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias).view(*lead, width)
 
 
 def attend_along(attn: nn.MultiheadAttention, x: Tensor, dim: int, mask: Tensor | None = None) -> Tensor:

@@ -223,17 +223,35 @@ class TaskAdapterPP(nn.Module):
         z = self.vision_suffix(torch.cat([as_float(s), as_float(q)]), mask)  # (V, T, E)
         return z[: s.shape[0]], z[s.shape[0] :]
 
+    def vision_video_states(self, prefix: Tensor) -> Tensor:
+        """(B, T, P+1, D) prefix states -> the same after the per-video steps of the first adapted block (fp32).
+
+        At evaluation these depend on each video alone (every parameter fixed), so the batched path caches them
+        per video; pass them to `forward_batch` / `encode_videos_batch` with `video_states=True`.
+        """
+        with self._precision():
+            return as_float(self.vision.video_states(self.clip.visual, as_float(prefix)))
+
     def encode_videos_batch(
-        self, support: Tensor, query: Tensor, support_is_prefix: bool = False, query_is_prefix: bool = False
+        self, support: Tensor, query: Tensor, support_is_prefix: bool = False, query_is_prefix: bool = False,
+        video_states: bool = False,
     ) -> tuple[Tensor, Tensor]:
-        """`encode_videos` for B episodes of one layout: (B, N*K, ...), (B, Q_total, ...) -> (B, N*K, T, E), (B, Q_total, T, E)."""
+        """`encode_videos` for B episodes of one layout: (B, N*K, ...), (B, Q_total, ...) -> (B, N*K, T, E), (B, Q_total, T, E).
+
+        Inputs are clips, prefix states (`*_is_prefix`) or, with `video_states`, `vision_video_states` output for both.
+        The last adapted block runs at the class token only (the rest of its output is never read).
+        """
+        if video_states and not (support_is_prefix and query_is_prefix):
+            raise ValueError("video_states=True needs support and query as vision_video_states output (both *_is_prefix)")
         s = support if support_is_prefix else _per_video(self.vision_prefix, support)  # (B, N*K, T, P+1, D)
         q = query if query_is_prefix else _per_video(self.vision_prefix, query)  # (B, Q_total, T, P+1, D)
         if s.shape[0] != q.shape[0]:
             raise ValueError(f"support holds {s.shape[0]} episodes but query holds {q.shape[0]}")
         num_support = s.shape[1]
         mask = task_mask(num_support, q.shape[1], self.cfg.task_context, device=s.device)  # (V, V), every episode's
-        z = self.vision_suffix(torch.cat([as_float(s), as_float(q)], dim=1), mask)  # (B, V, T, E)
+        states = torch.cat([as_float(s), as_float(q)], dim=1)  # (B, V, T, P+1, D)
+        with self._precision():
+            z = as_float(self.vision.episode_suffix(self.clip.visual, states, mask, video_done=video_states))  # (B, V, T, E)
         return z[:, :num_support], z[:, num_support:]
 
     def frozen_frame_features(self, clips: Tensor) -> Tensor:
@@ -285,12 +303,14 @@ class TaskAdapterPP(nn.Module):
         support_is_prefix: bool = False,
         query_is_prefix: bool = False,
         text_features: Tensor | None = None,
+        video_states: bool = False,
     ) -> EpisodeScores:
         """`forward` for B episodes of one layout (same N, K, Q) in one pass; scores (B, Q_total, N).
 
         Every argument of `forward` gains a leading episode axis B: support (B, N*K, T, 3, H, W) or prefix
         states (B, N*K, T, P+1, D); support_labels (B, N*K); query (B, Q_total, ...); text_tokens (B, N, S, ctx);
-        text_prefix (B, N, S, ctx, D_t); text_features (B, N, S, E). Episode b's scores equal
+        text_prefix (B, N, S, ctx, D_t); text_features (B, N, S, E); `video_states`: support and query are
+        `vision_video_states` output (the batched evaluation cache). Episode b's scores equal
         `forward(support[b], support_labels[b], ...)` within fp32 rounding (no attention crosses episodes).
         """
         if text_tokens is None and text_features is None:
@@ -301,7 +321,7 @@ class TaskAdapterPP(nn.Module):
         _check_labels(support_labels.flatten(), support_labels.numel(), num_classes)  # every episode's labels at once
         if support_labels.shape != support.shape[:2]:
             raise ValueError(f"support_labels must have shape {tuple(support.shape[:2])}, got {tuple(support_labels.shape)}")
-        z_s, z_q = self.encode_videos_batch(support, query, support_is_prefix, query_is_prefix)  # (B, N*K, T, E), (B, Q, T, E)
+        z_s, z_q = self.encode_videos_batch(support, query, support_is_prefix, query_is_prefix, video_states)  # (B, N*K|Q, T, E)
         if text_features is None:
             prefix = None if text_prefix is None else text_prefix.flatten(0, 1)  # (B*N, S, ctx, D_t)
             text_features = self.encode_text(text_tokens.flatten(0, 1), prefix).unflatten(0, (batch, num_classes))

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from pipeline.model.layers import Adapter, attend, attend_along, frozen_block
+from pipeline.model.layers import Adapter, attend, attend_along, attend_first, frozen_block
 
 __all__ = ["AdaptedVision", "VisionBlockAdapters", "patch_tokens"]
 
@@ -42,6 +42,35 @@ class VisionBlockAdapters(nn.Module):
         x = x + self.task(attend_along(block.attn, block.ln_1(x), VIDEO_AXIS, task_mask))  # over the task's videos
         h = block.ln_2(x)
         return x + block.mlp(h) + self.mlp(h)  # (V, T, P+1, D)
+
+    # ---- the same block in parts, for batched evaluation (same math; `forward` stays the reference) ------------
+
+    def video_part(self, block: nn.Module, x: Tensor) -> Tensor:
+        """The temporal and spatial steps of `forward`: they depend on each video alone. (..., T, P+1, D)."""
+        x = x + self.temporal(attend_along(block.attn, block.ln_1(x), FRAME_AXIS))
+        return x + self.spatial(attend(block.attn, block.ln_1(x)))
+
+    def episode_part(self, block: nn.Module, x: Tensor, task_mask: Tensor) -> Tensor:
+        """The task and MLP steps of `forward`, after `video_part`: ([B,] V, T, P+1, D)."""
+        x = x + self.task(attend_along(block.attn, block.ln_1(x), VIDEO_AXIS, task_mask))
+        h = block.ln_2(x)
+        return x + block.mlp(h) + self.mlp(h)
+
+    def class_token_output(self, block: nn.Module, x: Tensor, task_mask: Tensor, video_done: bool = False) -> Tensor:
+        """`forward(block, x, task_mask)[..., 0, :]`, computing only what the class token needs (the last block).
+
+        The temporal step runs at every token (the spatial keys need them); the spatial query, the task step and
+        the MLP run at the class token alone. x: ([B,] V, T, P+1, D), after `video_part` when `video_done`.
+        Returns ([B,] V, T, D).
+        """
+        if video_done:
+            c = x[..., 0, :]  # ([B,] V, T, D)
+        else:
+            x = x + self.temporal(attend_along(block.attn, block.ln_1(x), FRAME_AXIS))
+            c = x[..., 0, :] + self.spatial(attend_first(block.attn, block.ln_1(x)))  # ([B,] V, T, D)
+        c = c + self.task(attend_along(block.attn, block.ln_1(c), VIDEO_AXIS + 1, task_mask))  # video axis of (.., V, T, D)
+        h = block.ln_2(c)
+        return c + block.mlp(h) + self.mlp(h)  # ([B,] V, T, D)
 
 
 class AdaptedVision(nn.Module):
@@ -89,6 +118,34 @@ class AdaptedVision(nn.Module):
             x = adapters(block, x, task_mask)  # ([B,] V, T, P+1, D)
         cls = visual.ln_post(x[..., 0, :])  # ([B,] V, T, D) class token of every frame
         return cls @ visual.proj  # ([B,] V, T, E)
+
+    def video_states(self, visual: nn.Module, states: Tensor) -> Tensor:
+        """(..., T, P+1, D) prefix states -> the states after the per-video steps of the first adapted block.
+
+        With every parameter fixed (evaluation) these depend on each video alone, so they can be computed
+        once per video, like the prefix; `episode_suffix(..., video_done=True)` continues from them.
+        """
+        self._check_frames(states.shape[-3], "prefix states")
+        x = states
+        if self.embed_at == "first_adapted":
+            x = x + self.temporal_embedding[:, None, :]  # (T, 1, D)
+        return self.blocks[0].video_part(visual.transformer.resblocks[self.num_frozen], x)
+
+    def episode_suffix(self, visual: nn.Module, states: Tensor, task_mask: Tensor, video_done: bool = False) -> Tensor:
+        """`suffix` for evaluation: the same frame features, with the last block computed at the class token only.
+
+        states: ([B,] V, T, P+1, D) prefix states, or `video_states` output when `video_done`. -> ([B,] V, T, E).
+        """
+        self._check_frames(states.shape[-3], "prefix states")
+        x = states
+        if self.embed_at == "first_adapted" and not video_done:
+            x = x + self.temporal_embedding[:, None, :]  # (T, 1, D)
+        pairs = list(zip(visual.transformer.resblocks[self.num_frozen :], self.blocks, strict=True))
+        for i, (block, adapters) in enumerate(pairs[:-1]):
+            x = adapters.episode_part(block, x, task_mask) if video_done and i == 0 else adapters(block, x, task_mask)
+        block, adapters = pairs[-1]
+        cls = adapters.class_token_output(block, x, task_mask, video_done=video_done and len(pairs) == 1)  # ([B,] V, T, D)
+        return visual.ln_post(cls) @ visual.proj  # ([B,] V, T, E)
 
     def _check_frames(self, frames: int, what: str) -> None:
         if frames != self.num_frames:

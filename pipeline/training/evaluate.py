@@ -11,6 +11,13 @@ deterministic, so the first L-M vision blocks run once per video (`model.vision_
 last M blocks run per episode; the adapted text features of a class depend on that class alone, so
 they are computed once per class. Predictions are identical to the uncached path (a test).
 
+Batched episodes: `evaluate.episodes_per_batch` episodes of one layout go through the adapted blocks in
+one pass (`model.forward_batch`, an extra episode axis that no attention crosses); "auto" = 8 on CPU,
+64 on CUDA. Its cache per video goes one step further than the frozen prefix: the temporal and spatial
+steps of the first adapted block depend on each video alone too (`model.vision_video_states`), and the
+last block runs at the class token only. Same predictions as one episode at a time, scores within fp32
+rounding (a test).
+
 Artifact files: `episodes.parquet` (main: one row per episode x method, with `accuracy`),
 `episode_list.parquet` (the saved episodes), `confusion.parquet`, `summary.json`, `report.md`, PNG plots.
 """
@@ -19,7 +26,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, sha256_file
+from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, file_fingerprint
 from pipeline.config import Config, section_dict
+from pipeline.model.config import model_fields
 from pipeline.stage import StageError, build_once
 from pipeline.training.common import (
     EpisodeLoader,
@@ -43,18 +51,36 @@ from pipeline.training.common import (
 from pipeline.training.episodes import Episode, EpisodeSampler, episodes_to_frame
 from pipeline.training.report import collect_lineage, confusion, summarise, table_markdown, write_plots, write_report
 
-__all__ = ["EpisodeScorer", "FORMAT_VERSION", "METHODS", "combine", "descriptions_label", "run", "score_episodes"]
+__all__ = [
+    "EpisodeScorer", "FORMAT_VERSION", "METHODS", "combine", "descriptions_label", "episodes_per_batch_for", "plan_fields", "run",
+    "score_episodes", "upstream_for",
+]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the train input is hashed by version, an explicit checkpoint by content
 METHODS = ("task_adapter_pp", "visual_only", "semantic_only", "clip_prototype")  # `untrained` too with evaluate.untrained
+AUTO_EPISODES_PER_BATCH = {"cpu": 8, "cuda": 64}  # evaluate.episodes_per_batch "auto", by device type (else 8)
+
+
+def episodes_per_batch_for(setting: int | str, device: torch.device) -> int:
+    """Episodes per forward pass: `setting` when a number, else the device's "auto" default."""
+    return setting if isinstance(setting, int) else AUTO_EPISODES_PER_BATCH.get(device.type, 8)
 
 
 class EpisodeScorer:
-    """Scores episodes with a fixed model; with `cache=True` the frozen vision prefix runs once per video."""
+    """Scores episodes with a fixed model; with `cache=True` the frozen vision prefix runs once per video.
 
-    def __init__(self, model: torch.nn.Module, loader: EpisodeLoader, cache: bool, amp: bool = True, batch: int = 16):
+    `batch`: videos per pass through the frozen prefix; `episodes_per_batch`: episodes per pass through the
+    adapted blocks in `scores_batch` (int, or "auto" for the device's default).
+    """
+
+    def __init__(
+        self, model: torch.nn.Module, loader: EpisodeLoader, cache: bool, amp: bool = True, batch: int = 16,
+        episodes_per_batch: int | str = "auto",
+    ):
         self.model, self.loader, self.cache, self.amp, self.batch = model, loader, cache, amp, batch
-        self._prefix: dict[str, torch.Tensor] = {}
+        self.episodes_per_batch = episodes_per_batch_for(episodes_per_batch, loader.device)
+        self._prefix: dict[str, torch.Tensor] = {}  # frozen prefix per video (`scores`)
+        self._video: dict[str, torch.Tensor] = {}  # `vision_video_states` per video (`scores_batch`)
         self._frozen: dict[str, torch.Tensor] = {}
         self._text: dict[str, torch.Tensor] = {}
 
@@ -73,6 +99,28 @@ class EpisodeScorer:
             return self.loader.clips(ids, "eval", None), False
         self._fill(self._prefix, ids, self.model.vision_prefix)
         return torch.stack([self._prefix[v] for v in ids]), True  # (B, T, P+1, D)
+
+    def _video_states(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) -> (B, T, P+1, D): frozen prefix + the per-video steps of the first adapted block."""
+        return self.model.vision_video_states(self.model.vision_prefix(clips))
+
+    def videos_batch(self, ids: Sequence[Sequence[str]]) -> torch.Tensor:
+        """(B, V, T, P+1, D) states of B episodes' videos.
+
+        Cached: `vision_video_states` once per video (the batched path's cache: the frozen prefix and the first
+        adapted block's per-video steps); uncached: the frozen prefix, computed `batch` videos at a time.
+        """
+        flat = [v for episode in ids for v in episode]
+        if self.cache:
+            self._fill(self._video, flat, self._video_states)
+            states = torch.stack([self._video[v] for v in flat])  # (B*V, T, P+1, D)
+        else:
+            parts = []
+            for i in range(0, len(flat), self.batch):
+                with autocast(self.loader.device, self.amp):
+                    parts.append(self.model.vision_prefix(self.loader.clips(flat[i : i + self.batch], "eval", None)).float())
+            states = torch.cat(parts)  # (B*V, T, P+1, D)
+        return states.unflatten(0, (len(ids), -1))
 
     def frozen_features(self, ids: Sequence[str]) -> torch.Tensor:
         self._fill(self._frozen, ids, self.model.frozen_frame_features)
@@ -104,6 +152,36 @@ class EpisodeScorer:
             )
 
     @torch.inference_mode()
+    def scores_batch(self, episodes: Sequence[Episode]):
+        """`scores` of episodes of one layout (same N, K, Q) in one pass through the adapted blocks: EpisodeScores (B, Q, N)."""
+        _check_layout(episodes)
+        support = self.videos_batch([ep.support for ep in episodes])  # (B, N*K, T, P+1, D)
+        query = self.videos_batch([ep.query for ep in episodes])  # (B, Q, T, P+1, D)
+        labels = torch.as_tensor([ep.support_labels for ep in episodes], device=self.loader.device)  # (B, N*K)
+        tokens = states = features = None
+        if self.cache:
+            features = torch.stack([self.text(ep.classes) for ep in episodes])  # (B, N, S, E)
+        else:
+            texts = [self.loader.text_for(ep.classes) for ep in episodes]
+            tokens, states = torch.stack([t for t, _ in texts]), torch.stack([s for _, s in texts])  # (B, N, S, ctx), (B, N, S, ctx, D_t)
+        with autocast(self.loader.device, self.amp):
+            return self.model.forward_batch(
+                support, labels, query, tokens, text_prefix=states, support_is_prefix=True, query_is_prefix=True,
+                text_features=features, video_states=self.cache,
+            )
+
+    @torch.inference_mode()
+    def prototype_scores_batch(self, episodes: Sequence[Episode]) -> torch.Tensor:
+        """`prototype_scores` of episodes of one layout: (B, N*Q, N)."""
+        _check_layout(episodes)
+        s = F.normalize(torch.stack([self.frozen_features(ep.support) for ep in episodes]).mean(2), dim=-1)  # (B, N*K, E)
+        q = F.normalize(torch.stack([self.frozen_features(ep.query) for ep in episodes]).mean(2), dim=-1)  # (B, N*Q, E)
+        labels = torch.as_tensor([ep.support_labels for ep in episodes], device=s.device)  # (B, N*K)
+        onehot = F.one_hot(labels, episodes[0].way).to(s.dtype)  # (B, N*K, N)
+        protos = torch.einsum("bvn,bve->bne", onehot / onehot.sum(1, keepdim=True), s)  # (B, N, E) mean of each class's supports
+        return q @ F.normalize(protos, dim=-1).transpose(1, 2)  # (B, N*Q, N)
+
+    @torch.inference_mode()
     def prototype_scores(self, ep: Episode) -> torch.Tensor:
         """Frozen CLIP: cosine of each query's mean frame feature to the mean of each class's supports, (N*Q, N)."""
         s = F.normalize(self.frozen_features(ep.support).mean(1), dim=-1)  # (N*K, E)
@@ -125,76 +203,135 @@ def pair_outcomes(scores: np.ndarray, ep: Episode, pairs: dict[str, str]) -> tup
     return right, asked
 
 
+def _layout(ep: Episode) -> tuple[int, int, int, int, int]:
+    return ep.way, ep.shot, ep.queries_per_class, len(ep.support), len(ep.query)
+
+
+def _check_layout(episodes: Sequence[Episode]) -> None:
+    if not episodes or any(_layout(ep) != _layout(episodes[0]) for ep in episodes):
+        raise ValueError("a batch of episodes must be non-empty and share N, K and Q")
+
+
+def episode_batches(episodes: Sequence[Episode], size: int) -> list[list[Episode]]:
+    """Consecutive runs of at most `size` episodes of one layout (same N, K, Q), in order."""
+    batches: list[list[Episode]] = []
+    for ep in episodes:
+        if batches and len(batches[-1]) < size and _layout(batches[-1][0]) == _layout(ep):
+            batches[-1].append(ep)
+        else:
+            batches.append([ep])
+    return batches
+
+
+def _batch_scores(scorer: EpisodeScorer, batch: Sequence[Episode], baselines: bool) -> dict[str, np.ndarray]:
+    """method -> (B, N*Q, N) scores of a batch of episodes, on the CPU in fp32."""
+    sc = scorer.scores_batch(batch)
+    scores = {"task_adapter_pp": sc.logits}
+    if baselines:
+        scores.update(visual_only=sc.vis, semantic_only=sc.sem, clip_prototype=scorer.prototype_scores_batch(batch))
+    return {method: m.float().cpu().numpy() for method, m in scores.items()}
+
+
 def score_episodes(
     scorer: EpisodeScorer, episodes: Sequence[Episode], baselines: bool, pairs: dict[str, str] | None = None, desc: str = "evaluate"
 ) -> list[dict[str, Any]]:
-    """One row per (episode, method): accuracy, labels, predictions (+ order-pair outcomes where pairs are known)."""
+    """One row per (episode, method): accuracy, labels, predictions (+ order-pair outcomes where pairs are known).
+
+    Episodes are scored `scorer.episodes_per_batch` at a time; the rows are the same as one at a time.
+    """
     rows: list[dict[str, Any]] = []
-    for ep in tqdm(episodes, desc=desc, unit="ep", mininterval=2.0):
-        labels = np.asarray(ep.query_labels)
-        sc = scorer.scores(ep)
-        scores = {"task_adapter_pp": sc.logits}
-        if baselines:
-            scores["visual_only"] = sc.vis
-            scores["semantic_only"] = sc.sem
-            scores["clip_prototype"] = scorer.prototype_scores(ep)
-        for method, m in scores.items():
-            m = m.float().cpu().numpy()  # (N*Q, N)
-            p = m.argmax(-1)
-            row = {
-                "episode": ep.index,
-                "method": method,
-                "accuracy": float((p == labels).mean()),
-                "classes": list(ep.classes),
-                "labels": labels.tolist(),
-                "predictions": p.tolist(),
-            }
-            if pairs:
-                row["pair_right"], row["pair_asked"] = pair_outcomes(m, ep, pairs)
-            rows.append(row)
+    progress = tqdm(total=len(episodes), desc=desc, unit="ep", mininterval=2.0)
+    for batch in episode_batches(episodes, scorer.episodes_per_batch):
+        scores = _batch_scores(scorer, batch, baselines)
+        progress.update(len(batch))
+        for b, ep in enumerate(batch):
+            rows.extend(_episode_rows(ep, {method: m[b] for method, m in scores.items()}, pairs))
+    progress.close()
     return rows
 
 
-def descriptions_label(cfg: Config, embeddings: ArtifactRef) -> str:
-    """Which corpus the text came from: evaluate.descriptions_label, else `llm` or `file` by backend."""
+def _episode_rows(ep: Episode, scores: dict[str, np.ndarray], pairs: dict[str, str] | None) -> list[dict[str, Any]]:
+    """The rows of one episode from its (N*Q, N) score matrix per method."""
+    labels = np.asarray(ep.query_labels)
+    rows: list[dict[str, Any]] = []
+    for method, m in scores.items():
+        p = m.argmax(-1)
+        row = {
+            "episode": ep.index,
+            "method": method,
+            "accuracy": float((p == labels).mean()),
+            "classes": list(ep.classes),
+            "labels": labels.tolist(),
+            "predictions": p.tolist(),
+        }
+        if pairs:
+            row["pair_right"], row["pair_asked"] = pair_outcomes(m, ep, pairs)
+        rows.append(row)
+    return rows
+
+
+def descriptions_label(cfg: Config, embeddings: ArtifactRef | None) -> str:
+    """Which corpus the text came from: evaluate.descriptions_label, else `file` or `llm` by the descriptions
+    backend (of the embeddings artifact's input when it exists, else of this config)."""
     if cfg.evaluate.descriptions_label:
         return cfg.evaluate.descriptions_label
-    store = ArtifactStore(embeddings.root)
-    desc = store.manifest(embeddings).get("inputs", {}).get("descriptions")
-    if not desc:
-        return "unknown"
-    backend = store.manifest(ArtifactRef.from_dict(desc)).get("config", {}).get("backend")
+    backend = cfg.descriptions.backend
+    store = ArtifactStore(embeddings.root) if embeddings is not None else None
+    if store is not None and store.exists(embeddings.stage, embeddings.dataset, embeddings.version) is not None:
+        desc = store.manifest(embeddings).get("inputs", {}).get("descriptions")
+        if desc:
+            backend = store.manifest(ArtifactRef.from_dict(desc, embeddings.root)).get("config", {}).get("backend", backend)
     return "file" if backend == "file" else "llm"
 
 
-def _checkpoint_path(cfg: Config, inputs: dict[str, ArtifactRef]) -> Path:
+def upstream_for(cfg: Config) -> tuple[str, ...]:
+    """The stages evaluate reads: frames, embeddings, and train unless `evaluate.checkpoint` names a file."""
+    return ("frames", "embeddings") if cfg.evaluate.checkpoint else ("frames", "embeddings", "train")
+
+
+def _checkpoint_path(cfg: Config, inputs: Mapping[str, ArtifactRef]) -> Path:
+    """The checkpoint to score, verified: `evaluate.checkpoint`, else best.pt of the train input."""
     if cfg.evaluate.checkpoint:
-        return Path(cfg.evaluate.checkpoint).expanduser()
+        path = Path(cfg.evaluate.checkpoint).expanduser()
+        if not path.is_file():
+            raise StageError(f"checkpoint {str(path)!r} does not exist; train first or pass an existing file with --checkpoint")
+        file_fingerprint(path)  # a file inside an artifact must match its manifest
+        return path
     if "train" not in inputs:
         raise StageError("evaluate needs a checkpoint: run `fsar train` first or pass --checkpoint FILE")
-    return ArtifactStore(inputs["train"].root).local_path(inputs["train"]) / "best.pt"
+    return ArtifactStore(inputs["train"].root).verified_path(inputs["train"], "best.pt")
+
+
+def plan_fields(cfg: Config, inputs: Mapping[str, ArtifactRef] | None = None) -> dict[str, Any]:
+    """What this stage's version hashes: protocol, model, the evaluate fields that change results, the
+    descriptions label and, for an explicit checkpoint file, its content (a train input is hashed by version)."""
+    inputs = inputs or {}
+    fields = {
+        "evaluate": section_dict(cfg.evaluate, ["episodes", "shot", "seed", "split", "baselines", "untrained"]),
+        "protocol": section_dict(cfg.protocol),
+        "model": model_fields(cfg.model),
+        "descriptions": descriptions_label(cfg, inputs.get("embeddings")),
+    }
+    if cfg.evaluate.checkpoint:
+        path = Path(cfg.evaluate.checkpoint).expanduser()
+        if not path.is_file():
+            raise StageError(f"checkpoint {str(path)!r} does not exist; train first or pass an existing file with --checkpoint")
+        fields["checkpoint"] = file_fingerprint(path)
+    return fields
 
 
 def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> ArtifactRef:
-    for need in ("frames", "embeddings"):
+    for need in upstream_for(cfg):
         if need not in inputs:
             raise StageError(f"evaluate needs a {need} artifact; run `fsar {need}` first")
-    ckpt_path = _checkpoint_path(cfg, inputs)
-    ckpt = load_checkpoint(ckpt_path)
-    check_checkpoint(ckpt, cfg, ckpt_path)
-    label = descriptions_label(cfg, inputs["embeddings"])
-    fields = {
-        "evaluate": section_dict(cfg.evaluate, ["episodes", "shot", "seed", "split", "baselines", "untrained", "checkpoint"]),
-        "protocol": section_dict(cfg.protocol),
-        "model": section_dict(cfg.model),
-        "checkpoint_sha256": sha256_file(ckpt_path),
-        "descriptions": label,
-    }
-    stage_inputs = {k: v for k, v in inputs.items() if k in ("frames", "embeddings", "train")}
-    if cfg.evaluate.checkpoint:
-        stage_inputs.pop("train", None)
+    fields = plan_fields(cfg, inputs)
+    stage_inputs = {k: inputs[k] for k in upstream_for(cfg)}
+    label = fields["descriptions"]
 
     def build(staging: Staging) -> None:
+        ckpt_path = _checkpoint_path(cfg, inputs)
+        ckpt = load_checkpoint(ckpt_path)
+        check_checkpoint(ckpt, cfg, ckpt_path)
         evaluate_into(staging, cfg, inputs, ckpt, label)
 
     return build_once(
@@ -219,7 +356,7 @@ def prepare(cfg: Config, inputs: dict[str, ArtifactRef], device: torch.device):
 
 def _check_text_cache(cfg: Config, text: Any) -> None:
     got = text.config.get("model", {})
-    want = section_dict(cfg.model, ["clip", "pretrained", "text_adapted_layers"])
+    want = model_fields(cfg.model, ["clip", "pretrained", "init_seed", "text_adapted_layers"])
     diffs = [f"{k}: cache {got.get(k)!r} vs config {v!r}" for k, v in want.items() if got.get(k) != v]
     if diffs:
         raise StageError(f"the embeddings artifact was made for another text model ({'; '.join(diffs)}); re-run `fsar embeddings` with this config")
@@ -238,7 +375,7 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
         print(f"[fsar] evaluate: excluded videos of split {cfg.evaluate.split}: {excluded}", flush=True)
     sampler = EpisodeSampler(vids, cfg.protocol.way, shot, cfg.protocol.query, cfg.evaluate.seed, split=cfg.evaluate.split)
     episodes = sampler.take(cfg.evaluate.episodes)
-    scorer = EpisodeScorer(model, loader, cache=cfg.evaluate.cache, amp=cfg.train.amp)
+    scorer = EpisodeScorer(model, loader, cache=cfg.evaluate.cache, amp=cfg.train.amp, episodes_per_batch=cfg.evaluate.episodes_per_batch)
     t0 = time.perf_counter()
     from pipeline.datasets import get_dataset
 
@@ -247,7 +384,8 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
     if cfg.evaluate.untrained:  # the same model at its training initialisation, on the same episodes
         torch.manual_seed(cfg.train.seed)
         fresh = build_model(cfg.model, cfg.protocol, device=device).eval()
-        for row in score_episodes(EpisodeScorer(fresh, loader, cache=cfg.evaluate.cache, amp=cfg.train.amp), episodes, False, pairs, "untrained"):
+        fresh_scorer = EpisodeScorer(fresh, loader, cache=cfg.evaluate.cache, amp=cfg.train.amp, episodes_per_batch=scorer.episodes_per_batch)
+        for row in score_episodes(fresh_scorer, episodes, False, pairs, "untrained"):
             rows.append({**row, "method": "untrained"})
     seconds = time.perf_counter() - t0
     df = pd.DataFrame(rows)
