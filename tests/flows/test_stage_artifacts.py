@@ -18,6 +18,17 @@ def _artifacts():
     return anyio.run(read)
 
 
+def _logs() -> list[str]:
+    import anyio
+    from prefect.client.orchestration import get_client
+
+    async def read():
+        async with get_client() as client:
+            return await client.read_logs()
+
+    return [log.message for log in anyio.run(read)]
+
+
 def test_every_stage_publishes_its_own_prefect_artifact(prefect_harness, synthetic_root, tiny_overrides, tmp_path):
     from flows.fsar import ALL_STAGES, fsar
 
@@ -38,6 +49,8 @@ def test_every_stage_publishes_its_own_prefect_artifact(prefect_harness, synthet
     assert "frames stored" in frames.data and "failed" in frames.data
     progress = by_key.get("train-synthetic-progress", [])
     assert progress and all(a.type == "progress" for a in progress) and any(float(a.data) == 100.0 for a in progress)
+    lines = [m for m in _logs() if m.startswith("[fsar] train synthetic: episode")]
+    assert any("episode 2/2" in m and "episodes/s" in m and "ETA" in m for m in lines)  # progress went to the run logger
 
 
 def test_outside_prefect_nothing_is_published(tmp_path, monkeypatch):
