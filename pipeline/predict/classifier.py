@@ -65,7 +65,8 @@ class FewShotClassifier:
         self.model = bundle.build_model(self.device, task_context)
         self.prep = Preprocessing.from_meta(bundle.meta["preprocessing"])
         self.classes: list[str] = []
-        self.texts: dict[str, ClassText] = {}
+        self.texts: dict[str, ClassText] = {}  # class -> its sentences and where they came from
+        self.shots: dict[str, int] = {}  # class -> K
         self._support: torch.Tensor | None = None  # (N*K, T, P+1, D) frozen-prefix states of the supports
         self._labels: torch.Tensor | None = None  # (N*K,)
         self._text: torch.Tensor | None = None  # (N, S, E) adapted prompt features

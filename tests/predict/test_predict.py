@@ -6,13 +6,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from predict_helpers import link_support
-from typer.testing import CliRunner
 
-from pipeline.predict import FewShotClassifier, load_bundle
+from pipeline.predict import FewShotClassifier
 from pipeline.predict.bundle import BUNDLE_FILE, WEIGHTS_FILE
 
 pytestmark = pytest.mark.slow
@@ -82,7 +80,6 @@ def test_predict_table(clf, queries, test_videos):
 
 
 def test_inductive_scores_do_not_depend_on_other_queries(bundle_dir, backbone_file, support_dir, queries):
-    cols = None
     many = FewShotClassifier.load(bundle_dir, backbone=backbone_file, device="cpu", batch_size=4).fit(support_dir).predict(queries)
     cols = [c for c in many.columns if c.startswith(("score:", "vis:", "sem:"))]
     alone = FewShotClassifier.load(bundle_dir, backbone=backbone_file, device="cpu").fit(support_dir)
