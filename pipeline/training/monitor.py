@@ -121,10 +121,11 @@ def write_curves(
     x = metrics["episode"].to_numpy() if len(metrics) else np.zeros(0)
     window = max(1, min(50, len(metrics) // 10 or 1))
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.8))
-    ax_loss.plot(x, metrics["loss"] if len(metrics) else [], color="#9db8d6", lw=0.8, label="per step")
-    ax_loss.plot(x, smooth(metrics["loss"], window) if len(metrics) else [], color="#1f4e79", lw=1.8, label=f"mean of {window}")
+    ax_loss.plot(x, metrics["loss"] if len(metrics) else [], color="#9db8d6" if window > 1 else "#1f4e79", lw=0.8 if window > 1 else 1.8, label="per step")
+    if window > 1:
+        ax_loss.plot(x, smooth(metrics["loss"], window) if len(metrics) else [], color="#1f4e79", lw=1.8, label=f"mean of {window} steps")
     ax_loss.set(xlabel="training episode", ylabel="loss", title="training loss")
-    ax_acc.plot(x, 100 * smooth(metrics["accuracy"], window) if len(metrics) else [], color="#1f4e79", lw=1.8, label=f"train (mean of {window})")
+    ax_acc.plot(x, 100 * smooth(metrics["accuracy"], window) if len(metrics) else [], color="#1f4e79", lw=1.8, label=f"train (mean of {window} steps)" if window > 1 else "train (per step)")
     if len(validation):
         ax_acc.plot(validation["episode"], 100 * validation["accuracy"], "o-", color="#c0504d", ms=5, label="validation")
     if kept and kept.get("episode") is not None:
