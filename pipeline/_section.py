@@ -2,10 +2,26 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
 
 class Section(BaseModel):
-    """A typed config section. Unknown keys are errors; instances are frozen."""
+    """A typed config section. Unknown keys are errors; instances are frozen.
+
+    Its JSON form (`model_dump_json`, `model_dump(mode="json")`, and so whatever Prefect stores as a flow
+    parameter) has secrets masked: URL user-info and the values of key-like environment variables
+    (`pipeline.secrets`). Attribute access and `model_dump()` keep the real values for the code that needs them.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    @model_serializer(mode="wrap")
+    def _masked(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if not info.mode_is_json():
+            return data
+        from pipeline.secrets import redact
+
+        return redact(data)
