@@ -24,6 +24,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.fsar import ALL_STAGES, run_stages
 from pipeline.artifacts import ArtifactRef, ArtifactStore
 from pipeline.cli import build_config
+from pipeline.secrets import restore_overrides
 from pipeline.config import Config
 
 __all__ = ["demo", "CORPORA"]
@@ -65,7 +66,7 @@ def combined(store: ArtifactStore, evaluations: dict[str, ArtifactRef]) -> Artif
 def demo(artifacts: str | None = None, corpora: list[str] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     """The offline demo; returns the evaluation summaries by corpus."""
     logger = get_run_logger()
-    base = build_config("synthetic", "demo", list(overrides or []), artifacts)
+    base = build_config("synthetic", "demo", restore_overrides(overrides or []), artifacts)
     store = ArtifactStore(base.artifacts)
     video_root = synthetic_videos(base, str(Path(store.root) / "synthetic-videos"))
     base = base.override(f"dataset.video_root={video_root}")
@@ -118,6 +119,7 @@ def demo_table(summaries: dict[str, Any], cfg: Config) -> str:
         f"{cfg.train.epochs} x {cfg.train.episodes_per_epoch} episodes (the paper: SGD, lr 1e-3, 10 x 1000).",
     ]
     return "\n".join(lines)
+
 
 # ---- use the trained model: export its bundle, classify held-out synthetic clips with `fsar predict` ----------------
 
