@@ -15,7 +15,7 @@ examples) follows its script, one behaviour per request, then answers well ("ok"
     class_name   the class name repeated S times
     garbage      HTTP 200 with a body that is not JSON
     copy         the prompt's last worked example (assistant message) repeated as the answer
-    seeded       a valid answer whose last sentence depends on the seed (seed % 2): candidates differ
+    seeded       a valid answer whose last sentence depends on the seed (0 vs any other): candidates differ
 `reject_json_schema=True` answers response_format json_schema with HTTP 500 like llama.cpp's server.
 """
 
@@ -181,7 +181,7 @@ class FakeLLM:
             content = next((m["content"] for m in reversed(body.get("messages", [])) if m.get("role") == "assistant"), "")
         elif behaviour == "seeded":
             sentences = good_sentences(action, s)
-            sentences[-1] = f"It ends in manner {int(body.get('seed') or 0) % 2} for {action.lower()}."
+            sentences[-1] = f"It ends in manner {min(int(body.get('seed') or 0), 1)} for {action.lower()}."
             content = json.dumps({"sub_actions": sentences})
         else:
             content = json.dumps({"sub_actions": good_sentences(action, s)})
