@@ -32,7 +32,7 @@ __all__ = ["demo", "CORPORA"]
 # corpus label -> config overrides (the video folder is filled in at run time)
 CORPORA: dict[str, list[str]] = {
     "script": ["descriptions.backend=file", "descriptions.corpus={video_root}/scripts.yaml"],
-    "llm": ["descriptions.backend=local"],
+    "llm": ["descriptions.backend=local", "descriptions.exemplars=dataset", "descriptions.candidates=3"],  # TRAIN classes' scripts as examples
 }
 
 
