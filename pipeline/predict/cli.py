@@ -116,7 +116,7 @@ def register(app: typer.Typer) -> None:
         query: Annotated[list[str], typer.Option("--query", help="video files or folders of videos; more may follow as arguments")],
         more: Annotated[list[str] | None, typer.Argument(help="more query paths", show_default=False)] = None,
         out: Annotated[Path | None, typer.Option("--out", help="also write the table: .csv or .parquet")] = None,
-        descriptions: Annotated[Path | None, typer.Option("--descriptions", help="YAML/JSON {class: [sentences]} (first choice per class)")] = None,
+        descriptions: Annotated[Path | None, typer.Option("--descriptions", help="YAML/JSON mapping each class to its S sentences (first choice per class)")] = None,
         backbone: Annotated[Path | None, typer.Option("--backbone", help="the bundle's backbone checkpoint file (checked by sha256)")] = None,
         device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N")] = "auto",
         task_context: Annotated[
@@ -128,9 +128,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Classify query videos among the support folder's classes with a model bundle.
 
-        Task context is inductive by default: each query attends over the supports and itself only, so its
-        answer does not depend on the other queries. Descriptions per class: --descriptions FILE, else the
-        bundle's, else the descriptions stage's LLM (--set descriptions.backend=openai ...).
+        Task context is inductive by default: each query attends over the supports and itself only, so its answer does not depend on the other queries.
+
+        Descriptions per class: --descriptions FILE, else the bundle's, else the descriptions stage's LLM (--set descriptions.backend=openai ...).
         """
 
         def go() -> None:
