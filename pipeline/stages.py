@@ -34,6 +34,7 @@ __all__ = [
     "StageSpec",
     "parse_pins",
     "plan",
+    "planned_ref",
     "resolve_inputs",
     "run_stage",
 ]
@@ -192,21 +193,28 @@ def resolve_inputs(cfg: Any, name: str, store: ArtifactStore | None = None, pins
     if not upstream:
         return {}
     planned = {p.stage: p for p in plan(cfg, store, pins, stages=list(upstream))}
-    out = {}
-    for up in upstream:
-        p = planned[up]
-        if p.status == "exists":
-            out[up] = built.get(up) or store.ref(up, cfg.dataset.name, p.version)
-            continue
-        hint = f"`fsar {up} --dataset {cfg.dataset.name}` with the same preset and --set options (or `make full`)"
-        if p.status == "blocked":
-            raise StageError(f"{name} needs a {up} artifact, but planning it is blocked: {p.reason}")
-        broken = f" (the one there is broken: {p.reason.split(': ', 1)[-1]})" if p.reason else ""
-        raise StageError(
-            f"{name} needs the {up} artifact {cfg.dataset.name}/{p.version} that this config implies, and it does not exist"
-            f"{broken}; run {hint} first, or pin an existing one with --input {up}=VERSION"
-        )
-    return out
+    return {up: built.get(up) or _existing(planned[up], cfg, store, name) for up in upstream}
+
+
+def planned_ref(cfg: Any, stage: str, store: ArtifactStore | None = None, pins: Mapping[str, str] | None = None,
+                needed_by: str = "this command") -> ArtifactRef:
+    """The existing artifact of `stage` that this config implies (or `pins`); else an error naming the fix."""
+    store = store if store is not None else ArtifactStore(cfg.artifacts)
+    planned = {p.stage: p for p in plan(cfg, store, pins, stages=[stage])}
+    return _existing(planned[stage], cfg, store, needed_by)
+
+
+def _existing(p: Planned, cfg: Any, store: ArtifactStore, needed_by: str) -> ArtifactRef:
+    if p.status == "exists":
+        return store.ref(p.stage, cfg.dataset.name, p.version)
+    if p.status == "blocked":
+        raise StageError(f"{needed_by} needs a {p.stage} artifact, but planning it is blocked: {p.reason}")
+    hint = f"`fsar {p.stage} --dataset {cfg.dataset.name}` with the same preset and --set options (or `make full`)"
+    broken = f" (the one there is broken: {p.reason.split(': ', 1)[-1]})" if p.reason else ""
+    raise StageError(
+        f"{needed_by} needs the {p.stage} artifact {cfg.dataset.name}/{p.version} that this config implies, and it does not exist"
+        f"{broken}; run {hint} first, or pin an existing one with --input {p.stage}=VERSION"
+    )
 
 
 def run_stage(name: str, cfg: Any, inputs: Mapping[str, ArtifactRef] | None = None, *, pins: Mapping[str, str] | None = None,

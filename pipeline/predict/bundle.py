@@ -141,18 +141,22 @@ def _trained_config(ckpt: dict[str, Any], cfg: Config) -> Config:
 
 
 def _train_ref(cfg: Config, store: ArtifactStore) -> ArtifactRef:
-    """The train artifact to export (the one place that decides it; the stage registry will pick the planned version)."""
-    return store.resolve("train", cfg.dataset.name)
+    """The train artifact this config implies (`fsar plan`), never merely the newest one."""
+    from pipeline.stages import planned_ref
+
+    return planned_ref(cfg, "train", store, needed_by="export")
 
 
 def _lineage(store: ArtifactStore, cfg: Config, train_ref: ArtifactRef | None) -> dict[str, str]:
-    """{stage: "stage/dataset/version"} of the run: train and what it read (with --checkpoint: the latest embeddings)."""
+    """{stage: "stage/dataset/version"} of the run: train and what it read (with --checkpoint: the planned embeddings)."""
     out: dict[str, str] = {}
     if train_ref is not None:
         out["train"] = str(train_ref)
         inputs = store.manifest(train_ref).get("inputs", {})
     else:
-        inputs = {"embeddings": store.resolve("embeddings", cfg.dataset.name).to_dict()}
+        from pipeline.stages import planned_ref
+
+        inputs = {"embeddings": planned_ref(cfg, "embeddings", store, needed_by="export").to_dict()}
     for name in ("frames", "embeddings"):
         if name in inputs:
             out[name] = str(ArtifactRef.from_dict({**inputs[name], "root": store.root}))

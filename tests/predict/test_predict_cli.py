@@ -42,10 +42,10 @@ def _one_line_error(out, *words: str) -> None:
         assert w in lines[0], lines[0]
 
 
-def test_export_then_predict_writes_the_csv(trained, backbone_file, support_dir, queries, tmp_path, test_videos):
+def test_export_then_predict_writes_the_csv(trained, tiny_overrides, backbone_file, support_dir, queries, tmp_path, test_videos):
     cfg, store, _ = trained
     bundle = tmp_path / "bundle"
-    sets = [a for o in [f"dataset.video_root={cfg.dataset.video_root}", *_tiny_sets(cfg)] for a in ("--set", o)]
+    sets = [a for o in [f"dataset.video_root={cfg.dataset.video_root}", *tiny_overrides, *_tiny_sets(cfg)] for a in ("--set", o)]
     out = runner.invoke(app, ["export", "--dataset", "synthetic", "--preset", "demo", "--artifacts", str(store.root), *sets, "--out", str(bundle)])
     assert out.exit_code == 0, out.output
     assert (bundle / "bundle.json").is_file()
@@ -66,9 +66,10 @@ def test_export_then_predict_writes_the_csv(trained, backbone_file, support_dir,
 
 
 def _tiny_sets(cfg) -> list[str]:
-    """The overrides that make the CLI's config equal the fixture's trained config."""
+    """With the tiny overrides: what makes the CLI's config equal the fixture's (export takes the train version it implies)."""
     m = cfg.model
     return [
+        "descriptions.cache=false", "evaluate.episodes=2",
         f"model.clip={m.clip}", f"model.pretrained={m.pretrained}", f"model.image_size={m.image_size}", "model.quick_gelu=false",
         f"model.vision_adapted_layers={m.vision_adapted_layers}", f"model.text_adapted_layers={m.text_adapted_layers}",
         f"protocol.num_frames={cfg.protocol.num_frames}",
@@ -133,7 +134,7 @@ def test_bundle_and_backbone_errors(bundle_dir, backbone_file, support_dir, quer
 def test_export_errors(trained, tmp_path):
     _, store, _ = trained
     out = runner.invoke(app, ["export", "--dataset", "synthetic", "--artifacts", str(tmp_path / "empty-root"), "--out", str(tmp_path / "b")])
-    _one_line_error(out, "no train artifact")
+    _one_line_error(out, "export needs a train artifact")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     out = runner.invoke(app, ["export", "--dataset", "synthetic", "--artifacts", str(store.root), "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "taken")])
