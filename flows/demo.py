@@ -57,9 +57,12 @@ def backbone(cfg: Config) -> ArtifactRef:
 @task(name="combine-evaluations", cache_policy=NO_CACHE, log_prints=True)
 def combined(store: ArtifactStore, evaluations: dict[str, ArtifactRef]) -> ArtifactRef:
     """One evaluate artifact with every corpus's rows, so `artifacts.load("evaluate", "synthetic")` shows them all."""
+    from flows.stage_artifacts import publish_stage_artifact
     from pipeline.training.evaluate import combine
 
-    return combine(store, evaluations, "fsar demo: held-out synthetic classes, every description corpus")
+    ref = combine(store, evaluations, "fsar demo: held-out synthetic classes, every description corpus")
+    publish_stage_artifact("evaluate", ref)
+    return ref
 
 
 @flow(name="fsar-demo", log_prints=True)
