@@ -178,3 +178,4 @@ def test_quality_report_with_the_true_scripts(store, tmp_path, capsys):
     other.write_text(yaml.safe_dump(corpus))
     q2 = run(synthetic(store, backend="file", corpus=str(other)), {}, store).manifest()["run"]["quality"]
     assert q2["per_class"]["test/moving up"] < 1.0 and q2["per_class"]["test/moving down"] == 1.0
+    assert q["order_right"] == 1.0 and q2["order_right"] == round(23 / 24, 4) and "test/moving up" not in q2["order_right_classes"]
