@@ -1,3 +1,4 @@
+import json
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -33,3 +34,19 @@ def test_synthetic_command_writes_a_dataset(tmp_path):
     out = runner.invoke(app, ["synthetic", "--out", str(tmp_path / "syn"), "--videos-per-class", "1", "--frames", "4"])
     assert out.exit_code == 0, out.output
     assert (tmp_path / "syn" / "synthetic.csv").is_file() and (tmp_path / "syn" / "scripts.yaml").is_file()
+
+
+def test_a_flag_and_a_set_for_the_same_key_must_agree(tmp_path):
+    out = runner.invoke(app, ["evaluate", "--dataset", "hmdb51", "--artifacts", str(tmp_path), "--episodes", "10", "--set", "evaluate.episodes=50"])
+    assert out.exit_code == 2 and "evaluate.episodes=10" in out.output and "evaluate.episodes=50" in out.output, out.output
+    out = runner.invoke(app, ["config", "--dataset", "hmdb51", "--set", "dataset.name=ucf101"])
+    assert out.exit_code == 2 and "give one of them" in out.output, out.output
+    out = runner.invoke(app, ["config", "--dataset", "hmdb51", "--set", "dataset.name=hmdb51"])  # agreeing is fine
+    assert out.exit_code == 0, out.output
+    assert not tmp_path.joinpath("evaluate").exists()
+
+
+def test_model_info_takes_a_dataset():
+    out = runner.invoke(app, ["model-info", "--dataset", "ssv2_small", "--clip", "ViT-B-16", "--no-pretrained"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["trainable"] == 7370496  # the ssv2_small preset, chosen by --dataset
