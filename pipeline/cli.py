@@ -151,7 +151,7 @@ def descriptions_cmd(
     artifacts: ArtifactsOpt = None,
     video_root: VideoRootOpt = None,
     video_list: VideoListOpt = None,
-    llm: Annotated[str | None, typer.Option("--llm", help="backend: openai | vllm | local | file")] = None,
+    llm: Annotated[str | None, typer.Option("--llm", help="backend: auto (default: openai if a key or base URL is set, else local) | openai | vllm | local | file")] = None,
     model: Annotated[str | None, typer.Option("--model", help="model name for the backend")] = None,
     base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint URL")] = None,
     corpus: Annotated[str | None, typer.Option("--corpus", help="file backend: YAML or JSON corpus")] = None,
