@@ -76,6 +76,8 @@ def test_plan_predicts_every_version_and_run_uses_it(built):
         assert {k: v["version"] for k, v in m["inputs"].items()} == p["inputs"]
     code, out = _cli("verify", "--artifacts", str(root))
     assert code == 0 and f"{len(STAGE_NAMES)} artifact(s) checked" in out and "0 broken" in out, out
+    cat = store.catalog().set_index("stage")  # rows = rows of the main table (not of every file)
+    assert cat.loc["frames", "rows"] == len(store.load("frames", "synthetic")) and cat["problem"].isna().all()
 
 
 def test_upstream_follows_the_config_not_the_newest(built):
