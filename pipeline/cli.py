@@ -32,7 +32,7 @@ app = typer.Typer(
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name (see `fsar datasets`)")]
 PresetOpt = Annotated[
-    str | None, typer.Option("--preset", "-p", help="preset under configs/ (default: the dataset's own, if any) or a YAML path")
+    str | None, typer.Option("--preset", "-p", help="preset in pipeline/configs/ (`fsar presets`; default: the dataset's own, if any) or a YAML path")
 ]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="config override key=value (repeatable)")]
 ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", help="artifact root: a local folder or file:// URL")]

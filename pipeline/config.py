@@ -1,4 +1,4 @@
-"""Typed configuration: a preset (YAML under configs/) plus `key=value` overrides.
+"""Typed configuration: a preset (YAML under pipeline/configs/, package data) plus `key=value` overrides.
 
     cfg = load_config("hmdb51", overrides=["model.task_context=inductive"])
     cfg.model.vision_adapted_layers  # 2
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ __all__ = [
     "ConfigError",
     "CONFIG_DIR",
     "RUNTIME_FIELDS",
+    "config_dir",
     "list_presets",
     "load_config",
     "parse_overrides",
@@ -53,7 +55,13 @@ RUNTIME_FIELDS = (
     "backbone.device",
 )
 
-CONFIG_DIR = Path(os.environ.get("FSAR_CONFIG_DIR", Path(__file__).resolve().parents[1] / "configs"))
+CONFIG_DIR = Path(str(files("pipeline") / "configs"))  # the packaged presets (package data)
+
+
+def config_dir() -> Path:
+    """The preset folder: $FSAR_CONFIG_DIR when set (read now, not at import), else the packaged presets."""
+    env = os.environ.get("FSAR_CONFIG_DIR")
+    return Path(env).expanduser() if env else CONFIG_DIR
 
 
 class ConfigError(ValueError):
@@ -109,8 +117,8 @@ class Config(Section):
 
 
 def list_presets() -> list[str]:
-    """Names of the YAML presets under configs/."""
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    """Names of the YAML presets in the preset folder (`config_dir()`)."""
+    return sorted(p.stem for p in config_dir().glob("*.yaml"))
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
@@ -135,7 +143,7 @@ def load_config(
     overrides: Iterable[str] | Mapping[str, Any] | None = None,
     **sections: Mapping[str, Any],
 ) -> Config:
-    """Build a Config from a preset name (configs/<name>.yaml) or a YAML path, then apply overrides.
+    """Build a Config from a preset name (<config_dir()>/<name>.yaml) or a YAML path, then apply overrides.
 
     `sections` are keyword dicts merged into their section, e.g. `load_config("demo", dataset={"name": "x"})`.
     """
@@ -161,7 +169,7 @@ def section_dict(cfg: BaseModel, fields: Iterable[str] | None = None) -> dict[st
 def _read_preset(preset: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(preset)
     if path.suffix not in (".yaml", ".yml"):
-        path = CONFIG_DIR / f"{preset}.yaml"
+        path = config_dir() / f"{preset}.yaml"
     if not path.is_file():
         raise ConfigError(
             f"preset {str(preset)!r} not found (looked for {path}); choose one of {list_presets()} or give a YAML path"

@@ -14,7 +14,7 @@ class DescriptionsConfig(Section):
     model: str | None = None  # model name sent to the backend (openai with a base URL: None = the server's only model; local: a GGUF path or None = the bundled SmolLM2)
     base_url: str | None = None  # OpenAI-compatible endpoint; None = the openai client's default (api.openai.com)
     api_key_env: str = "OPENAI_API_KEY"  # name of the environment variable holding the key (the key is never stored)
-    prompt: str = "subactions_v1"  # prompt template version, a folder under prompts/ (subactions_v2: worked examples, see exemplars)
+    prompt: str = "subactions_v1"  # prompt template version, a folder under pipeline/prompts/ (subactions_v2: worked examples, see exemplars)
     exemplars: str | None = None  # worked examples in the prompt: a corpus file (file-backend format) or "dataset" (the dataset's own scripts, train classes only); None = none
     exemplar_count: int = Field(default=3, ge=1)  # examples per prompt
     exemplar_rule: Literal["name_overlap", "first"] = "name_overlap"  # name_overlap: the classes nearest in name (word overlap, ties by name); first: corpus order

@@ -1,4 +1,4 @@
-"""Versioned prompt templates: `prompts/<version>/{system.txt, user.txt, schema.json}`.
+"""Versioned prompt templates: `pipeline/prompts/<version>/{system.txt, user.txt, schema.json}` (package data).
 
     prompt = load_prompt("subactions_v1")
     prompt.messages("brush hair", num_sub_actions=3, max_chars=200)  # [{"role": "system", ...}, {"role": "user", ...}]
@@ -6,7 +6,7 @@
     prompt.messages("ride bike", 3, 200, exemplars=[("brush hair", ["Grip the brush.", ...])])
     # worked examples come first as chat turns: user.txt for the example's name, then its answer as JSON
 
-The templates are `string.Template` texts (see prompts/README.md). `Prompt.sha256` hashes the three
+The templates are `string.Template` texts (see pipeline/prompts/README.md). `Prompt.sha256` hashes the three
 files, so an edited prompt gives a new artifact version even under the same version name.
 """
 
@@ -17,15 +17,16 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from string import Template
 from typing import Any
 
 from pipeline.stage import StageError
 
-__all__ = ["PROMPT_DIR", "PROMPT_FILES", "Prompt", "list_prompts", "load_prompt"]
+__all__ = ["PROMPT_DIR", "PROMPT_FILES", "Prompt", "list_prompts", "load_prompt", "prompt_dir"]
 
-PROMPT_DIR = Path(os.environ.get("FSAR_PROMPT_DIR", Path(__file__).resolve().parents[2] / "prompts"))
+PROMPT_DIR = Path(str(files("pipeline") / "prompts"))  # the packaged templates (package data)
 PROMPT_FILES = ("system.txt", "user.txt", "schema.json")
 
 
@@ -84,15 +85,21 @@ def _render(template: str, params: dict[str, Any], version: str, name: str) -> s
         ) from None
 
 
+def prompt_dir() -> Path:
+    """The template folder: $FSAR_PROMPT_DIR when set (read now, not at import), else the packaged one."""
+    env = os.environ.get("FSAR_PROMPT_DIR")
+    return Path(env).expanduser() if env else PROMPT_DIR
+
+
 def list_prompts(root: str | os.PathLike[str] | None = None) -> list[str]:
     """Prompt versions available under the prompt folder."""
-    base = Path(root) if root is not None else PROMPT_DIR
+    base = Path(root) if root is not None else prompt_dir()
     return sorted(p.name for p in base.iterdir() if p.is_dir() and all((p / f).is_file() for f in PROMPT_FILES)) if base.is_dir() else []
 
 
 def load_prompt(version: str, root: str | os.PathLike[str] | None = None) -> Prompt:
-    """Load a prompt version: a folder name under prompts/ (or a folder path)."""
-    base = Path(root) if root is not None else PROMPT_DIR
+    """Load a prompt version: a folder name under `prompt_dir()` (or a folder path)."""
+    base = Path(root) if root is not None else prompt_dir()
     folder = Path(version).expanduser() if os.sep in version or Path(version).is_absolute() else base / version
     missing = [f for f in PROMPT_FILES if not (folder / f).is_file()]
     if missing:
