@@ -82,3 +82,21 @@ def test_non_editable_install_reads_package_data_from_anywhere(wheel: Path, tmp_
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "ok"
+
+
+def test_docs_cited_in_the_code_exist() -> None:
+    """Every `docs/<name>.md` that code, presets or tests cite is in the repository, with the cited section."""
+    import re
+
+    cited: set[tuple[str, str]] = set()
+    for folder in ("pipeline", "flows", "tests", "benchmarks"):
+        for path in (REPO / folder).rglob("*"):
+            if path.suffix in (".py", ".yaml", ".md") and "__pycache__" not in path.parts:
+                for m in re.finditer(r'docs/(\w+)\.md(?:,? "([^".]+)|)', path.read_text(encoding="utf-8")):
+                    cited.add((m.group(1), m.group(2) or ""))
+    assert ("method", "") in cited or any(name == "method" for name, _ in cited)
+    for name, section in cited:
+        doc = REPO / "docs" / f"{name}.md"
+        assert doc.is_file(), f"docs/{name}.md is cited but missing"
+        headings = [line.lstrip("# ").strip() for line in doc.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+        assert not section or any(h.startswith(section.strip()) for h in headings), f"docs/{name}.md has no section {section!r}"

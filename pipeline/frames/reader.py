@@ -5,7 +5,7 @@
     fs.frames(video_id, [0, 12, 24])                     # uint8 (3, H, W, 3), stored frame numbers
     fs.clip(video_id, 8, "train", rng=rng)               # float (8, 3, 224, 224), CLIP-normalised
 
-Sampling (method.md, as released): T equal segments over the stored frames; training takes one
+Sampling (docs/method.md, as released): T equal segments over the stored frames; training takes one
 random frame in each segment, evaluation the centre frame of each segment. Transforms: frames are
 stored at storage_size^2 already (the paper's 257 resize); training takes one random size^2 crop
 (same for all T frames), evaluation the centre crop; no flip; normalised with the given mean/std.

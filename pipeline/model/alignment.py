@@ -1,4 +1,4 @@
-"""Task sets, order-aware cross-modal alignment and scoring (method.md, "Order-aware ... scoring").
+"""Task sets, order-aware cross-modal alignment and scoring (docs/method.md, "Order-aware ... scoring").
 
 Every score matrix is [query, class] (defect #1 of the released code), for any N, K, Q.
 An episode's V = N*K + Q_total videos are laid out supports first, then queries; one boolean

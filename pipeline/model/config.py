@@ -1,4 +1,4 @@
-"""Config of the Task-Adapter++ model (sizes of method.md; the protocol's T, S come from `protocol`)."""
+"""Config of the Task-Adapter++ model (sizes of docs/method.md; the protocol's T, S come from `protocol`)."""
 
 from __future__ import annotations
 

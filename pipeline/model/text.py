@@ -1,4 +1,4 @@
-"""Text tower with the semantic order adapter (method.md, "Text encoder").
+"""Text tower with the semantic order adapter (docs/method.md, "Text encoder").
 
 The frozen open_clip text transformer is passed in at call time; this module holds only what
 trains: the order adapter of each of the last M_t blocks (and the optional sub-action index

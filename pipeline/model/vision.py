@@ -1,4 +1,4 @@
-"""Vision tower with task-specific adaptation (method.md, "Vision encoder").
+"""Vision tower with task-specific adaptation (docs/method.md, "Vision encoder").
 
 The frozen open_clip `VisionTransformer` is passed in at call time; this module holds only what
 trains: the temporal embedding and the four adapters of each of the last M blocks.

@@ -6,7 +6,7 @@ Methods scored on the same saved episodes:
 - `clip_prototype`: frozen CLIP (no adapters), cosine of the mean frame feature to class prototypes,
 - `untrained` (with `evaluate.untrained`): the full model at its training initialisation.
 
-The evaluation cache (method.md, "Speed"): every parameter is fixed and eval frame sampling is
+The evaluation cache (docs/method.md, "Speed"): every parameter is fixed and eval frame sampling is
 deterministic, so the first L-M vision blocks run once per video (`model.vision_prefix`) and only the
 last M blocks run per episode; the adapted text features of a class depend on that class alone, so
 they are computed once per class. Predictions are identical to the uncached path (a test).
