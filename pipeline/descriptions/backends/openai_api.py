@@ -14,13 +14,13 @@ import os
 import random
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from pipeline.descriptions.backends import Backend, Completion, Request
 from pipeline.descriptions.config import DescriptionsConfig
+from pipeline.secrets import redact_url
 from pipeline.stage import StageError
 
 __all__ = ["MODES", "OpenAIBackend", "choices_message", "redact_url"]
@@ -44,17 +44,6 @@ def choices_message(cfg: DescriptionsConfig) -> str:
         f"  - the embedded CPU backend: LLM=local (starts llama.cpp with SmolLM2-135M; poor sentences, for demos)\n"
         f"  - an existing corpus: LLM=file CORPUS=corpus.yaml (release layout) or corpus.json ({{class: [sentences]}})"
     )
-
-
-def redact_url(url: str | None) -> str | None:
-    """A URL without user info or query string (they may hold secrets)."""
-    if not url:
-        return url
-    parts = urllib.parse.urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
 def _response_format(mode: str, schema: dict[str, Any]) -> dict[str, Any] | None:
