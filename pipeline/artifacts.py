@@ -413,7 +413,10 @@ class ArtifactStore:
         from filelock import FileLock, Timeout
 
         path = Path(self._base) / LOCKS / stage / dataset / f"{version}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # a read-only root fails here first, before publish
+            raise ArtifactError(f"cannot write under the artifact root {self.root} ({exc.strerror}); choose a writable --artifacts folder") from None
         lock = FileLock(str(path))
         timeout = lock_timeout_s() if timeout_s is None else timeout_s
         try:

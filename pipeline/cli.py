@@ -111,6 +111,11 @@ def _guarded(fn: Callable[[], Any]) -> Any:
         return fn()
     except (ConfigError, DatasetError, ArtifactError, StageError) as exc:
         _fail(exc)
+    except ValueError as exc:  # open_clip's side: loaded only by commands that build a model (slow to import)
+        backbone = sys.modules.get("pipeline.model.backbone")
+        if backbone is not None and isinstance(exc, backbone.BackboneError):
+            _fail(exc)
+        raise
 
 
 def _run(name: str, cfg: Config, inputs: list[str] | None) -> Any:

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pipeline._section import Section
+from pipeline.training.config import DeviceName
 
 
 class BackboneConfig(Section):
@@ -27,7 +28,7 @@ class BackboneConfig(Section):
     scenes: int = Field(default=100_000, ge=1)  # distinct training scenes; batches cycle through them
     free_scene_share: float = Field(default=0.5, ge=0.0, le=1.0)  # share of scenes with a random layout instead of a class trajectory
     caption_weights: tuple[float, float, float] = (0.4, 0.4, 0.2)  # full caption / script phrase / phrase in model.prompt_template
-    device: str = "auto"  # cpu, cuda, cuda:N; auto = cuda when visible, else cpu (the demo: cpu)
+    device: DeviceName = "auto"  # cpu, cuda, cuda:N; auto = cuda when visible, else cpu (the demo: cpu)
     eval_frames: int = Field(default=1080, ge=2)  # held-out trajectory frames (their own seeds) for zero-shot retrieval
     eval_candidates: int = Field(default=36, ge=2)  # captions per retrieval group (chance = 1 / this)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from pipeline._section import Section
 
@@ -35,3 +35,14 @@ class ProtocolConfig(Section):
     way: int = Field(default=5, ge=2)  # N: classes per episode
     shot: int = Field(default=1, ge=1)  # K: support videos per class (training)
     query: int = Field(default=1, ge=1)  # Q: query videos per class
+
+    @field_validator("num_sub_actions")
+    @classmethod
+    def _frames_per_stage(cls, v: int, info: ValidationInfo) -> int:
+        t = info.data.get("num_frames")
+        if t is not None and t < v + 1:  # S stage windows over the T-1 frame transitions
+            raise ValueError(
+                f"T=protocol.num_frames={t} is too few for S={v} sub-actions: T must be at least S+1={v + 1} (one frame "
+                f"transition per stage); raise protocol.num_frames or lower protocol.num_sub_actions"
+            )
+        return v

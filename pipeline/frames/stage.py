@@ -38,7 +38,11 @@ import hashlib
 import json
 import multiprocessing
 import os
+import signal
 import stat
+import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -55,12 +59,13 @@ from pipeline.frames.decode import DecodeSettings
 from pipeline.frames.shards import INDEX_SCHEMA, SHARD_DIR, ShardUnit, decode_unit, read_marker
 from pipeline.stage import StageError, build_once, log
 
-__all__ = ["FORMAT_VERSION", "INDEX", "STAGE", "MapUnits", "plan_fields", "plan_units", "run", "version_config"]
+__all__ = ["FORMAT_VERSION", "INDEX", "STAGE", "MapUnits", "plan_fields", "plan_units", "report_split", "run", "version_config"]
 
 STAGE = "frames"
 INDEX = "index.parquet"
 FORMAT_VERSION = 2  # 2: a crc32 column per frame
 _MB = 1 << 20
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 # map_units(fn, units) -> results in any order; e.g. `lambda fn, units: [fn(u) for u in units]`
 MapUnits = Callable[[Callable[[ShardUnit], dict[str, Any]], Sequence[ShardUnit]], Iterable[dict[str, Any]]]
@@ -71,6 +76,7 @@ def run(config: Any, inputs: Mapping[str, ArtifactRef] | None = None, store: Art
     store = store if store is not None else ArtifactStore(config.artifacts)
     fc, t = config.frames, config.protocol.num_frames
     videos, stats = _listing(config)
+    report_split(config, videos)
     workers = fc.workers or _cpu_count()
     settings = DecodeSettings(
         size=fc.storage_size,
@@ -123,11 +129,50 @@ def list_videos(config: Any) -> list[VideoEntry]:
     if not videos:
         raise StageError(f"dataset {config.dataset.name!r} lists no videos; check its video root / video list")
     seen: set[str] = set()
+    files: dict[str, VideoEntry] = {}
     for v in videos:
         if v.video_id in seen:
             raise StageError(f"video id {v.video_id!r} appears more than once in dataset {config.dataset.name!r}; ids must be unique")
         seen.add(v.video_id)
+        real = os.path.realpath(v.path)  # one file under two spellings (./a, a//b, an absolute path, a symlink)
+        if real in files:
+            first = files[real]
+            raise StageError(
+                f"dataset {config.dataset.name!r} lists the file {real!r} twice, as {first.path!r} ({first.split} "
+                f"{first.class_name!r}) and as {v.path!r} ({v.split} {v.class_name!r}); list each video once"
+            )
+        files[real] = v
     return videos
+
+
+def report_split(config: Any, videos: Sequence[VideoEntry]) -> dict[str, dict[str, int]]:
+    """Print the class split ({split: {"classes", "videos", "episode_classes"}}) and warn about every split
+    that cannot hold an N-way episode of K+Q videos per class (training and evaluation on it would fail)."""
+    p = config.protocol
+    need = p.shot + p.query
+    per: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
+    for v in videos:
+        per[v.split][v.class_name] += 1
+    out = {
+        split: {"classes": len(c), "videos": sum(c.values()), "episode_classes": sum(n >= need for n in c.values())}
+        for split, c in per.items()
+    }
+    text = ", ".join(f"{s} {o['classes']} classes / {o['videos']} videos" for s, o in out.items())
+    print(f"[fsar] frames: class split of {config.dataset.name}: {text}", flush=True)
+    short = {s: o for s, o in out.items() if o["videos"] and o["episode_classes"] < p.way}
+    folder = config.dataset.name == "custom" and not config.dataset.video_list
+    for split, o in short.items():
+        fix = (
+            f"change dataset.split_ratios (now {list(config.dataset.split_ratios)}) so that {split} gets at least {p.way} classes, "
+            f"or lower protocol.way" if folder else "lower protocol.way (or protocol.shot / protocol.query), or add classes and videos"
+        )
+        msg = (
+            f"frames: split {split!r} has {o['episode_classes']} class(es) with at least K+Q={need} videos, fewer than "
+            f"N=protocol.way={p.way}: episodes on it will fail; {fix}"
+        )
+        log.warning(msg)
+        print(f"[fsar] warning: {msg}", file=sys.stderr, flush=True)
+    return out
 
 
 def version_config(config: Any, videos: Sequence[VideoEntry], stats: Sequence[tuple[int, int] | None]) -> dict[str, Any]:
@@ -311,7 +356,6 @@ def _mp_context() -> multiprocessing.context.BaseContext:
     spawn re-imports the main script in each worker; when there is no script file to import (code
     piped into `python -`), fork is the only choice.
     """
-    import threading
 
     import __main__
 
@@ -329,6 +373,32 @@ def _preload_decoders() -> None:
     from PIL import Image  # noqa: F401
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool worker initializer: the worker dies with the fsar process that started it (even a SIGKILLed one),
+    never left blocked under PID 1. Linux: the kernel's parent-death signal (prctl PR_SET_PDEATHSIG, sent when
+    the starting thread exits: `_pool_map` runs a pool from one thread); elsewhere a thread polls the parent."""
+    try:
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        threading.Thread(target=_watch_parent, args=(parent,), name="fsar-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _pool(workers: int, ctx: multiprocessing.context.BaseContext) -> ProcessPoolExecutor:
+    """A process pool whose workers die with this process."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),))
+
+
 def _pool_map(fn: Callable[[ShardUnit], dict[str, Any]], units: Sequence[ShardUnit], workers: int) -> Iterator[dict[str, Any]]:
     """Run units on a pool of `workers` processes (in this process when workers is 1).
 
@@ -336,6 +406,8 @@ def _pool_map(fn: Callable[[ShardUnit], dict[str, Any]], units: Sequence[ShardUn
     the units left are then run one per process, and a unit whose process dies again is probed video
     by video, the culprit recorded as `decoder_crash`. Workers=1 runs in this process: no isolation.
     """
+    if not units:  # a re-run after a failure check: every unit is done, only the index is written
+        return
     if workers <= 1:
         for u in units:
             yield fn(u)
@@ -344,7 +416,7 @@ def _pool_map(fn: Callable[[ShardUnit], dict[str, Any]], units: Sequence[ShardUn
     if ctx.get_start_method() == "fork":
         _preload_decoders()  # imported once here, inherited by every forked worker
     done: set[int] = set()
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(units)), mp_context=ctx)
+    pool = _pool(min(workers, len(units)), ctx)
     try:
         futures = [pool.submit(fn, u) for u in units]
         for f in as_completed(futures):
@@ -364,7 +436,7 @@ def _pool_map(fn: Callable[[ShardUnit], dict[str, Any]], units: Sequence[ShardUn
 
 def _in_child(fn: Callable[[Any], Any], arg: Any, ctx: multiprocessing.context.BaseContext) -> tuple[bool, Any]:
     """(True, fn(arg)) computed in a fresh process, or (False, None) when that process died."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as one:
+    with _pool(1, ctx) as one:
         try:
             return True, one.submit(fn, arg).result()
         except BrokenProcessPool:

@@ -63,6 +63,8 @@ def load_backbone(
     arch = _architecture(name)
     _check_image_size(name, arch, image_size)
     kind, tag_cfg = _resolve_weights(name, pretrained)
+    if kind == "tag":
+        _check_tag_available(name, str(pretrained), tag_cfg)
     gelu = _activation(name, arch, kind, tag_cfg, quick_gelu)
     clip = _create(name, pretrained, image_size, gelu, torch.device(device))
     check_architecture(clip, name)
@@ -164,6 +166,43 @@ def _resolve_weights(name: str, pretrained: str | None) -> tuple[str | None, dic
     raise BackboneError(
         f"pretrained {pretrained!r} is neither an open_clip tag of {name!r} (tags: {', '.join(tags) or 'none'}) "
         "nor an existing checkpoint file; use null for random weights"
+    )
+
+
+def _check_tag_available(name: str, tag: str, tag_cfg: dict[str, Any]) -> None:
+    """Fail in seconds, in one line, when a tag's weights are neither cached nor downloadable (offline):
+    open_clip would otherwise retry the download for a minute before failing."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    hub, url = tag_cfg.get("hf_hub", ""), tag_cfg.get("url", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, filename = os.path.split(hub)
+        filename = filename or "open_clip_pytorch_model.bin"
+        names = {filename, str(Path(filename).with_suffix(".safetensors")), "open_clip_model.safetensors"}
+        if any(isinstance(try_to_load_from_cache(repo, f), str) for f in names):
+            return
+        host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    elif url:
+        if (Path("~/.cache/clip").expanduser() / os.path.basename(urlparse(url).path)).is_file():
+            return
+        host, offline = urlparse(url).hostname or url, False
+    else:
+        return
+    why = "HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached"
+    if not offline:
+        try:
+            socket.create_connection((host, 443), timeout=3).close()
+            return
+        except OSError:
+            pass
+    raise BackboneError(
+        f"the {tag!r} weights of clip {name!r} are not in the local cache and {why}; download them on a connected "
+        f"machine, or give a local checkpoint file with model.pretrained=/path/to/file (null: random weights)"
     )
 
 

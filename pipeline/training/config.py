@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from pipeline._section import Section
+
+__all__ = ["DeviceName", "EvaluateConfig", "TrainConfig", "check_device"]
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(name: str) -> str:
+    """A device string torch accepts and fsar supports: auto, cpu, cuda, cuda:N or mps."""
+    if not _DEVICE.fullmatch(name):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N (e.g. cuda:0)")
+    return name
+
+
+DeviceName = Annotated[str, AfterValidator(check_device)]
 
 
 class TrainConfig(Section):
@@ -21,7 +36,7 @@ class TrainConfig(Section):
     warmup_epochs: int = Field(default=9, ge=0)  # validate only from this 0-based epoch on (paper: epoch > 8)
     val_every: int | None = Field(default=None, ge=1)  # also validate every this many episodes (None: per epoch)
     seed: int = 0  # training episodes and init
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: DeviceName = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU: fp32)
     checkpoint_every: int = Field(default=200, ge=1)  # episodes between resumable checkpoints
     log_every: int = Field(default=10, ge=1)  # episodes between progress updates
@@ -39,7 +54,7 @@ class EvaluateConfig(Section):
     episodes_per_batch: int | Literal["auto"] = "auto"
     baselines: bool = True  # also score the frozen-CLIP prototype baseline, visual-only and semantic-only
     untrained: bool = False  # also score the full model at its training initialisation (a second model in memory)
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: DeviceName = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint: str | None = None  # checkpoint file to evaluate; None = best checkpoint of the latest train artifact
     descriptions_label: str | None = None  # name of the corpus in the results; None = `llm` or `file` by backend
 

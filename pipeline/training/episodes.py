@@ -15,9 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-__all__ = ["Episode", "EpisodeSampler", "episodes_from_frame", "episodes_to_frame", "usable_classes"]
+from pipeline.stage import StageError
+
+__all__ = ["Episode", "EpisodeError", "EpisodeSampler", "episodes_from_frame", "episodes_to_frame", "usable_classes"]
 
 log = logging.getLogger("fsar")
+
+
+class EpisodeError(StageError, ValueError):
+    """A split cannot hold the protocol's episodes (N classes of K+Q videos); the message names the fields to change."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class Episode:
 
 
 def usable_classes(videos_by_class: Mapping[str, Sequence[str]], way: int, shot: int, query: int, split: str = "") -> dict[str, list[str]]:
-    """Classes with at least K+Q videos (others excluded with a warning); an error if fewer than N remain."""
+    """Classes with at least K+Q videos (others excluded with a warning); `EpisodeError` if fewer than N remain."""
     need = shot + query
     keep = {c: sorted(v) for c, v in videos_by_class.items() if len(v) >= need}
     dropped = sorted(set(videos_by_class) - set(keep))
@@ -56,9 +62,12 @@ def usable_classes(videos_by_class: Mapping[str, Sequence[str]], way: int, shot:
         warnings.warn(msg, stacklevel=2)
         log.warning(msg)
     if len(keep) < way:
-        raise ValueError(
-            f"only {len(keep)} class(es){where} have at least K+Q={need} usable videos, fewer than N={way}; "
-            f"lower protocol.way/shot/query or add videos"
+        most = max((len(v) for v in videos_by_class.values()), default=0)
+        raise EpisodeError(
+            f"only {len(keep)} class(es){where} have at least K+Q={shot}+{query}={need} usable videos, fewer than "
+            f"N={way} (protocol.way; the split has {len(videos_by_class)} class(es), at most {most} video(s) per class); "
+            f"lower protocol.way, protocol.shot (evaluate: --shots), protocol.query, or add videos "
+            f"(custom folder datasets: give this split more classes with dataset.split_ratios)"
         )
     return keep
 
