@@ -19,11 +19,15 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".m
 
 
 def read_video_list(path: Path, video_root: Path | None = None) -> list[VideoEntry]:
-    """Read a CSV with columns path,label,split; relative paths are under video_root or the CSV's folder."""
+    """Read a CSV with columns path,label,split; relative paths are under video_root or the CSV's folder.
+
+    Paths are normalised (`./a`, `a//b` -> `a/b`, absolute) and one file listed twice, under any spelling
+    (an absolute path, a symlink), is an error naming both lines."""
     if not path.is_file():
         raise DatasetError(f"video list {str(path)!r} does not exist; give a CSV with columns path,label,split")
     base = video_root or path.parent
     out: list[VideoEntry] = []
+    first: dict[str, tuple[int, str]] = {}  # resolved file -> (line, spelling) of its first listing
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         missing = {"path", "label", "split"} - set(reader.fieldnames or [])
@@ -37,8 +41,16 @@ def read_video_list(path: Path, video_root: Path | None = None) -> list[VideoEnt
             label = (row["label"] or "").strip()
             if not rel or not label:
                 raise DatasetError(f"video list {str(path)!r} line {lineno}: empty path or label")
-            full = Path(rel) if os.path.isabs(rel) else base / rel
-            out.append(VideoEntry(rel, label, split, str(full)))
+            full = os.path.normpath(rel if os.path.isabs(rel) else os.path.join(os.path.abspath(base), rel))
+            real = os.path.realpath(full)
+            if real in first:
+                line, spelling = first[real]
+                raise DatasetError(
+                    f"video list {str(path)!r} lists one file twice: line {line} as {spelling!r} and line {lineno} as "
+                    f"{rel!r} (both are {real!r}); list each video once"
+                )
+            first[real] = (lineno, rel)
+            out.append(VideoEntry(os.path.normpath(rel), label, split, full))
     if not out:
         raise DatasetError(f"video list {str(path)!r} holds no videos")
     classes_by_split: dict[str, set[str]] = {}
