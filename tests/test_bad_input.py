@@ -90,19 +90,33 @@ def test_offline_missing_weights_fail_fast(tmp_path: Path) -> None:
     assert "retry" not in line.lower()
 
 
-def test_folder_dataset_whose_split_cannot_hold_an_episode(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    """10 class folders split 6/2/2: the frames stage prints the split and names dataset.split_ratios; train is refused."""
-    from pipeline.config import load_config
-    from pipeline.frames.stage import list_videos, report_split
-
+def test_folder_dataset_whose_split_cannot_hold_an_episode(tmp_path: Path) -> None:
+    """10 class folders split 6/2/2: `fsar frames` prints the split and stops before decoding, naming
+    dataset.split_ratios and protocol.way; ratios that give every split 5 classes pass that check."""
     root = tmp_path / "videos"
     for c in range(10):
         (root / f"class{c}").mkdir(parents=True)
         for v in range(3):
             (root / f"class{c}" / f"v{v}.mp4").write_bytes(b"")
-    cfg = load_config(None, overrides={"dataset.name": "custom", "dataset.video_root": str(root)})
-    counts = report_split(cfg, list_videos(cfg))
-    assert [counts[s]["classes"] for s in ("train", "val", "test")] == [6, 2, 2]
-    err = capfd.readouterr()
-    assert "train 6 classes / 18 videos, val 2 classes / 6 videos, test 2 classes / 6 videos" in err.out
-    assert "split 'val'" in err.err and "dataset.split_ratios" in err.err and "protocol.way" in err.err
+    art = tmp_path / "art"
+    args = ["frames", "--dataset", "custom", "--video-root", str(root), "--artifacts", str(art)]
+    out = runner.invoke(app, args)
+    assert "class split of custom: train 6 classes / 18 videos, val 2 classes / 6 videos, test 2 classes / 6 videos" in out.output
+    _refused(args, "split 'val'", "dataset.split_ratios (now [0.6, 0.2, 0.2])", "protocol.way")
+    assert not art.exists() or not any(p.is_file() for p in art.rglob("*"))
+    ok = runner.invoke(app, [*args, "--set", "dataset.split_ratios=[0.5,0.5,0.0]", "--set", "protocol.way=5"])
+    assert "split 'val'" not in ok.output and "class split of custom: train 5 classes" in ok.output, ok.output
+
+
+def test_listed_dataset_split_too_small_is_a_warning(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A CSV (or benchmark) split is the user's: the frames stage warns, naming protocol.way, and goes on."""
+    from pipeline.config import load_config
+    from pipeline.datasets.registry import VideoEntry
+    from pipeline.frames.stage import report_split
+
+    videos = [VideoEntry(f"{c}/{v}", c, s, f"/v/{c}/{v}") for s, cs in (("train", "ab"), ("val", "cdefg")) for c in cs for v in "12"]
+    cfg = load_config(None, overrides={"dataset.name": "custom", "dataset.video_list": str(tmp_path / "x.csv")})
+    counts = report_split(cfg, videos)
+    assert counts["train"] == {"classes": 2, "videos": 4, "episode_classes": 2}
+    err = capfd.readouterr().err
+    assert "split 'train'" in err and "protocol.way" in err and "split 'val'" not in err

@@ -147,7 +147,10 @@ def list_videos(config: Any) -> list[VideoEntry]:
 
 def report_split(config: Any, videos: Sequence[VideoEntry]) -> dict[str, dict[str, int]]:
     """Print the class split ({split: {"classes", "videos", "episode_classes"}}) and warn about every split
-    that cannot hold an N-way episode of K+Q videos per class (training and evaluation on it would fail)."""
+    that cannot hold an N-way episode of K+Q videos per class (training and evaluation on it would fail).
+
+    For a custom folder dataset the split is fsar's own (dataset.split_ratios) and part of this stage's
+    version, so fixing it later re-decodes everything: there it is a `StageError` before any decoding."""
     p = config.protocol
     need = p.shot + p.query
     per: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
@@ -170,6 +173,8 @@ def report_split(config: Any, videos: Sequence[VideoEntry]) -> dict[str, dict[st
             f"frames: split {split!r} has {o['episode_classes']} class(es) with at least K+Q={need} videos, fewer than "
             f"N=protocol.way={p.way}: episodes on it will fail; {fix}"
         )
+        if folder:
+            raise StageError(f"{msg} (the split is part of the frames version: fix it before decoding)")
         log.warning(msg)
         print(f"[fsar] warning: {msg}", file=sys.stderr, flush=True)
     return out
