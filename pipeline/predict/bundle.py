@@ -30,6 +30,7 @@ import torch
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, sha256_file
 from pipeline.config import Config, section_dict
+from pipeline.secrets import redact, redact_url
 from pipeline.stage import StageError
 
 __all__ = ["BUNDLE_FILE", "Bundle", "BundleError", "FORMAT_VERSION", "describe_lineage", "export_bundle", "load_bundle"]
@@ -123,7 +124,7 @@ def export_bundle(
     trained = _trained_config(ckpt, cfg)
     lineage = _lineage(store, cfg, train_ref)
     descriptions = _known_descriptions(trained, store, lineage)
-    meta = _metadata(trained, store, lineage, ckpt_path if train_ref is None else None)
+    meta = redact(_metadata(trained, store, lineage, ckpt_path if train_ref is None else None), [trained.descriptions.api_key_env])
     model = _checked_model(trained, ckpt["trainable"])
     meta["preprocessing"]["mean"] = [float(v) for v in model.image_mean]
     meta["preprocessing"]["std"] = [float(v) for v in model.image_std]
@@ -229,6 +230,7 @@ def _metadata(trained: Config, store: ArtifactStore, lineage: dict[str, str], ch
         descriptions["corpus"] = Path(descriptions["corpus"]).name
     if descriptions.get("gguf"):
         descriptions["gguf"] = Path(descriptions["gguf"]).name
+    descriptions["base_url"] = redact_url(descriptions.get("base_url"))  # user info / query strings may hold secrets
     frames = trained.frames
     return {
         "format_version": FORMAT_VERSION,
