@@ -58,7 +58,7 @@ def test_evaluate_shots_beyond_the_split(built: tuple[list[str], Path]) -> None:
     out = runner.invoke(app, ["train", *common])
     assert out.exit_code == 0, out.output
     _refused(["evaluate", *common, "--shots", "3"], "split 'test'", "K+Q=3+1=4", "--shots")
-    assert _published(root, "evaluate") == []
+    assert _published(root, "evaluate") == [] and not (root / ".staging" / "evaluate").exists()  # refused before building
 
 
 def test_config_time_refusals(tmp_path: Path) -> None:

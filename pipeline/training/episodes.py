@@ -11,13 +11,14 @@ import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pipeline.stage import StageError
 
-__all__ = ["Episode", "EpisodeError", "EpisodeSampler", "episodes_from_frame", "episodes_to_frame", "usable_classes"]
+__all__ = ["Episode", "EpisodeError", "EpisodeSampler", "check_splits", "episodes_from_frame", "episodes_to_frame", "usable_classes"]
 
 log = logging.getLogger("fsar")
 
@@ -70,6 +71,22 @@ def usable_classes(videos_by_class: Mapping[str, Sequence[str]], way: int, shot:
             f"(custom folder datasets: give this split more classes with dataset.split_ratios)"
         )
     return keep
+
+
+def check_splits(frames_ref: object, protocol: object, shots: Mapping[str, int]) -> None:
+    """Refuse, before a model is built or a staging folder made, a protocol that a split of the frames
+    artifact cannot hold: `shots` is {split: K} (evaluation: K at test); raises `EpisodeError`."""
+    from pipeline.frames import FrameStore
+    from pipeline.training.common import videos_by_class
+
+    ref: Any = frames_ref
+    index = FrameStore.open(ref.dataset, ref.version, root=ref.root).index
+    p: Any = protocol
+    for split, shot in shots.items():
+        vids, _ = videos_by_class(index, split, p.num_frames)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the sampler warns about excluded classes once, later
+            usable_classes(vids, p.way, shot, p.query, split)
 
 
 class EpisodeSampler:

@@ -48,7 +48,7 @@ from pipeline.training.common import (
     pick_device,
     videos_by_class,
 )
-from pipeline.training.episodes import Episode, EpisodeSampler, episodes_to_frame
+from pipeline.training.episodes import Episode, EpisodeSampler, check_splits, episodes_to_frame
 from pipeline.training.report import collect_lineage, confusion, summarise, table_markdown, write_plots, write_report
 
 __all__ = [
@@ -327,6 +327,7 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
     fields = plan_fields(cfg, inputs)
     stage_inputs = {k: inputs[k] for k in upstream_for(cfg)}
     label = fields["descriptions"]
+    check_splits(inputs["frames"], cfg.protocol, {cfg.evaluate.split: cfg.evaluate.shot or cfg.protocol.shot})  # before any model
 
     def build(staging: Staging) -> None:
         ckpt_path = _checkpoint_path(cfg, inputs)
