@@ -27,8 +27,12 @@ manifest, not hashed: upgrading them does not force a re-decode.
 Bad videos (missing, zero bytes, not decodable by decord nor PyAV, fewer than T frames) are failed
 rows of the index with a reason and a message; the stage finishes, prints and stores (manifest
 `summary`) the failure counts by reason, and raises `StageError` when the failed share exceeds
-`frames.max_failed_fraction` (the partial work is kept for the next run). Paths come from the
-dataset registry as they are; nothing globs user file names.
+`frames.max_failed_fraction` (the partial work is kept for the next run; the re-run with a raised
+threshold only writes the index). Paths come from the dataset registry; nothing globs user file names,
+and one file reached twice (another spelling, a symlink) is refused naming both entries. A run first
+prints the class split and warns about any split that cannot hold an N-way episode (`report_split`;
+for a custom folder dataset, whose split is part of the version, that is an error before decoding).
+Pool workers die with the process that started them, even a SIGKILLed one (`_die_with_parent`).
 """
 
 from __future__ import annotations
