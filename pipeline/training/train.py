@@ -1,6 +1,6 @@
 """The train stage: episodic training of the Task-Adapter++ adapters on the train split.
 
-Protocol (method.md): the preset's optimiser (SGD, lr 1e-3, no momentum), epochs x episodes,
+Protocol (docs/method.md): the preset's optimiser (SGD, lr 1e-3, no momentum), epochs x episodes,
 validation on the val split from epoch `train.warmup_epochs` on (0-based; the paper: epoch > 8), the
 best validated checkpoint kept. Episode i and its frame sampling depend only on (seed, i), so a
 resumed run continues exactly where the killed one stopped.
@@ -9,7 +9,8 @@ Several GPUs/processes (`torchrun --nproc_per_node G -m pipeline.cli train ...`)
 episodes (never a split episode) and gradients are averaged across ranks before each step: one step
 with W ranks of E episodes equals one process with `train.episodes_per_step = W * E`.
 
-Artifact files: `metrics.parquet` (main: step, epoch, episode, loss, accuracy, lr, seconds),
+Artifact files: `metrics.parquet` (main: step, epoch, episode, loss, accuracy, lr; wall-clock time only
+in the manifest's summary, so equal versions hold equal bytes),
 `validation.parquet`, `best.pt`, `last.pt` (trainable weights + resolved config), `config.json`,
 `curves.png` and `events.out.tfevents.fsar` (TensorBoard; progress and both files: `monitor.py`).
 """
@@ -30,13 +31,14 @@ from tqdm import tqdm
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, compute_version
 from pipeline.config import Config, section_dict
+from pipeline.model.config import model_fields
 from pipeline.stage import StageError, build_once
 from pipeline.training.common import autocast, dist_info, pick_device, save_checkpoint, videos_by_class
-from pipeline.training.episodes import EpisodeSampler
+from pipeline.training.episodes import EpisodeSampler, check_splits
 from pipeline.training.evaluate import EpisodeScorer, prepare
 from pipeline.training.monitor import TrainMonitor
 
-__all__ = ["FORMAT_VERSION", "Trainer", "make_optimizer", "run"]
+__all__ = ["FORMAT_VERSION", "Trainer", "make_optimizer", "plan_fields", "run"]
 
 FORMAT_VERSION = 1
 # Train fields that do not change the result (left out of the version).
@@ -53,10 +55,15 @@ def make_optimizer(cfg: Config, params: list[torch.nn.Parameter]) -> torch.optim
     return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
+def plan_fields(cfg: Config, inputs: dict[str, ArtifactRef] | None = None) -> dict[str, Any]:
+    """What this stage's version hashes: model (weights by content), protocol, the train section less runtime fields."""
+    return _fields(cfg, dist_info()[1])
+
+
 def _fields(cfg: Config, world: int) -> dict[str, Any]:
     train = {k: v for k, v in section_dict(cfg.train).items() if k not in VOLATILE}
     return {
-        "model": section_dict(cfg.model),
+        "model": model_fields(cfg.model),
         "protocol": section_dict(cfg.protocol),
         "train": train,
         "episodes_per_global_step": world * cfg.train.episodes_per_step,
@@ -67,6 +74,7 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
     for need in ("frames", "embeddings"):
         if need not in inputs:
             raise StageError(f"train needs a {need} artifact; run `fsar {need}` first")
+    check_splits(inputs["frames"], cfg.protocol, {"train": cfg.protocol.shot, "val": cfg.protocol.shot})  # before any model is built
     rank, world = dist_info()
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"
@@ -216,8 +224,7 @@ class Trainer:
             m = self.step(step)
             self.state["seconds"] += time.perf_counter() - t0
             before, after = step * self.per_step, (step + 1) * self.per_step
-            row = {"step": step + 1, "epoch": self._epoch_of(after), "episode": after, **m, "lr": self.optimizer.param_groups[0]["lr"],
-                   "seconds": self.state["seconds"]}
+            row = {"step": step + 1, "epoch": self._epoch_of(after), "episode": after, **m, "lr": self.optimizer.param_groups[0]["lr"]}
             self.state["metrics"].append(row)
             window = (window + [m])[-t.log_every :]
             self.state["step"] = step + 1
@@ -254,7 +261,7 @@ class Trainer:
             save_checkpoint(self.out / "best.pt", self.model, self.cfg, step=step, val_accuracy=None)
         metrics = pd.DataFrame(self.state["metrics"])
         validation = pd.DataFrame(self.state["validation"], columns=["step", "epoch", "episode", "accuracy", "best"])
-        (self.out / "config.json").write_text(json.dumps(self.cfg.dump(), indent=2), encoding="utf-8")
+        (self.out / "config.json").write_text(json.dumps(self.cfg.stored(), indent=2), encoding="utf-8")
         (self.out / STATE).unlink(missing_ok=True)
         if staging is not None:
             staging.write_parquet("metrics.parquet", metrics)
