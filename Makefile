@@ -11,7 +11,7 @@ FSAR := $(BIN)/fsar
 STAMP := $(VENV)/.fsar-installed
 # Prebuilt wheels (llama-cpp-python) where this workplace has them; without, pip compiles llama.cpp.
 FIND_LINKS := $(if $(wildcard $(SHARED)/wheels/*.whl),--find-links $(SHARED)/wheels,)
-EXTRAS ?= dev,local,dask
+EXTRAS ?= dev,local,dask,ray
 
 STAGE_ARGS = --dataset $(DATASET) --artifacts $(ARTIFACTS) \
 	$(if $(PRESET),--preset $(PRESET)) $(if $(VIDEO_ROOT),--video-root $(VIDEO_ROOT)) \
