@@ -19,6 +19,7 @@ the versions of its inputs): the same inputs give the same version, and the stag
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as _dt
 import hashlib
 import json
@@ -45,6 +46,8 @@ __all__ = [
     "file_fingerprint",
     "sha256_file",
     "load",
+    "record_read",
+    "recording_reads",
     "resolve",
 ]
 
@@ -391,6 +394,7 @@ class ArtifactStore:
     def verified_path(self, ref: ArtifactRef, name: str) -> Path:
         """Local path of one file of an artifact, after checking it against its sha256 in the manifest."""
         self.verify(ref, [name])
+        record_read(ref, name)
         return Path(self._fs_path(ref.stage, ref.dataset, ref.version, name))
 
     def load(self, stage: str, dataset: str, version: str = "latest", table: str | None = None) -> pd.DataFrame | str:
@@ -508,6 +512,27 @@ class ArtifactStore:
         if final.exists():  # an incomplete folder (no manifest) left by a crashed copy: never read, replace it
             shutil.rmtree(final)
         os.replace(staging.dir, final)
+
+
+_READS: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("fsar_artifact_reads", default=None)
+
+
+@contextlib.contextmanager
+def recording_reads() -> Iterator[set[str]]:
+    """Collect `stage/dataset/version/file` of every artifact file read (verified) inside the block."""
+    reads: set[str] = set()
+    token = _READS.set(reads)
+    try:
+        yield reads
+    finally:
+        _READS.reset(token)
+
+
+def record_read(ref: ArtifactRef, name: str) -> None:
+    """Note that a file of `ref` was read (for the manifest's `reads` of the artifact being built)."""
+    reads = _READS.get()
+    if reads is not None:
+        reads.add(f"{ref}/{name}")
 
 
 def broken_message(ref: ArtifactRef, problem: str) -> str:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, compute_version
+from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, compute_version, recording_reads
 
 __all__ = ["StageError", "build_once", "log"]
 
@@ -47,8 +47,9 @@ def build_once(
         print(f"[fsar] {stage}: building {dataset}/{version}", flush=True)
         with store.publish(
             stage, dataset, version, config=config, inputs=inputs, main=main, format_version=format_version, resume=resume
-        ) as staging:
+        ) as staging, recording_reads() as reads:
             build(staging)
+            staging.extra["reads"] = sorted(reads)  # the exact upstream files this artifact was made from
     ref = store.ref(stage, dataset, version)
     print(f"[fsar] {stage}: published {ref.path}", flush=True)
     return ref

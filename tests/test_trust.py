@@ -76,6 +76,11 @@ def test_plan_predicts_every_version_and_run_uses_it(built):
         assert {k: v["version"] for k, v in m["inputs"].items()} == p["inputs"]
     code, out = _cli("verify", "--artifacts", str(root))
     assert code == 0 and f"{len(STAGE_NAMES)} artifact(s) checked" in out and "0 broken" in out, out
+    versions = {p["stage"]: p["version"] for p in after}
+    reads = store.manifest(store.ref("evaluate", "synthetic", versions["evaluate"]))["reads"]  # the exact files used
+    assert f"train/synthetic/{versions['train']}/best.pt" in reads
+    assert f"embeddings/synthetic/{versions['embeddings']}/states.npy" in reads
+    assert any(r.startswith(f"frames/synthetic/{versions['frames']}/shards/") for r in reads)
     cat = store.catalog().set_index("stage")  # rows = rows of the main table (not of every file)
     assert cat.loc["frames", "rows"] == len(store.load("frames", "synthetic")) and cat["problem"].isna().all()
 

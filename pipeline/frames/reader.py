@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from pipeline.artifacts import ArtifactError, ArtifactRef, ArtifactStore, broken_message
+from pipeline.artifacts import ArtifactError, ArtifactRef, ArtifactStore, broken_message, record_read
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "FrameStore", "FrameStoreError", "MODES", "clip_from_jpegs", "crop_box", "sample_indices", "to_clip"]
 
@@ -270,6 +270,8 @@ class FrameStore:
             raise self._corrupt(shard, "it is missing") from None
         except (OSError, pa.ArrowException) as exc:
             raise self._corrupt(shard, f"it cannot be read ({' '.join(str(exc).split())[:120]})") from None
+        if self.ref is not None:
+            record_read(self.ref, shard)
         md = pf.metadata
         starts = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
         self._files[shard] = (pf, starts)
