@@ -19,14 +19,18 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from pipeline._section import Section
-from pipeline.backbone.config import BackboneConfig
-from pipeline.datasets.config import DatasetConfig, ProtocolConfig
-from pipeline.descriptions.config import DescriptionsConfig
-from pipeline.embeddings.config import EmbeddingsConfig
-from pipeline.frames.config import FramesConfig
-from pipeline.model.config import ModelConfig
-from pipeline.training.config import EvaluateConfig, TrainConfig
+from pipeline.settings import (
+    BackboneConfig,
+    DatasetConfig,
+    DescriptionsConfig,
+    EmbeddingsConfig,
+    EvaluateConfig,
+    FramesConfig,
+    ModelConfig,
+    ProtocolConfig,
+    Section,
+    TrainConfig,
+)
 
 __all__ = [
     "Config",

@@ -3,7 +3,7 @@
 from pipeline.datasets import benchmarks as _benchmarks  # noqa: F401  (registers the benchmarks)
 from pipeline.datasets import custom as _custom  # noqa: F401  (registers `custom`)
 from pipeline.datasets import synthetic as _synthetic  # noqa: F401  (registers `synthetic`)
-from pipeline.datasets.config import DatasetConfig, ProtocolConfig
+from pipeline.settings.datasets import DatasetConfig, ProtocolConfig
 from pipeline.datasets.registry import (
     SPLITS,
     DatasetError,

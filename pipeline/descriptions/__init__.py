@@ -9,7 +9,7 @@ per class, the best kept: `descriptions.candidates` (see stage.py).
 """
 
 from pipeline.descriptions.backends import BACKENDS, Backend, Completion, Request, Sampling, make_backend, resolve_backend
-from pipeline.descriptions.config import DescriptionsConfig
+from pipeline.settings.descriptions import DescriptionsConfig
 from pipeline.descriptions.exemplars import ExemplarPool, load_exemplars, truth_scripts
 from pipeline.descriptions.prompts import Prompt, list_prompts, load_prompt
 from pipeline.descriptions.stage import CANDIDATES_FILE, CORPUS_FILE, MAIN, SCHEMA, STAGE, run

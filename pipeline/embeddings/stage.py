@@ -23,7 +23,7 @@ import torch
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging
 from pipeline.config import Config, section_dict
-from pipeline.model.config import model_fields
+from pipeline.settings.model import model_fields
 from pipeline.stage import StageError, build_once
 
 __all__ = ["FORMAT_VERSION", "TEXT_MODEL_FIELDS", "TextCache", "build_prompts", "plan_fields", "run"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.frames.config import FramesConfig
+from pipeline.settings.frames import FramesConfig
 
 __all__ = [
     "CLIP_MEAN",

@@ -1,6 +1,6 @@
 """Task-Adapter++ on a frozen open_clip CLIP (spec: docs/method.md).
 
-Public API (imported lazily: `pipeline.config` imports this package, and open_clip is slow to load):
+Public API:
 
     build_model(model_cfg, protocol, device=None) -> TaskAdapterPP
     TaskAdapterPP
@@ -22,13 +22,13 @@ Public API (imported lazily: `pipeline.config` imports this package, and open_cl
     load_backbone, register_clip_configs, BackboneError    the open_clip side (fsar-tiny, fsar-micro configs)
     stage_windows(T, S), task_mask(num_support, num_query, context)
 
-Importing any of these registers the tiny open_clip configs (fsar-tiny, fsar-micro) with open_clip.
+Importing this package registers the tiny open_clip configs (fsar-tiny, fsar-micro) with open_clip.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import Any
+from pipeline.model.alignment import stage_windows, task_mask
+from pipeline.model.backbone import BackboneError, load_backbone, register_clip_configs
+from pipeline.model.info import model_info
+from pipeline.model.model import EpisodeScores, TaskAdapterPP, build_model
 
 __all__ = [
     "BackboneError",
@@ -41,25 +41,3 @@ __all__ = [
     "stage_windows",
     "task_mask",
 ]
-
-_HOME = {
-    "BackboneError": "pipeline.model.backbone",
-    "load_backbone": "pipeline.model.backbone",
-    "register_clip_configs": "pipeline.model.backbone",
-    "EpisodeScores": "pipeline.model.model",
-    "TaskAdapterPP": "pipeline.model.model",
-    "build_model": "pipeline.model.model",
-    "model_info": "pipeline.model.info",
-    "stage_windows": "pipeline.model.alignment",
-    "task_mask": "pipeline.model.alignment",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _HOME:
-        raise AttributeError(f"module 'pipeline.model' has no attribute {name!r}")
-    return getattr(importlib.import_module(_HOME[name]), name)  # importing the backbone registers the tiny configs
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])

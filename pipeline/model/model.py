@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pipeline.datasets.config import ProtocolConfig
 from pipeline.model.alignment import (
     batched_class_prototypes,
     batched_semantic_scores,
@@ -42,10 +41,11 @@ from pipeline.model.alignment import (
     window_weights,
 )
 from pipeline.model.backbone import Backbone, load_backbone, text_module
-from pipeline.model.config import ModelConfig
 from pipeline.model.layers import as_float
 from pipeline.model.text import AdaptedText
 from pipeline.model.vision import AdaptedVision
+from pipeline.settings.datasets import ProtocolConfig
+from pipeline.settings.model import ModelConfig
 
 __all__ = ["EpisodeScores", "TRAINABLE_PARTS", "TaskAdapterPP", "build_model"]
 

@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from pipeline.config import Config
-from pipeline.model.config import model_fields
+from pipeline.settings.model import model_fields
 from pipeline.stage import StageError
 from pipeline.training.episodes import Episode
 

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, file_fingerprint
 from pipeline.config import Config, section_dict
-from pipeline.model.config import model_fields
+from pipeline.settings.model import model_fields
 from pipeline.stage import StageError, build_once
 from pipeline.training.common import (
     EpisodeLoader,

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, compute_version
 from pipeline.config import Config, section_dict
-from pipeline.model.config import model_fields
+from pipeline.settings.model import model_fields
 from pipeline.stage import StageError, build_once
 from pipeline.training.common import autocast, dist_info, pick_device, save_checkpoint, videos_by_class
 from pipeline.training.episodes import EpisodeSampler, check_splits

@@ -12,8 +12,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline._section import Section
-from pipeline.training.config import DeviceName
+from pipeline.settings.section import Section
+from pipeline.settings.training import DeviceName
+
+__all__ = ["BackboneConfig"]
 
 
 class BackboneConfig(Section):

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
+__all__ = ["Section"]
+
 
 class Section(BaseModel):
     """A typed config section. Unknown keys are errors; instances are frozen.

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, field_validator
 
-from pipeline._section import Section
+from pipeline.settings.section import Section
 
 __all__ = ["DeviceName", "EvaluateConfig", "TrainConfig", "check_device"]
 

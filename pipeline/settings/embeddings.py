@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from pipeline._section import Section
+from pipeline.settings.section import Section
+
+__all__ = ["EmbeddingsConfig"]
 
 
 class EmbeddingsConfig(Section):

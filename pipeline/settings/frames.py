@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline._section import Section
+from pipeline.settings.section import Section
+
+__all__ = ["FramesConfig"]
 
 
 class FramesConfig(Section):

@@ -1,0 +1,37 @@
+"""The config sections, one module per stage, in a leaf package: it imports no stage code.
+
+`pipeline.config.Config` is built from these sections, and the stages read them; nothing here imports
+a stage module or a stage package, so config loading never pulls in torch, open_clip or a stage's
+dependencies, and no stage package needs a lazy import to break a cycle with `pipeline.config`.
+
+    from pipeline.settings.model import ModelConfig, model_fields
+    from pipeline.settings import FramesConfig
+
+The old paths (`pipeline.model.config`, `pipeline.datasets.config`, `pipeline.descriptions.config`)
+re-export from here.
+"""
+
+from pipeline.settings.backbone import BackboneConfig
+from pipeline.settings.datasets import DatasetConfig, ProtocolConfig
+from pipeline.settings.descriptions import DescriptionsConfig
+from pipeline.settings.embeddings import EmbeddingsConfig
+from pipeline.settings.frames import FramesConfig
+from pipeline.settings.model import ModelConfig, model_fields
+from pipeline.settings.section import Section
+from pipeline.settings.training import DeviceName, EvaluateConfig, TrainConfig, check_device
+
+__all__ = [
+    "BackboneConfig",
+    "DatasetConfig",
+    "DescriptionsConfig",
+    "DeviceName",
+    "EmbeddingsConfig",
+    "EvaluateConfig",
+    "FramesConfig",
+    "ModelConfig",
+    "ProtocolConfig",
+    "Section",
+    "TrainConfig",
+    "check_device",
+    "model_fields",
+]

@@ -1,0 +1,62 @@
+"""The config sections live in a leaf package: loading a config imports no stage, and no stage package
+needs a lazy `__getattr__` to break a cycle with `pipeline.config`."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pipeline
+
+ROOT = Path(pipeline.__file__).parent
+STAGE_PACKAGES = ("backbone", "datasets", "descriptions", "embeddings", "frames", "model", "predict", "training")
+
+
+def _pipeline_imports(path: Path) -> set[str]:
+    """Every `pipeline.*` module a file imports, at any depth (function-local imports included)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("pipeline"):
+            out.add(node.module)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("pipeline"))
+    return out
+
+
+def test_config_and_sections_import_no_stage():
+    files = [ROOT / "config.py", *sorted((ROOT / "settings").glob("*.py"))]
+    for path in files:
+        for module in _pipeline_imports(path):
+            top = module.split(".")[1] if "." in module else ""
+            assert top not in STAGE_PACKAGES, f"{path.name} imports the stage module {module}"
+
+
+def test_loading_a_config_loads_no_stage_package():
+    code = (
+        "import sys; from pipeline.config import load_config; load_config('demo');"
+        "print(sorted(m for m in sys.modules if m.startswith('pipeline.') and not m.startswith(('pipeline.settings',"
+        " 'pipeline.config', 'pipeline.secrets', 'pipeline.artifacts')))); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split("\n")
+    assert out[0] == "[]"
+    assert out[1] == "False"
+
+
+def test_no_lazy_shims_for_the_config_cycle():
+    for name in ("backbone", "embeddings", "model"):
+        tree = ast.parse((ROOT / name / "__init__.py").read_text(encoding="utf-8"))
+        defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert "__getattr__" not in defined, f"pipeline/{name}/__init__.py still imports lazily"
+
+
+def test_old_section_paths_re_export():
+    from pipeline.datasets.config import DatasetConfig, ProtocolConfig
+    from pipeline.descriptions.config import DescriptionsConfig
+    from pipeline.model.config import ModelConfig, model_fields
+    from pipeline import settings
+
+    assert (DatasetConfig, ProtocolConfig, DescriptionsConfig, ModelConfig, model_fields) == (
+        settings.DatasetConfig, settings.ProtocolConfig, settings.DescriptionsConfig, settings.ModelConfig, settings.model_fields
+    )
