@@ -34,6 +34,8 @@ from typing import Any
 import fsspec
 import pandas as pd
 
+from pipeline.atomic import atomic_path, atomic_write_text
+
 __all__ = [
     "ArtifactError",
     "ArtifactRef",
@@ -195,9 +197,8 @@ class Staging:
     def write_parquet(self, name: str, df: pd.DataFrame, **kwargs: Any) -> Path:
         """Write a table into the staging folder and count its rows."""
         p = self.path(name)
-        tmp = p.with_name(p.name + ".part")
-        df.to_parquet(tmp, index=False, **kwargs)
-        os.replace(tmp, p)
+        with atomic_path(p) as tmp:
+            df.to_parquet(tmp, index=False, **kwargs)
         self.rows[name] = len(df)
         return p
 
@@ -503,7 +504,7 @@ class ArtifactStore:
             "sizes": {f: (staging.dir / f).stat().st_size for f in files},
             **staging.extra,
         }
-        _atomic_write_text(staging.dir / MANIFEST, json.dumps(redact(manifest), indent=2, default=str))
+        atomic_write_text(staging.dir / MANIFEST, json.dumps(redact(manifest), indent=2, default=str))
         final = Path(self._fs_path(staging.stage, staging.dataset, staging.version))
         final.parent.mkdir(parents=True, exist_ok=True)
         if (final / MANIFEST).exists():  # published meanwhile (same version, same content)
@@ -541,12 +542,6 @@ def broken_message(ref: ArtifactRef, problem: str) -> str:
         f"{ref.stage} artifact {ref.dataset}/{ref.version} is broken ({problem}): move {ref.path} away or delete it, "
         f"then re-run the {ref.stage} stage (`fsar verify` checks every artifact)"
     )
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def lock_timeout_s() -> float:

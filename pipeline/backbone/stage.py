@@ -22,7 +22,6 @@ Artifact `backbone/<dataset>/<version>/`:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import pandas as pd
 import torch
 
 from pipeline.artifacts import ArtifactError, ArtifactRef, ArtifactStore, Staging
+from pipeline.atomic import atomic_open
 from pipeline.config import Config, section_dict
 from pipeline.stage import StageError, build_once
 from pipeline.training.common import pick_device
@@ -111,10 +111,8 @@ def _build(cfg: Config, staging: Staging) -> None:
     print(f"[fsar] backbone: {retrieval.probe_line(final, 'caption')}", flush=True)
     print(f"[fsar] backbone: {retrieval.probe_line(final, 'phrase')}", flush=True)
 
-    path = staging.path(CHECKPOINT)
-    tmp = path.with_name(path.name + ".part")
-    torch.save({k: v.cpu() for k, v in clip.state_dict().items()}, tmp)
-    os.replace(tmp, path)
+    with atomic_open(staging.path(CHECKPOINT)) as fh:  # a file object: the bytes do not depend on the temporary's name
+        torch.save({k: v.cpu() for k, v in clip.state_dict().items()}, fh)
     staging.write_parquet(MAIN, pd.DataFrame(result.metrics, columns=["step", "loss", "lr", "logit_scale", "batch_top1"]))
     report = {
         "clip": b.clip,

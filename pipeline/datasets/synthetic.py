@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.atomic import atomic_open, atomic_path, atomic_write_text
 from pipeline.datasets.custom import ListedDataset, read_video_list
 from pipeline.datasets.registry import SPLITS, DatasetError, VideoEntry, register_dataset
 
@@ -400,9 +401,8 @@ def write_video(frames: np.ndarray, path: str | os.PathLike[str], fps: int = 12,
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
     _, h, w, _ = frames.shape
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
@@ -412,7 +412,6 @@ def write_video(frames: np.ndarray, path: str | os.PathLike[str], fps: int = 12,
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
 
 
 def _slug(name: str) -> str:
@@ -450,16 +449,12 @@ def generate(
             if not path.exists():
                 write_video(render_video(cls, params, num_frames, size, rng), path)
             rows.append({"path": rel, "label": cls.name, "split": class_split(cls.name)})
-    tmp = root / f".{LIST_FILE}.part"
-    with tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_open(root / LIST_FILE, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["path", "label", "split"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, root / LIST_FILE)
     corpus = {c.name: {"label": c.name, "sub_act_en_li": script(c.name, num_sub_actions)} for c in chosen}
-    tmp = root / f".{SCRIPTS_FILE}.part"
-    tmp.write_text(yaml.safe_dump(corpus, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    os.replace(tmp, root / SCRIPTS_FILE)
+    atomic_write_text(root / SCRIPTS_FILE, yaml.safe_dump(corpus, sort_keys=False, allow_unicode=True))
     return root
 
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 from pipeline.artifacts import ArtifactStore
+from pipeline.atomic import atomic_write_text
 
 __all__ = ["AnswerCache", "cache_key"]
 
@@ -58,10 +57,6 @@ class AnswerCache:
         data = json.dumps({**entry, "key": key, "created": _dt.datetime.now(_dt.timezone.utc).isoformat()}, ensure_ascii=False, indent=1)
         path = self._path(key)
         if self.local:
-            p = Path(path)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}.part")
-            tmp.write_text(data, encoding="utf-8")
-            os.replace(tmp, p)
+            atomic_write_text(path, data)
         else:
             self.fs.pipe_file(path, data.encode("utf-8"))

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 import zlib
 from pipeline.artifacts import sha256_file
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.atomic import AtomicFile, atomic_write_text
 from pipeline.datasets.registry import VideoEntry
 from pipeline.frames.decode import DecodeSettings, VideoFailure, decode_video
 
@@ -129,9 +128,7 @@ def _row(v: VideoEntry) -> dict[str, Any]:
 
 
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, sort_keys=True))
 
 
 class _PartWriter:
@@ -144,7 +141,7 @@ class _PartWriter:
         self.files: dict[str, dict[str, Any]] = {}
         self._part = -1
         self._writer: pq.ParquetWriter | None = None
-        self._tmp: Path | None = None
+        self._pending: AtomicFile | None = None
         self._rows = 0
         self._bytes = 0
 
@@ -155,9 +152,9 @@ class _PartWriter:
     def _open(self) -> None:
         self._part += 1
         final = Path(self.unit.out_dir) / self._name
-        self._tmp = final.with_name(f".{final.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+        self._pending = AtomicFile(final)
         self._writer = pq.ParquetWriter(
-            self._tmp,
+            self._pending.tmp,
             SHARD_SCHEMA,
             compression={"video_id": "zstd", "frame_index": "zstd", "jpeg": "none", "crc32": "none"},  # JPEG does not compress
             use_dictionary=["video_id"],
@@ -169,10 +166,10 @@ class _PartWriter:
         if self._writer is None:
             return
         self._writer.close()
-        final = Path(self.unit.out_dir) / self._name
-        self.files[self._name] = {"sha256": sha256_file(self._tmp), "size": self._tmp.stat().st_size}
-        os.replace(self._tmp, final)
-        self._writer = self._tmp = None
+        tmp = self._pending.tmp
+        self.files[self._name] = {"sha256": sha256_file(tmp), "size": tmp.stat().st_size}
+        self._pending.commit()
+        self._writer = self._pending = None
 
     def add(self, video_id: str, indices: list[int], jpegs: list[bytes]) -> tuple[str, int, int]:
         """Append one video's frames; returns (shard name, first row, end row)."""
@@ -200,8 +197,8 @@ class _PartWriter:
             try:
                 self._writer.close()
             finally:
-                self._tmp.unlink(missing_ok=True)
-                self._writer = self._tmp = None
+                self._pending.abort()
+                self._writer = self._pending = None
 
 
 def read_marker(unit: ShardUnit) -> dict[str, Any] | None:

@@ -58,6 +58,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging
+from pipeline.atomic import atomic_path
 from pipeline.datasets import SPLITS, VideoEntry, get_dataset
 from pipeline.frames.decode import DecodeSettings
 from pipeline.frames.shards import INDEX_SCHEMA, SHARD_DIR, ShardUnit, decode_unit, read_marker
@@ -257,10 +258,8 @@ def _build(
 
 def _write_index(staging: Staging, rows: list[dict[str, Any]]) -> None:
     table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA)
-    path = staging.path(INDEX)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(staging.path(INDEX)) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     staging.rows[INDEX] = len(rows)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, sha256_file
+from pipeline.atomic import atomic_path
 from pipeline.config import Config, section_dict
 from pipeline.secrets import redact, redact_url
 from pipeline.stage import StageError
@@ -274,15 +274,11 @@ def _write(out: Path, meta: dict[str, Any], weights: dict[str, torch.Tensor], de
     if out.exists() and not (out / BUNDLE_FILE).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"--out {str(out)!r} exists and is not a fsar bundle; choose a new or empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in sorted(weights.items())}, str(tmp / WEIGHTS_FILE))
-    _dump_json(tmp / DESCRIPTIONS_FILE, descriptions)
-    _dump_json(tmp / BUNDLE_FILE, meta)  # last: a folder without it is not a bundle
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:  # a folder: an existing bundle at `out` is replaced on commit
+        tmp.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in sorted(weights.items())}, str(tmp / WEIGHTS_FILE))
+        _dump_json(tmp / DESCRIPTIONS_FILE, descriptions)
+        _dump_json(tmp / BUNDLE_FILE, meta)  # last: a folder without it is not a bundle
     return out
 
 

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.atomic import atomic_open
 from pipeline.config import Config
 from pipeline.settings.model import model_fields
 from pipeline.stage import StageError
@@ -131,9 +132,8 @@ def model_identity(cfg: Config) -> dict[str, Any]:
 def save_checkpoint(path: Path, model: torch.nn.Module, cfg: Config, **extra: Any) -> None:
     """Trainable weights + the resolved config + extras, written atomically."""
     payload = {"trainable": model.trainable_state_dict(), "identity": model_identity(cfg), "config": cfg.stored(), **extra}
-    tmp = path.with_name(path.name + ".part")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_open(path) as fh:  # a file object: the bytes do not depend on the temporary's name
+        torch.save(payload, fh)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.atomic import atomic_path
+
 __all__ = ["CURVES_FILE", "EVENTS_FILE", "TrainMonitor", "artifact_key", "in_prefect_run", "smooth", "write_curves", "write_events"]
 
 EVENTS_FILE = "events.out.tfevents.fsar"
@@ -75,9 +77,8 @@ def write_events(path: Path, metrics: pd.DataFrame, validation: pd.DataFrame) ->
     Deterministic: fixed file name, events in table order, wall_time = episode (not the clock).
     """
     path = Path(path)
-    tmp = path.with_name(path.name + ".part")
-    _append_events(tmp, metrics.to_dict("records"), validation.to_dict("records"), fresh=True)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        _append_events(tmp, metrics.to_dict("records"), validation.to_dict("records"), fresh=True)
     return path
 
 

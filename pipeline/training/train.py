@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, compute_version
+from pipeline.atomic import atomic_open
 from pipeline.config import Config, section_dict
 from pipeline.settings.model import model_fields
 from pipeline.stage import StageError, build_once
@@ -167,9 +168,8 @@ class Trainer:
         if self.rank != 0:
             return
         payload = {"trainable": self.model.trainable_state_dict(), "optimizer": self.optimizer.state_dict(), "state": self.state}
-        tmp = self.out / (STATE + ".part")
-        torch.save(payload, tmp)
-        tmp.replace(self.out / STATE)
+        with atomic_open(self.out / STATE) as fh:  # a file object: the bytes do not depend on the temporary's name
+            torch.save(payload, fh)
 
     # ----------------------------------------------------------------- steps
     def step(self, step: int) -> dict[str, float]:
