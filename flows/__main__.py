@@ -1,59 +1,99 @@
 """Run a flow in-process (Prefect's local API; no server to start).
 
     python -m flows full --dataset D [--preset P] [--video-root DIR] [--artifacts ROOT] [--set k=v ...] [--stages a,b]
+                         [--input STAGE=VERSION ...] [--task-runner local|dask|ray] [--dask-address HOST:PORT]
     python -m flows demo [--artifacts ROOT] [--set k=v ...]
 
-`make full` and `make demo` call this.
+`make full` and `make demo` call this. A typer app, like the `fsar` CLI.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="python -m flows",
+    help="Run the fsar flow (full) or the offline demo in-process.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="config override key=value (repeatable)")]
+ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", help="artifact root: a local folder or file:// URL")]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows", description="Run the fsar flow (full) or the offline demo in-process.")
-    parser.add_argument("flow", choices=["full", "demo"])
-    parser.add_argument("--dataset", default="synthetic")
-    parser.add_argument("--preset", default=None)
-    parser.add_argument("--video-root", default=None)
-    parser.add_argument("--video-list", default=None)
-    parser.add_argument("--artifacts", default=None)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
-    parser.add_argument("--stages", default=None, help="comma-separated subset of the stages")
-    parser.add_argument("--task-runner", default="local", choices=["local", "dask", "ray"])
-    parser.add_argument("--dask-address", default=None)
-    parser.add_argument("--input", dest="inputs", action="append", default=[], help="pin an upstream artifact: STAGE=VERSION")
-    args = parser.parse_args(argv)
+class TaskRunner(str, Enum):
+    local = "local"
+    dask = "dask"
+    ray = "ray"
+
+
+def _prepare(overrides: list[str] | None) -> list[str]:
+    """Secrets out of the overrides (Prefect stores flow parameters), Prefect's ephemeral-API settings."""
     from pipeline.secrets import stash_overrides
 
-    args.overrides = stash_overrides(args.overrides)  # Prefect stores flow parameters: never a secret among them
     # The ephemeral Prefect API starts a local server; its 20 s default time-out is too short on small machines.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    if args.flow == "demo":
-        from flows.demo import demo
+    return stash_overrides(list(overrides or []))
 
-        demo(artifacts=args.artifacts, overrides=args.overrides)
-        return 0
+
+@app.command()
+def full(
+    dataset: Annotated[str, typer.Option("--dataset", help="dataset name")] = "synthetic",
+    preset: Annotated[str | None, typer.Option("--preset", help="preset name or YAML path")] = None,
+    video_root: Annotated[str | None, typer.Option("--video-root", help="folder holding the dataset's videos")] = None,
+    video_list: Annotated[str | None, typer.Option("--video-list", help="custom dataset: CSV with path,label,split")] = None,
+    artifacts: ArtifactsOpt = None,
+    set_: SetOpt = None,
+    stages: Annotated[str | None, typer.Option("--stages", help="comma-separated subset of the stages")] = None,
+    task_runner: Annotated[TaskRunner, typer.Option("--task-runner", help="where the frames units run")] = TaskRunner.local,
+    dask_address: Annotated[str | None, typer.Option("--dask-address", help="scheduler of an existing Dask cluster")] = None,
+    input_: Annotated[list[str] | None, typer.Option("--input", help="pin an upstream artifact: STAGE=VERSION (repeatable)")] = None,
+) -> None:
+    """Every stage in order as one Prefect flow run; prints each stage's version."""
+    overrides = _prepare(set_)
     from flows.fsar import fsar
 
     versions = fsar(
-        dataset=args.dataset,
-        preset=args.preset,
-        video_root=os.path.abspath(args.video_root) if args.video_root else None,
-        video_list=os.path.abspath(args.video_list) if args.video_list else None,
-        artifacts=args.artifacts,
-        overrides=args.overrides,
-        stages=args.stages.split(",") if args.stages else None,
-        task_runner=args.task_runner,
-        dask_address=args.dask_address,
-        inputs=args.inputs,
+        dataset=dataset,
+        preset=preset,
+        video_root=os.path.abspath(video_root) if video_root else None,
+        video_list=os.path.abspath(video_list) if video_list else None,
+        artifacts=artifacts,
+        overrides=overrides,
+        stages=stages.split(",") if stages else None,
+        task_runner=task_runner.value,
+        dask_address=dask_address,
+        inputs=list(input_ or []),
     )
     for stage, version in versions.items():
-        print(f"{stage}: {version}")
+        typer.echo(f"{stage}: {version}")
+
+
+@app.command()
+def demo(artifacts: ArtifactsOpt = None, set_: SetOpt = None) -> None:
+    """The offline demo flow (synthetic data, the demo preset)."""
+    overrides = _prepare(set_)
+    from flows.demo import demo as run_demo
+
+    run_demo(artifacts=artifacts, overrides=overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the app on `argv` (default: sys.argv[1:]); the exit code."""
+    try:
+        app(args=argv, prog_name="python -m flows")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
 
 
