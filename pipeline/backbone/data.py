@@ -14,7 +14,6 @@ object is ..."), so the text tower learns the descriptions' words and to read pa
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from pipeline.datasets.synthetic import CLASSES, CaptionedFrame, captioned_frame
+from pipeline.model.text import format_prompt
 
 __all__ = ["FORMS", "ORDER_WORDS", "STYLES", "FrameView", "TrainStream", "content", "describe", "positives"]
 
@@ -32,9 +32,9 @@ ORDER_WORDS = ("first", "then", "finally")  # the scripts' stage words
 
 @dataclass(frozen=True)
 class FrameView:
-    """How the model stage sees a frame: the video's side, resized to the stored square (PIL bilinear),
-    JPEG at the frames stage's quality, a crop of the model's image size (random to train, centred
-    to evaluate), scaled to 0..1 and normalised with the model's mean/std."""
+    """How the model stage sees a frame, through the same code: the frames stage's `encode_jpeg` (resized to
+    the stored square, PIL bilinear, JPEG at its quality), then the frame store's `clip_from_jpegs` (a crop of
+    the model's image size, random to train, centred to evaluate, normalised with the model's mean/std)."""
 
     video_size: int  # dataset.synthetic_size: side of the rendered frame
     storage_size: int  # frames.storage_size
@@ -47,30 +47,18 @@ class FrameView:
         if self.image_size > self.storage_size:
             raise ValueError(f"model.image_size {self.image_size} is larger than frames.storage_size {self.storage_size}")
 
-    def stored(self, image: np.ndarray) -> np.ndarray:
-        """uint8 [storage, storage, 3]: what the frames stage keeps of one frame."""
-        from PIL import Image
+    def stored(self, image: np.ndarray) -> bytes:
+        """What the frames stage keeps of one RGB frame [H, W, 3]: its JPEG at storage_size."""
+        from pipeline.frames.decode import encode_jpeg
 
-        img = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
-        if img.size != (self.storage_size, self.storage_size):
-            img = img.resize((self.storage_size, self.storage_size), Image.Resampling.BILINEAR)
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=self.jpeg_quality)
-        with Image.open(io.BytesIO(buf.getvalue())) as back:
-            return np.asarray(back.convert("RGB"))
+        return encode_jpeg(np.ascontiguousarray(image), self.storage_size, self.jpeg_quality)
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator | None = None) -> torch.Tensor:
         """(3, image_size, image_size) float: random crop with an rng, centre crop without."""
-        x = self.stored(image)
-        s, c = self.storage_size, self.image_size
-        if rng is None:
-            top = left = int(round((s - c) / 2.0))
-        else:
-            top, left = int(rng.integers(0, s - c + 1)), int(rng.integers(0, s - c + 1))
-        x = torch.from_numpy(np.ascontiguousarray(x[top : top + c, left : left + c])).permute(2, 0, 1).float().div_(255.0)
-        m = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
-        sd = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
-        return x.sub_(m).div_(sd)
+        from pipeline.frames.reader import clip_from_jpegs
+
+        mode = "eval" if rng is None else "train"
+        return clip_from_jpegs([self.stored(image)], self.image_size, mode, self.mean, self.std, rng)[0]
 
     def batch(self, images: Sequence[np.ndarray], rng: np.random.Generator | None = None) -> torch.Tensor:
         return torch.stack([self(im, rng) for im in images])  # (B, 3, H, W)
@@ -97,7 +85,7 @@ def describe(frame: CaptionedFrame, style: str, rng: np.random.Generator, prompt
         return (p if rng.random() < 0.5 else f"{ORDER_WORDS[rng.integers(len(ORDER_WORDS))]} {p}"), "phrase"
     if style == "prompt":
         name = CLASSES[rng.integers(len(CLASSES))].name  # random: the class name says nothing about the frame
-        return prompt_template.format(c=name, s=f"{ORDER_WORDS[rng.integers(len(ORDER_WORDS))]} {p}"), "phrase"
+        return format_prompt(prompt_template, name, f"{ORDER_WORDS[rng.integers(len(ORDER_WORDS))]} {p}"), "phrase"
     raise ValueError(f"unknown caption style {style!r}; choose one of {STYLES}")
 
 

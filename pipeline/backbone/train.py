@@ -13,7 +13,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -21,27 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["CLIP_CONFIG_DIR", "clip_loss", "create_clip", "encode_text", "lr_at", "make_optimizer", "register_clip", "train"]
+from pipeline.model.backbone import register_clip_configs
 
-CLIP_CONFIG_DIR = Path(__file__).resolve().parents[1] / "model" / "clip_configs"  # the tiny configs the model stage registers
+__all__ = ["clip_loss", "create_clip", "encode_text", "lr_at", "make_optimizer", "register_clip", "train"]
+
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
 def register_clip(name: str) -> None:
-    """Make sure open_clip knows `name`: the model package registers its tiny configs on import;
-    if it does not (yet), add the JSON from its folder (adding a config twice is harmless)."""
-    if name in open_clip.list_models():
-        return
-    try:
-        from pipeline.model import register_clip_configs
-
-        register_clip_configs()
-    except ImportError:
-        pass
-    if name not in open_clip.list_models() and (CLIP_CONFIG_DIR / f"{name}.json").is_file():
-        open_clip.add_model_config(CLIP_CONFIG_DIR / f"{name}.json")
+    """Make sure open_clip knows `name` (the tiny configs are registered in one place: pipeline.model.backbone)."""
+    tiny = register_clip_configs()
     if name not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip model {name!r}; use a registered tiny config ({', '.join(sorted(p.stem for p in CLIP_CONFIG_DIR.glob('*.json')))})")
+        raise ValueError(f"unknown open_clip model {name!r}; use a registered tiny config ({', '.join(tiny)})")
 
 
 def create_clip(name: str, image_size: int, seed: int, pos_init: str = "random") -> nn.Module:

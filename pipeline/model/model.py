@@ -42,8 +42,9 @@ from pipeline.model.alignment import (
 )
 from pipeline.model.backbone import Backbone, load_backbone, text_module
 from pipeline.model.layers import as_float
-from pipeline.model.text import AdaptedText
+from pipeline.model.text import AdaptedText, format_prompt
 from pipeline.model.vision import AdaptedVision
+from pipeline.precision import autocast
 from pipeline.settings.datasets import ProtocolConfig
 from pipeline.settings.model import ModelConfig
 
@@ -185,7 +186,7 @@ class TaskAdapterPP(nn.Module):
 
     def prompts(self, class_name: str, sub_actions: Sequence[str]) -> list[str]:
         """The S prompts of one class, in sub-action order, from `prompt_template`."""
-        return [self.cfg.prompt_template.format(c=class_name, s=s) for s in sub_actions]
+        return [format_prompt(self.cfg.prompt_template, class_name, s) for s in sub_actions]
 
     def tokenize(self, prompts: Sequence[str]) -> Tensor:
         """CLIP tokenizer: P strings -> (P, ctx) LongTensor on the model's device."""
@@ -341,10 +342,8 @@ class TaskAdapterPP(nn.Module):
         return self.vision.temporal_embedding.device
 
     def _precision(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on CUDA when `amp`; fp32 elsewhere."""
-        if self.cfg.amp and self._device().type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """bf16 autocast on CUDA when `model.amp`; fp32 elsewhere (the helper training and evaluation use too)."""
+        return autocast(self._device(), self.cfg.amp)
 
     @property
     def stage_windows(self) -> list[range]:

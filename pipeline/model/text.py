@@ -17,9 +17,14 @@ from torch import Tensor, nn
 
 from pipeline.model.layers import Adapter, as_float, attend, attend_along, frozen_block
 
-__all__ = ["AdaptedText", "OrderAdapterBlock"]
+__all__ = ["AdaptedText", "OrderAdapterBlock", "format_prompt"]
 
 PROMPT_AXIS = 1  # axis of the S prompts in the (N, S, L, D) hidden states
+
+
+def format_prompt(template: str, class_name: str, sub_action: str) -> str:
+    """One sub-action prompt: `template` (model.prompt_template) with {c} = class name, {s} = sub-action sentence."""
+    return template.format(c=class_name, s=sub_action)
 
 
 class OrderAdapterBlock(nn.Module):
