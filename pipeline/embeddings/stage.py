@@ -1,13 +1,12 @@
 """The text-embedding cache stage.
 
 For every class of every split, the S prompts "A video of action about {class}: {sub-action k}"
-(model.prompt_template) and the plain class-name prompt (model.class_prompt_template, used by
-baselines) are tokenised and run through the frozen text layers below the first adapted layer.
+(model.prompt_template) are tokenised and run through the frozen text layers below the first adapted layer.
 Those states depend only on the prompt text, so training and evaluation read them instead of
 re-encoding text every episode.
 
 Artifact files:
-- `prompts.parquet` (main table): row, split, class, display_name, k (-1 = class-name prompt), prompt
+- `prompts.parquet` (main table): row, split, class, display_name, k (0..S-1, the sub-action), prompt
 - `tokens.npy`: int64 [P, context]
 - `states.npy`: [P, context, D_t] hidden states after the frozen prefix (embeddings.dtype)
 """
@@ -28,13 +27,13 @@ from pipeline.stage import StageError, build_once
 
 __all__ = ["FORMAT_VERSION", "TEXT_MODEL_FIELDS", "TextCache", "build_prompts", "plan_fields", "run"]
 
-FORMAT_VERSION = 1
-CLASS_PROMPT = -1  # k of the plain class-name prompt
+FORMAT_VERSION = 2  # 2: no class-name prompt rows (k = -1), which nothing read
 
 
 def build_prompts(cfg: Config, descriptions: pd.DataFrame) -> pd.DataFrame:
-    """One row per prompt: S description prompts per class, in order, then its class-name prompt."""
+    """One row per prompt: the S description prompts of each class, in order."""
     from pipeline.datasets import get_dataset
+    from pipeline.model.text import format_prompt
 
     spec = get_dataset(cfg.dataset)
     S = cfg.protocol.num_sub_actions
@@ -49,8 +48,7 @@ def build_prompts(cfg: Config, descriptions: pd.DataFrame) -> pd.DataFrame:
             )
         name = spec.display_name(cls)
         for k, text in enumerate(texts):
-            rows.append((split, cls, name, k, cfg.model.prompt_template.format(c=name, s=text)))
-        rows.append((split, cls, name, CLASS_PROMPT, cfg.model.class_prompt_template.format(c=name)))
+            rows.append((split, cls, name, k, format_prompt(cfg.model.prompt_template, name, text)))
     df = pd.DataFrame(rows, columns=["split", "class", "display_name", "k", "prompt"])
     df.insert(0, "row", np.arange(len(df), dtype=np.int64))
     return df
@@ -105,7 +103,7 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
     )
 
 
-TEXT_MODEL_FIELDS = ["clip", "pretrained", "init_seed", "text_adapted_layers", "prompt_template", "class_prompt_template"]
+TEXT_MODEL_FIELDS = ["clip", "pretrained", "init_seed", "text_adapted_layers", "prompt_template"]
 
 
 def plan_fields(cfg: Config, inputs: Mapping[str, ArtifactRef] | None = None) -> dict[str, Any]:
@@ -127,10 +125,8 @@ class TextCache:
         self.tokens = torch.from_numpy(np.load(store.verified_path(ref, "tokens.npy")))  # (P, ctx)
         self.states = torch.from_numpy(np.load(store.verified_path(ref, "states.npy")).astype(np.float32))  # (P, ctx, D_t)
         self.config = store.manifest(ref)["config"]
-        desc = self.prompts[self.prompts["k"] >= 0].sort_values(["class", "k"])
+        desc = self.prompts.sort_values(["class", "k"])
         self._rows = {c: part["row"].to_numpy() for c, part in desc.groupby("class")}
-        plain = self.prompts[self.prompts["k"] == CLASS_PROMPT]
-        self._class_rows = dict(zip(plain["class"], plain["row"]))
 
     def _check(self, classes: list[str]) -> None:
         missing = [c for c in classes if c not in self._rows]
@@ -141,10 +137,4 @@ class TextCache:
         """(tokens [N, S, ctx], states [N, S, ctx, D_t]) of the classes' description prompts."""
         self._check(classes)
         rows = torch.as_tensor(np.stack([self._rows[c] for c in classes]))  # (N, S)
-        return self.tokens[rows], self.states[rows]
-
-    def class_prompts(self, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(tokens [N, ctx], states [N, ctx, D_t]) of the plain class-name prompts."""
-        self._check(classes)
-        rows = torch.as_tensor([self._class_rows[c] for c in classes])
         return self.tokens[rows], self.states[rows]

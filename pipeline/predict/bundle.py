@@ -248,7 +248,7 @@ def _metadata(trained: Config, store: ArtifactStore, lineage: dict[str, str], ch
             "decoder": frames.decoder,
             "crop_size": trained.model.image_size,
         },
-        "prompts": {"template": trained.model.prompt_template, "class_template": trained.model.class_prompt_template},
+        "prompts": {"template": trained.model.prompt_template},
         "descriptions": descriptions,
         "lineage": lineage,
         "checkpoint": None if checkpoint is None else {"file": checkpoint.name, "sha256": sha256_file(checkpoint)},
