@@ -36,6 +36,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "CONFIG_DIR",
+    "MOVED_KEYS",
     "RUNTIME_FIELDS",
     "config_dir",
     "list_presets",
@@ -58,6 +59,11 @@ RUNTIME_FIELDS = (
     "descriptions.concurrency",
     "backbone.device",
 )
+
+# Keys that moved: setting one is refused with a line naming the key to use.
+MOVED_KEYS = {
+    "train.amp": "model.amp",  # one precision switch for the towers, training and evaluation (pipeline.precision)
+}
 
 CONFIG_DIR = Path(str(files("pipeline") / "configs"))  # the packaged presets (package data)
 
@@ -190,7 +196,14 @@ def _read_preset(preset: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def _moved(key: str) -> ConfigError:
+    new = MOVED_KEYS[key]
+    return ConfigError(f"config key {key!r} is gone: use {new} (e.g. --set {new}=false), the one setting for it")
+
+
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    if key in MOVED_KEYS:
+        raise _moved(key)
     parts = key.split(".")
     model: type[BaseModel] | None = Config
     node = data
@@ -226,6 +239,8 @@ def _validate(data: dict[str, Any], origin: str) -> Config:
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden" and key in MOVED_KEYS:
+            raise _moved(key) from None
         if err["type"] == "extra_forbidden":
             section = ".".join(str(p) for p in err["loc"][:-1])
             model: type[BaseModel] = Config

@@ -60,3 +60,39 @@ def test_old_section_paths_re_export():
     assert (DatasetConfig, ProtocolConfig, DescriptionsConfig, ModelConfig, model_fields) == (
         settings.DatasetConfig, settings.ProtocolConfig, settings.DescriptionsConfig, settings.ModelConfig, settings.model_fields
     )
+
+
+# ---- one precision setting, one autocast helper ------------------------------------------------------------------
+
+
+def test_train_amp_is_refused_naming_model_amp(tmp_path):
+    import pytest
+
+    from pipeline.config import ConfigError, load_config
+
+    preset = tmp_path / "old.yaml"
+    preset.write_text("train:\n  amp: false\n", encoding="utf-8")
+    for attempt in (lambda: load_config("demo", overrides=["train.amp=false"]), lambda: load_config(preset),
+                    lambda: load_config("demo").override("train.amp=true")):
+        with pytest.raises(ConfigError, match=r"'train\.amp' is gone: use model\.amp"):
+            attempt()
+    assert load_config("demo", overrides=["model.amp=false"]).model.amp is False
+    cli = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "--set", "train.amp=false"], capture_output=True, text=True)
+    assert cli.returncode == 2 and "Traceback" not in cli.stderr
+    assert "model.amp" in cli.stderr.strip().splitlines()[-1]
+
+
+def test_one_autocast_helper_for_towers_training_and_evaluation():
+    import contextlib
+
+    import torch
+
+    from pipeline import precision
+    from pipeline.training import common, evaluate, train
+
+    assert common.autocast is precision.autocast and train.autocast is precision.autocast
+    assert evaluate.autocast is precision.autocast
+    assert isinstance(precision.autocast(torch.device("cpu"), True), contextlib.nullcontext)  # CPU: always fp32
+    assert isinstance(precision.autocast("cuda:0", False), contextlib.nullcontext)  # model.amp=false: fp32 on CUDA too
+    model_src = (ROOT / "model" / "model.py").read_text(encoding="utf-8")
+    assert "from pipeline.precision import autocast" in model_src and "torch.autocast(" not in model_src

@@ -44,6 +44,7 @@ from pipeline.model.backbone import Backbone, load_backbone, text_module
 from pipeline.model.layers import as_float
 from pipeline.model.text import AdaptedText, format_prompt
 from pipeline.model.vision import AdaptedVision
+from pipeline.precision import autocast
 from pipeline.settings.datasets import ProtocolConfig
 from pipeline.settings.model import ModelConfig
 
@@ -341,10 +342,8 @@ class TaskAdapterPP(nn.Module):
         return self.vision.temporal_embedding.device
 
     def _precision(self) -> contextlib.AbstractContextManager:
-        """bf16 autocast on CUDA when `amp`; fp32 elsewhere."""
-        if self.cfg.amp and self._device().type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """bf16 autocast on CUDA when `model.amp`; fp32 elsewhere (the helper training and evaluation use too)."""
+        return autocast(self._device(), self.cfg.amp)
 
     @property
     def stage_windows(self) -> list[range]:

@@ -31,7 +31,7 @@ class ModelConfig(Section):
     class_prompt_template: str = "A video of action about {c}"  # plain class-name prompt (baselines)
     image_size: int = Field(default=224, ge=16)  # crop side fed to CLIP
     quick_gelu: bool | None = None  # activation of the frozen blocks; None = what the pretrained tag (else the open_clip config) says
-    amp: bool = True  # bf16 autocast on CUDA; CPU always runs fp32
+    amp: bool = True  # bf16 autocast on CUDA for every forward pass (towers, training, evaluation, predict); CPU always runs fp32
 
 
 def model_fields(cfg: ModelConfig, fields: Iterable[str] | None = None) -> dict[str, Any]:

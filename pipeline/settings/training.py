@@ -37,7 +37,6 @@ class TrainConfig(Section):
     val_every: int | None = Field(default=None, ge=1)  # also validate every this many episodes (None: per epoch)
     seed: int = 0  # training episodes and init
     device: DeviceName = "auto"  # auto | cpu | cuda | cuda:N
-    amp: bool = True  # bf16 autocast on GPU (ignored on CPU: fp32)
     checkpoint_every: int = Field(default=200, ge=1)  # episodes between resumable checkpoints
     log_every: int = Field(default=10, ge=1)  # episodes between progress updates
     resume: bool = False  # continue a killed run from its last checkpoint (not part of the version)

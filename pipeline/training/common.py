@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 
 from pipeline.atomic import atomic_open
 from pipeline.config import Config
+from pipeline.precision import autocast  # re-exported: the one autocast helper (config model.amp)
 from pipeline.settings.model import model_fields
 from pipeline.stage import StageError
 from pipeline.training.episodes import Episode
@@ -54,13 +54,6 @@ def pick_device(name: str, key: str = "train.device") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise StageError(f"{key} {name!r} was asked for but no GPU is visible; use --set {key}=cpu")
     return torch.device(name)
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on GPU; fp32 on CPU."""
-    if device.type == "cuda" and enabled:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def dist_info() -> tuple[int, int]:

@@ -376,7 +376,7 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
         print(f"[fsar] evaluate: excluded videos of split {cfg.evaluate.split}: {excluded}", flush=True)
     sampler = EpisodeSampler(vids, cfg.protocol.way, shot, cfg.protocol.query, cfg.evaluate.seed, split=cfg.evaluate.split)
     episodes = sampler.take(cfg.evaluate.episodes)
-    scorer = EpisodeScorer(model, loader, cache=cfg.evaluate.cache, amp=cfg.train.amp, episodes_per_batch=cfg.evaluate.episodes_per_batch)
+    scorer = EpisodeScorer(model, loader, cache=cfg.evaluate.cache, amp=cfg.model.amp, episodes_per_batch=cfg.evaluate.episodes_per_batch)
     t0 = time.perf_counter()
     from pipeline.datasets import get_dataset
 
@@ -385,7 +385,7 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
     if cfg.evaluate.untrained:  # the same model at its training initialisation, on the same episodes
         torch.manual_seed(cfg.train.seed)
         fresh = build_model(cfg.model, cfg.protocol, device=device).eval()
-        fresh_scorer = EpisodeScorer(fresh, loader, cache=cfg.evaluate.cache, amp=cfg.train.amp, episodes_per_batch=scorer.episodes_per_batch)
+        fresh_scorer = EpisodeScorer(fresh, loader, cache=cfg.evaluate.cache, amp=cfg.model.amp, episodes_per_batch=scorer.episodes_per_batch)
         for row in score_episodes(fresh_scorer, episodes, False, pairs, "untrained"):
             rows.append({**row, "method": "untrained"})
     seconds = time.perf_counter() - t0

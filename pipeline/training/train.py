@@ -182,7 +182,7 @@ class Trainer:
             i = step * self.per_step + self.rank * E + j
             rng = np.random.default_rng([seed, 1, i])
             b = self.loader.batch(self.sampler.episode(i), "train", rng)
-            with autocast(self.device, self.cfg.train.amp):
+            with autocast(self.device, self.cfg.model.amp):
                 scores = self.model(b.support, b.support_labels, b.query, b.text_tokens, text_prefix=b.text_prefix)
                 loss = self.model.loss(scores, b.query_labels)
             (loss / E).backward()
@@ -203,7 +203,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> float:
         self.model.eval()
-        scorer = EpisodeScorer(self.model, self.loader, cache=True, amp=self.cfg.train.amp)
+        scorer = EpisodeScorer(self.model, self.loader, cache=True, amp=self.cfg.model.amp)
         acc = [float((scorer.scores(ep).logits.argmax(-1).cpu().numpy() == np.asarray(ep.query_labels)).mean()) for ep in self.val_episodes]
         return float(np.mean(acc))
 
