@@ -16,15 +16,11 @@ from typing import Annotated
 
 import typer
 
+from pipeline.cli import APP_SETTINGS
+
 __all__ = ["app", "main"]
 
-app = typer.Typer(
-    name="python -m flows",
-    help="Run the fsar flow (full) or the offline demo in-process.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+app = typer.Typer(name="python -m flows", help="Run the fsar flow (full) or the offline demo in-process.", **APP_SETTINGS)
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="config override key=value (repeatable)")]
 ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", help="artifact root: a local folder or file:// URL")]

@@ -20,15 +20,10 @@ from pipeline.config import Config, ConfigError, list_presets, load_config, pars
 from pipeline.stage import StageError
 from pipeline.stages import parse_pins, plan, run_stage
 
-__all__ = ["app", "build_config", "flag_overrides", "run_stage"]
+__all__ = ["APP_SETTINGS", "app", "build_config", "flag_overrides", "run_stage"]
 
-app = typer.Typer(
-    name="fsar",
-    help="Few-shot action recognition with Task-Adapter++: one command per pipeline stage.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+APP_SETTINGS: dict[str, Any] = {"no_args_is_help": True, "add_completion": False, "pretty_exceptions_enable": False}  # fsar and `python -m flows`
+app = typer.Typer(name="fsar", help="Few-shot action recognition with Task-Adapter++: one command per pipeline stage.", **APP_SETTINGS)
 
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name (see `fsar datasets`)")]
 PresetOpt = Annotated[
