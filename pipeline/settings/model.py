@@ -28,7 +28,6 @@ class ModelConfig(Section):
     subaction_index_embedding: bool = False  # extension: learnable sub-action index embedding in the text tower
     temporal_embedding_at: Literal["input", "first_adapted"] = "input"  # "first_adapted" is a change to the method
     prompt_template: str = "A video of action about {c}: {s}"  # {c}: class name, {s}: sub-action sentence
-    class_prompt_template: str = "A video of action about {c}"  # plain class-name prompt (baselines)
     image_size: int = Field(default=224, ge=16)  # crop side fed to CLIP
     quick_gelu: bool | None = None  # activation of the frozen blocks; None = what the pretrained tag (else the open_clip config) says
     amp: bool = True  # bf16 autocast on CUDA for every forward pass (towers, training, evaluation, predict); CPU always runs fp32
