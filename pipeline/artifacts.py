@@ -35,6 +35,7 @@ import fsspec
 import pandas as pd
 
 from pipeline.atomic import atomic_path, atomic_write_text
+from pipeline.errors import FsarError
 
 __all__ = [
     "ArtifactError",
@@ -59,7 +60,7 @@ LOCKS = ".locks"
 _CHUNK = 1 << 20
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(FsarError, RuntimeError):
     """An artifact is missing, incomplete or corrupt; the message says which and what to do."""
 
 

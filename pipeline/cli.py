@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.config import Config, ConfigError, list_presets, load_config, parse_overrides
+from pipeline.errors import FsarError
 from pipeline.stage import StageError
 from pipeline.stages import parse_pins, plan, run_stage
 
@@ -99,18 +100,11 @@ def _fail(exc: Exception) -> None:
 
 
 def _guarded(fn: Callable[[], Any]) -> Any:
-    from pipeline.artifacts import ArtifactError
-    from pipeline.datasets import DatasetError
-
+    """Run a command body; any FsarError (bad input, broken artifact) is one line on stderr and exit 2."""
     try:
         return fn()
-    except (ConfigError, DatasetError, ArtifactError, StageError) as exc:
+    except FsarError as exc:
         _fail(exc)
-    except ValueError as exc:  # open_clip's side: loaded only by commands that build a model (slow to import)
-        backbone = sys.modules.get("pipeline.model.backbone")
-        if backbone is not None and isinstance(exc, backbone.BackboneError):
-            _fail(exc)
-        raise
 
 
 def _run(name: str, cfg: Config, inputs: list[str] | None) -> Any:

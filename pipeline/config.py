@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from pipeline.errors import FsarError
 from pipeline.settings import (
     BackboneConfig,
     DatasetConfig,
@@ -74,7 +75,7 @@ def config_dir() -> Path:
     return Path(env).expanduser() if env else CONFIG_DIR
 
 
-class ConfigError(ValueError):
+class ConfigError(FsarError, ValueError):
     """A config key or value is wrong; the message names the key and what is allowed."""
 
 

@@ -12,13 +12,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, compute_version, recording_reads
+from pipeline.errors import FsarError
 
 __all__ = ["StageError", "build_once", "log"]
 
 log = logging.getLogger("fsar")
 
 
-class StageError(RuntimeError):
+class StageError(FsarError, RuntimeError):
     """A stage refused its input; the message names the thing and the fix (the CLI shows it without a traceback)."""
 
 

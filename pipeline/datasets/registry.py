@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.datasets.config import DatasetConfig
+from pipeline.errors import FsarError
 
 __all__ = [
     "SPLITS",
@@ -29,7 +30,7 @@ __all__ = [
 SPLITS = ("train", "val", "test")
 
 
-class DatasetError(ValueError):
+class DatasetError(FsarError, ValueError):
     """Bad dataset input (unknown name, missing folder or file); the message names the thing and the fix."""
 
 

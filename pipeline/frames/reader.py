@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import torch
 
 from pipeline.artifacts import ArtifactError, ArtifactRef, ArtifactStore, broken_message, record_read
+from pipeline.errors import FsarError
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "FrameStore", "FrameStoreError", "MODES", "clip_from_jpegs", "crop_box", "sample_indices", "to_clip"]
 
@@ -41,7 +42,7 @@ MODES = ("train", "eval")
 RngLike = np.random.Generator | int | None
 
 
-class FrameStoreError(LookupError):
+class FrameStoreError(FsarError, LookupError):
     """A video or frame that is not in the store (unknown id, failed video, frame not stored)."""
 
 

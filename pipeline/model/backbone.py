@@ -22,12 +22,14 @@ import torch
 from open_clip.transformer import ResidualAttentionBlock, TextTransformer, VisionTransformer
 from torch import nn
 
+from pipeline.errors import FsarError
+
 __all__ = ["Backbone", "BackboneError", "CLIP_CONFIG_DIR", "load_backbone", "register_clip_configs", "text_module"]
 
 CLIP_CONFIG_DIR = Path(__file__).resolve().parent / "clip_configs"  # fsar-tiny, fsar-micro (open_clip JSON configs)
 
 
-class BackboneError(ValueError):
+class BackboneError(FsarError, ValueError):
     """The open_clip model name, its weights or its architecture cannot be used; the message says why."""
 
 
