@@ -37,7 +37,7 @@ def test_loading_a_config_loads_no_stage_package():
     code = (
         "import sys; from pipeline.config import load_config; load_config('demo');"
         "print(sorted(m for m in sys.modules if m.startswith('pipeline.') and not m.startswith(('pipeline.settings',"
-        " 'pipeline.config', 'pipeline.secrets', 'pipeline.artifacts')))); print('torch' in sys.modules)"
+        " 'pipeline.config', 'pipeline.secrets', 'pipeline.artifacts', 'pipeline.errors')))); print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split("\n")
     assert out[0] == "[]"
