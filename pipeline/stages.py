@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from pipeline.artifacts import ArtifactError, ArtifactRef, ArtifactStore, compute_version
+from pipeline.artifacts import ArtifactRef, ArtifactStore, compute_version
+from pipeline.errors import FsarError
 from pipeline.stage import StageError
 
 __all__ = [
@@ -83,8 +84,8 @@ EXTRA: tuple[StageSpec, ...] = (
 )
 STAGES: dict[str, StageSpec] = {s.name: s for s in (*PIPELINE, *EXTRA)}
 
-# Errors that make a plan "blocked" (bad or missing input), not a crash.
-_BLOCKING: tuple[type[Exception], ...] = (StageError, ArtifactError, ValueError, FileNotFoundError)
+# Errors that make a plan "blocked" (bad or missing input), not a crash; anything else is a bug and raises.
+_BLOCKING: tuple[type[Exception], ...] = (FsarError, FileNotFoundError)
 
 
 @dataclass
