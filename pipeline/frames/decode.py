@@ -72,6 +72,7 @@ class DecodeSettings:
     min_frames: int = 1  # a video with fewer source frames fails with `too_few_frames`
     first: str = "decord"  # decoder tried first: decord | pyav (the other one is the fallback)
     threads: int = 0  # decoder threads per video (0 = the library's choice); does not change output
+    storage: str = "jpeg"  # what shards hold: jpeg (the JPEG bytes) | raw (that JPEG's decoded pixels); see shards.py
 
 
 @dataclass

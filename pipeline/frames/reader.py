@@ -12,7 +12,10 @@ stored at storage_size^2 already (the paper's 257 resize); training takes one ra
 
 Reads are row-exact: the index gives each video's shard and row range, open Parquet files are
 cached (per process, so a forked DataLoader worker opens its own), and only the row groups that
-hold the requested rows are read.
+hold the requested rows are read. A raw-storage artifact (`frames.storage_format=raw`, see
+`shards`) keeps each open part's frame numbers and CRC-32s in memory and reads the T frames'
+pixels straight from its pixel file at row * frame bytes: no Parquet read and no JPEG decoding per
+sample, and the same pixels as the JPEG it was built from (CRC-checked like JPEG bytes).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import torch
 
 from pipeline.artifacts import ArtifactError, ArtifactRef, ArtifactStore, broken_message, record_read
 from pipeline.errors import FsarError
+from pipeline.frames.shards import pixels_name
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "FrameStore", "FrameStoreError", "MODES", "clip_from_jpegs", "crop_box", "sample_indices", "to_clip"]
 
@@ -127,6 +131,23 @@ def _decode_jpegs(jpegs: Sequence[bytes]) -> np.ndarray:
     return np.stack([decode_jpeg(torch.frombuffer(bytearray(j), dtype=torch.uint8), mode=ImageReadMode.RGB).numpy() for j in jpegs])
 
 
+@dataclass
+class _Shard:
+    """One open Parquet part; raw storage adds its pixel file and every row's frame number and CRC-32."""
+
+    pf: pq.ParquetFile
+    starts: np.ndarray  # first row of each row group, then the row count
+    shape: tuple[int, int, int] | None = None  # raw: one frame's (3, S, S); None: JPEG bytes in the Parquet file
+    frame_index: np.ndarray | None = None  # raw: frame number of every row
+    crc: np.ndarray | None = None  # raw: CRC-32 of every row's pixels
+    pixels: Any = None  # raw: the open pixel file (unbuffered)
+
+    def close(self) -> None:
+        if self.pixels is not None:
+            self.pixels.close()
+            self.pixels = None
+
+
 @dataclass(frozen=True)
 class _Video:
     status: str
@@ -154,7 +175,7 @@ class FrameStore:
                 index["video_id"], index["status"], index["reason"], index["error"], index["shard"], index["offsets"], index["stored_indices"]
             )
         }
-        self._files: OrderedDict[str, tuple[pq.ParquetFile, np.ndarray]] = OrderedDict()
+        self._files: OrderedDict[str, _Shard] = OrderedDict()
         self._pid = os.getpid()
 
     # ------------------------------------------------------------------ opening
@@ -176,6 +197,8 @@ class FrameStore:
         self._pid = os.getpid()
 
     def close(self) -> None:
+        for sh in self._files.values():
+            sh.close()
         self._files.clear()
 
     def __enter__(self) -> "FrameStore":
@@ -230,9 +253,15 @@ class FrameStore:
                 f"frame(s) {missing} of video {video_id!r} are not stored; it stores {len(stored)} frames "
                 f"({_describe(stored)}); sample from FrameStore.stored_indices() / sample_indices()"
             )
-        jpegs, got = self._read_rows(v.shard, v.start + pos)
+        sh = self._file(v.shard)
+        if sh.shape is not None:
+            pixels, got = self._read_pixels(v.shard, sh, v.start + pos)  # (N, 3, S, S)
+        else:
+            jpegs, got = self._read_rows(v.shard, v.start + pos)
         if not np.array_equal(got, want):
             raise FrameStoreError(f"shard {v.shard} disagrees with the index for video {video_id!r}; the artifact is corrupt, rebuild it")
+        if sh.shape is not None:
+            return pixels
         if len(want) == 0:
             return np.empty((0, 3, 0, 0), dtype=np.uint8)
         return _decode_jpegs(jpegs)  # (N, 3, H, W)
@@ -253,7 +282,7 @@ class FrameStore:
         idx = sample_indices(self._video(video_id).stored, num_frames, mode, g)
         return _clip_chw(self._frames(video_id, idx), size, mode, mean, std, g)  # (T, 3, size, size)
 
-    def _file(self, shard: str) -> tuple[pq.ParquetFile, np.ndarray]:
+    def _file(self, shard: str) -> _Shard:
         if self._pid != os.getpid():  # forked: never share file handles with the parent
             self._files = OrderedDict()
             self._pid = os.getpid()
@@ -261,28 +290,71 @@ class FrameStore:
         if hit is not None:
             self._files.move_to_end(shard)
             return hit
-        full = f"{self.path}/{shard}"
-        try:
-            size = os.stat(full).st_size
-            if shard in self._sizes and size != self._sizes[shard]:
-                raise self._corrupt(shard, f"it has {size} bytes, the manifest says {self._sizes[shard]}")
-            pf = pq.ParquetFile(self._fs.open(full, "rb") if self._fs is not None else full)
-        except FileNotFoundError:
-            raise self._corrupt(shard, "it is missing") from None
-        except (OSError, pa.ArrowException) as exc:
-            raise self._corrupt(shard, f"it cannot be read ({' '.join(str(exc).split())[:120]})") from None
-        if self.ref is not None:
-            record_read(self.ref, shard)
-        md = pf.metadata
-        starts = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
-        self._files[shard] = (pf, starts)
+        sh = self._open_shard(shard)
+        self._files[shard] = sh
         if len(self._files) > self._max_open:
-            self._files.popitem(last=False)
-        return pf, starts
+            self._files.popitem(last=False)[1].close()
+        return sh
+
+    def _open(self, name: str) -> Any:
+        """An open binary file of the artifact (size checked against the manifest), mapping failures to ArtifactError."""
+        full = f"{self.path}/{name}"
+        try:
+            size = self._fs.size(full) if self._fs is not None else os.stat(full).st_size
+            if name in self._sizes and size != self._sizes[name]:
+                raise self._corrupt(name, f"it has {size} bytes, the manifest says {self._sizes[name]}")
+            f = self._fs.open(full, "rb") if self._fs is not None else open(full, "rb", buffering=0)
+        except FileNotFoundError:
+            raise self._corrupt(name, "it is missing") from None
+        except OSError as exc:
+            raise self._corrupt(name, f"it cannot be read ({' '.join(str(exc).split())[:120]})") from None
+        if self.ref is not None:
+            record_read(self.ref, name)
+        return f
+
+    def _open_shard(self, shard: str) -> _Shard:
+        try:
+            pf = pq.ParquetFile(self._open(shard))
+            md = pf.metadata
+            meta = pf.schema_arrow.metadata or {}
+            raw = meta.get(b"fsar.storage") == b"raw"
+            sh = _Shard(pf, np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)]))
+            if raw:
+                sh.shape = tuple(int(d) for d in meta[b"fsar.frame_shape"].split(b","))
+                t = pf.read(columns=["frame_index", "crc32"])  # small: kept for the file's lifetime
+                sh.frame_index, sh.crc = t.column("frame_index").to_numpy(), t.column("crc32").to_numpy()
+        except (OSError, pa.ArrowException, KeyError, ValueError) as exc:
+            raise self._corrupt(shard, f"it cannot be read ({' '.join(str(exc).split())[:120]})") from None
+        if raw:
+            pixels = pixels_name(shard)
+            sh.pixels = self._open(pixels)
+            size = self._fs.size(f"{self.path}/{pixels}") if self._fs is not None else os.fstat(sh.pixels.fileno()).st_size
+            if size != md.num_rows * int(np.prod(sh.shape)):
+                sh.close()
+                raise self._corrupt(pixels, f"it has {size} bytes, {md.num_rows} frames of {'x'.join(map(str, sh.shape))} need {md.num_rows * int(np.prod(sh.shape))}")
+        return sh
+
+    def _read_pixels(self, shard: str, sh: _Shard, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw storage: uint8 (len(rows), 3, S, S) pixels and frame numbers of the given rows, CRC-checked."""
+        out = np.empty((len(rows), *sh.shape), dtype=np.uint8)  # (N, 3, S, S)
+        nbytes = out[0].nbytes if len(rows) else 0
+        for k, r in enumerate(rows.tolist()):
+            buf = memoryview(out[k].reshape(-1))
+            try:
+                sh.pixels.seek(r * nbytes)
+                got = sh.pixels.readinto(buf)
+            except OSError as exc:
+                raise self._corrupt(pixels_name(shard), f"it cannot be read ({' '.join(str(exc).split())[:120]})") from None
+            if got != nbytes:
+                raise self._corrupt(pixels_name(shard), f"frame row {r} is cut short ({got} of {nbytes} bytes)")
+            if zlib.crc32(buf) != int(sh.crc[r]):
+                raise self._corrupt(pixels_name(shard), f"frame {int(sh.frame_index[r])} fails its CRC-32 check")
+        return out, sh.frame_index[rows]
 
     def _read_rows(self, shard: str, rows: np.ndarray) -> tuple[list[bytes], np.ndarray]:
         """JPEG bytes and frame numbers of the given rows of a shard, in the order asked."""
-        pf, starts = self._file(shard)
+        sh = self._file(shard)
+        pf, starts = sh.pf, sh.starts
         groups = np.searchsorted(starts, rows, side="right") - 1
         jpegs: list[bytes] = [b""] * len(rows)
         frame_index = np.empty(len(rows), dtype=np.int64)

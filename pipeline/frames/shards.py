@@ -12,32 +12,46 @@ Shard schema (`SHARD_SCHEMA`): one row per stored frame, videos in unit order, f
 row groups hold at most `ROW_GROUP_ROWS` rows of a single video, so a reader fetches one video's
 frames without touching its neighbours. Each frame carries the CRC-32 of its JPEG bytes, which the
 reader checks before decoding (the cheap per-read check; `fsar verify` checks whole files by sha256).
+
+Raw storage (`frames.storage_format=raw`): the same JPEG is decoded once here (PIL; the reader's
+torchvision decoder gives the same pixels) and its pixels are stored instead, so a sample reads
+exactly what a jpeg artifact's reader would decode. Each Parquet part then has the columns of
+`raw_shard_schema(size)` (no `jpeg`; its schema metadata says `fsar.storage: raw` and the frame
+shape) and a pixel file beside it, `shards/<unit>-<part>.rgb`: the part's frames in row order,
+uint8 planes (3, size, size) each, so row r is at byte r * 3 * size^2; the CRC-32 column is that of
+the frame's pixel bytes. Both files are in the unit's files (checksums, sizes, `fsar verify`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import zlib
-from pipeline.artifacts import sha256_file
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.artifacts import sha256_file
 from pipeline.atomic import AtomicFile, atomic_write_text
 from pipeline.datasets.registry import VideoEntry
 from pipeline.frames.decode import DecodeSettings, VideoFailure, decode_video
 
 __all__ = [
     "INDEX_SCHEMA",
+    "PIXELS_SUFFIX",
     "ROW_GROUP_ROWS",
     "SHARD_DIR",
     "SHARD_SCHEMA",
     "ShardUnit",
     "decode_unit",
+    "jpeg_planes",
+    "pixels_name",
+    "raw_shard_schema",
     "read_marker",
     "unit_files_prefix",
 ]
@@ -70,9 +84,34 @@ INDEX_SCHEMA = pa.schema(
         pa.field("stored_indices", pa.list_(pa.int32()), nullable=False),  # source frame numbers stored, ascending
         pa.field("shard", pa.string()),  # shard file, relative to the artifact folder
         pa.field("offsets", pa.list_(pa.int64(), 2)),  # [start, stop) rows of this video in the shard
-        pa.field("bytes", pa.int64(), nullable=False),  # JPEG bytes stored for this video
+        pa.field("bytes", pa.int64(), nullable=False),  # frame bytes stored for this video (JPEG, or raw pixels)
     ]
 )
+
+PIXELS_SUFFIX = ".rgb"  # raw storage: the pixel file beside each Parquet part
+
+
+def raw_shard_schema(size: int) -> pa.Schema:
+    """Columns of a raw-storage Parquet part (frames are in its pixel file); the metadata names the layout."""
+    fields = [SHARD_SCHEMA.field(name) for name in ("video_id", "frame_index")]
+    crc = pa.field("crc32", pa.uint32(), nullable=False)  # zlib.crc32 of the frame's pixel bytes
+    return pa.schema([*fields, crc], metadata={"fsar.storage": "raw", "fsar.frame_shape": f"3,{size},{size}"})
+
+
+def pixels_name(shard: str) -> str:
+    """The pixel file of a raw-storage Parquet part (same folder and stem)."""
+    return shard.removesuffix(".parquet") + PIXELS_SUFFIX
+
+
+def jpeg_planes(jpeg: bytes, size: int) -> bytes:
+    """A stored JPEG's pixels as raw storage keeps them: uint8 planes (3, size, size), row-major."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(jpeg)) as im:
+        rgb = np.asarray(im.convert("RGB"))  # (size, size, 3)
+    if rgb.shape != (size, size, 3):
+        raise ValueError(f"stored frame is {rgb.shape[1]}x{rgb.shape[0]}, expected {size}x{size}")
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1)).tobytes()  # (3, size, size)
 
 
 @dataclass(frozen=True)
@@ -98,9 +137,9 @@ class ShardUnit:
         """What the unit's output depends on (guards a marker against a different unit of the same id)."""
         payload = {
             "videos": [[v.video_id, v.class_name, v.split, v.path] for v in self.videos],
-            "settings": {k: v for k, v in vars(self.settings).items() if k != "threads"},
+            "settings": {k: v for k, v in vars(self.settings).items() if k != "threads" and (k, v) != ("storage", "jpeg")},
             "shard_max_bytes": self.shard_max_bytes,
-        }  # not `crashed`: which videos crash follows from the rest
+        }  # not `crashed`: which videos crash follows from the rest; storage only when raw (jpeg keys predate it)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -132,16 +171,18 @@ def _atomic_json(path: Path, data: Any) -> None:
 
 
 class _PartWriter:
-    """Writes a unit's rows into size-bounded Parquet parts, each renamed into place when closed."""
+    """Writes a unit's rows into size-bounded Parquet parts (and, raw storage, their pixel files), each renamed into place when closed."""
 
     def __init__(self, unit: ShardUnit):
         self.unit = unit
+        self.raw = unit.settings.storage == "raw"
         self.dir = Path(unit.out_dir) / SHARD_DIR
         self.dir.mkdir(parents=True, exist_ok=True)
         self.files: dict[str, dict[str, Any]] = {}
         self._part = -1
         self._writer: pq.ParquetWriter | None = None
         self._pending: AtomicFile | None = None
+        self._pixels: tuple[AtomicFile, BinaryIO] | None = None  # raw storage: the part's pixel file, open for writing
         self._rows = 0
         self._bytes = 0
 
@@ -153,9 +194,12 @@ class _PartWriter:
         self._part += 1
         final = Path(self.unit.out_dir) / self._name
         self._pending = AtomicFile(final)
+        if self.raw:
+            pending = AtomicFile(Path(self.unit.out_dir) / pixels_name(self._name))
+            self._pixels = (pending, open(pending.tmp, "wb"))
         self._writer = pq.ParquetWriter(
             self._pending.tmp,
-            SHARD_SCHEMA,
+            raw_shard_schema(self.unit.settings.size) if self.raw else SHARD_SCHEMA,
             compression={"video_id": "zstd", "frame_index": "zstd", "jpeg": "none", "crc32": "none"},  # JPEG does not compress
             use_dictionary=["video_id"],
             write_statistics=["video_id", "frame_index"],
@@ -166,28 +210,37 @@ class _PartWriter:
         if self._writer is None:
             return
         self._writer.close()
-        tmp = self._pending.tmp
-        self.files[self._name] = {"sha256": sha256_file(tmp), "size": tmp.stat().st_size}
-        self._pending.commit()
-        self._writer = self._pending = None
+        pending = [(self._name, self._pending)]
+        if self._pixels is not None:
+            self._pixels[1].close()
+            pending.append((pixels_name(self._name), self._pixels[0]))
+        for name, p in pending:
+            self.files[name] = {"sha256": sha256_file(p.tmp), "size": p.tmp.stat().st_size}
+        for _, p in pending:
+            p.commit()
+        self._writer = self._pending = self._pixels = None
 
-    def add(self, video_id: str, indices: list[int], jpegs: list[bytes]) -> tuple[str, int, int]:
-        """Append one video's frames; returns (shard name, first row, end row)."""
-        size = sum(len(j) for j in jpegs)
+    def add(self, video_id: str, indices: list[int], jpegs: list[bytes]) -> tuple[str, int, int, int]:
+        """Append one video's frames; returns (shard name, first row, end row, bytes stored)."""
+        frames = [jpeg_planes(j, self.unit.settings.size) for j in jpegs] if self.raw else jpegs  # what is stored
+        size = sum(len(f) for f in frames)
         if self._writer is not None and self._rows and self._bytes + size > self.unit.shard_max_bytes:
             self._close()
         if self._writer is None:
             self._open()
-        table = pa.Table.from_arrays(
-            [pa.array([video_id] * len(jpegs), pa.string()), pa.array(indices, pa.int32()), pa.array(jpegs, pa.binary()),
-             pa.array([zlib.crc32(j) for j in jpegs], pa.uint32())],
-            schema=SHARD_SCHEMA,
-        )
+        columns = [pa.array([video_id] * len(frames), pa.string()), pa.array(indices, pa.int32())]
+        if self._pixels is not None:
+            for f in frames:
+                self._pixels[1].write(f)
+        else:
+            columns.append(pa.array(frames, pa.binary()))
+        columns.append(pa.array([zlib.crc32(f) for f in frames], pa.uint32()))
+        table = pa.Table.from_arrays(columns, schema=self._writer.schema)
         self._writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
         start = self._rows
-        self._rows += len(jpegs)
+        self._rows += len(frames)
         self._bytes += size
-        return self._name, start, self._rows
+        return self._name, start, self._rows, size
 
     def close(self) -> None:
         self._close()
@@ -196,9 +249,13 @@ class _PartWriter:
         if self._writer is not None:
             try:
                 self._writer.close()
+                if self._pixels is not None:
+                    self._pixels[1].close()
             finally:
                 self._pending.abort()
-                self._writer = self._pending = None
+                if self._pixels is not None:
+                    self._pixels[0].abort()
+                self._writer = self._pending = self._pixels = None
 
 
 def read_marker(unit: ShardUnit) -> dict[str, Any] | None:
@@ -241,7 +298,7 @@ def decode_unit(unit: ShardUnit) -> dict[str, Any]:
                 row.update(status="failed", reason=exc.reason, error=str(exc), num_frames=exc.num_frames)
                 rows.append(row)
                 continue
-            shard, start, stop = writer.add(v.video_id, video.stored_indices, video.jpegs)
+            shard, start, stop, nbytes = writer.add(v.video_id, video.stored_indices, video.jpegs)
             row.update(
                 decoder=video.decoder,
                 num_frames=video.num_frames,
@@ -249,7 +306,7 @@ def decode_unit(unit: ShardUnit) -> dict[str, Any]:
                 stored_indices=list(video.stored_indices),
                 shard=shard,
                 offsets=[start, stop],
-                bytes=sum(len(j) for j in video.jpegs),
+                bytes=nbytes,
             )
             rows.append(row)
         writer.close()

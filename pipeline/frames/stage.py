@@ -17,7 +17,8 @@ re-run with the same inputs, keeps every unit that has its marker and decodes on
 result is byte-identical to an uninterrupted run.
 
 Version = hash of (stage format, the frames fields that change the output: storage_size,
-max_frames, jpeg_quality, videos_per_shard, shard_max_mb, decoder; protocol.num_frames, which
+max_frames, jpeg_quality, videos_per_shard, shard_max_mb, decoder, storage_format (when raw; a
+jpeg artifact's fields are those of format 2 before the option); protocol.num_frames, which
 decides `too_few_frames`; the dataset name; and a fingerprint of the video list: sha256 over every
 video's id, class, split, path, file size and modification time). Editing, adding, removing or
 touching a video gives a new version; `workers` and `max_failed_fraction` do not change the output
@@ -90,6 +91,7 @@ def run(config: Any, inputs: Mapping[str, ArtifactRef] | None = None, store: Art
         min_frames=t,
         first=fc.decoder,
         threads=max(1, _cpu_count() // workers) if workers > 1 else 0,
+        storage=fc.storage_format,
     )
     mapper = map_units or (lambda fn, units: _pool_map(fn, units, workers))
 
@@ -192,9 +194,12 @@ def version_config(config: Any, videos: Sequence[VideoEntry], stats: Sequence[tu
     for v, st in zip(videos, stats):
         h.update(json.dumps([v.video_id, v.class_name, v.split, v.path, list(st) if st else None], ensure_ascii=False).encode())
         h.update(b"\n")
+    frames = {k: getattr(fc, k) for k in ("storage_size", "max_frames", "jpeg_quality", "videos_per_shard", "shard_max_mb", "decoder")}
+    if fc.storage_format != "jpeg":  # hashed only when not the default: jpeg artifacts built before the option keep their version
+        frames["storage_format"] = fc.storage_format
     return {
         "dataset": config.dataset.name,
-        "frames": {k: getattr(fc, k) for k in ("storage_size", "max_frames", "jpeg_quality", "videos_per_shard", "shard_max_mb", "decoder")},
+        "frames": frames,
         "num_frames": config.protocol.num_frames,
         "videos": {"count": len(videos), "sha256": h.hexdigest()},
     }
