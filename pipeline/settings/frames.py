@@ -16,7 +16,7 @@ class FramesConfig(Section):
     max_frames: int | None = Field(default=32, ge=1)  # frames kept per video, spread evenly; None = every frame
     jpeg_quality: int = Field(default=90, ge=1, le=100)  # JPEG quality of stored frames
     # jpeg: shards hold each frame as JPEG bytes (small; loading decodes T JPEGs); raw: they hold the pixels of that
-    # same JPEG, decoded once while building (samples identical to jpeg; loading skips decoding, 5-20x faster;
+    # same JPEG, decoded once while building (samples identical to jpeg; loading skips decoding: 3-5x faster;
     # 3 * storage_size^2 bytes a frame: about 7x the disk of jpeg at 257^2, 198 KB a frame, 6.3 MB a video)
     storage_format: Literal["jpeg", "raw"] = "jpeg"
     shard_max_mb: int = Field(default=256, ge=1)  # upper bound of one shard's size
