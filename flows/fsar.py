@@ -28,7 +28,7 @@ __all__ = ["fsar", "ALL_STAGES", "run_stages"]
 
 ALL_STAGES = tuple(s.name for s in PIPELINE)
 # Where a retry helps: LLM calls (rate limits, a server that restarts) and I/O.
-RETRIES = {"descriptions": 2, "frames": 1, "embeddings": 1, "train": 0, "evaluate": 0}
+RETRIES = {"descriptions": 2, "frames": 1, "embeddings": 1, "train": 0, "prefix": 1, "evaluate": 0}
 
 
 def _stage_task(name: str):
@@ -119,8 +119,9 @@ def run_stages(cfg: Config, chosen: Sequence[str], task_runner: str = "local", d
     the versions the config implies (or `pins`)."""
     store = ArtifactStore(cfg.artifacts)
     refs: dict[str, ArtifactRef] = {}
-    for name in ALL_STAGES:
-        if name not in chosen:
+    for spec in PIPELINE:
+        name = spec.name
+        if name not in chosen or not spec.enabled(cfg):  # a stage the config switches off (evaluate.prefix=false)
             continue
         inputs = resolve_inputs(cfg, name, store, pins, built=refs)
         if name == "frames":

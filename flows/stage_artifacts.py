@@ -122,6 +122,20 @@ def train_markdown(ref: ArtifactRef, manifest: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def prefix_markdown(ref: ArtifactRef, manifest: dict[str, Any]) -> str:
+    """What the stored vision prefix covers and what it was made from."""
+    s, config = manifest.get("summary", {}), manifest.get("config", {})
+    model = config.get("model", {})
+    rows = [{"what": "videos", "value": f"{s.get('videos', '?')} of split {s.get('split', '?')}"},
+            {"what": "stored dtype", "value": s.get("dtype", "?")},
+            {"what": "backbone", "value": f"{model.get('clip', '?')} ({model.get('pretrained') or 'random init'}), "
+                                          f"{model.get('vision_adapted_layers', '?')} adapted blocks after the stored ones"},
+            {"what": "temporal embedding", "value": "at the input: holds the checkpoint's, reusable by that checkpoint only"
+             if model.get("temporal_embedding_at") == "input" else "at the first adapted block: reusable by every checkpoint"},
+            {"what": "frames / train", "value": f"{_input(manifest, 'frames')} / {_input(manifest, 'train')}"}]
+    return "\n".join(_header(ref, "prefix") + _md_table(rows))
+
+
 def evaluate_markdown(ref: ArtifactRef, manifest: dict[str, Any]) -> str:
     """The report's own text (results, protocol, per-class accuracy, lineage) and where it lies."""
     path = _folder(ref) / "report.md"
@@ -135,6 +149,7 @@ BUILDERS: dict[str, Callable[[ArtifactRef, dict[str, Any]], str]] = {
     "frames": frames_markdown,
     "embeddings": embeddings_markdown,
     "train": train_markdown,
+    "prefix": prefix_markdown,
     "evaluate": evaluate_markdown,
 }
 

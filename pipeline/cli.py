@@ -19,7 +19,7 @@ import typer
 from pipeline.config import Config, ConfigError, list_presets, load_config, parse_overrides
 from pipeline.errors import FsarError
 from pipeline.stage import StageError
-from pipeline.stages import parse_pins, plan, run_stage
+from pipeline.stages import STAGES, parse_pins, plan, resolve_inputs, run_stage
 
 __all__ = ["APP_SETTINGS", "app", "build_config", "flag_overrides", "run_stage"]
 
@@ -135,6 +135,7 @@ def _stage_command(name: str, help_text: str) -> None:
 
 _stage_command("frames", "Decode videos into versioned Parquet shards of frames.")
 _stage_command("embeddings", "Cache the frozen text-prefix states of every prompt.")
+_stage_command("prefix", "Store the frozen vision-prefix states of every video of the evaluated split (evaluate runs it too).")
 
 
 @app.command("descriptions")
@@ -199,7 +200,12 @@ def evaluate_cmd(
     def go() -> None:
         checkpoint_file = str(Path(checkpoint).expanduser().resolve()) if checkpoint else None
         extra = flag_overrides((f"evaluate.{k}", v) for k, v in (("checkpoint", checkpoint_file), ("episodes", episodes), ("shot", shots)))
-        _run("evaluate", build_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list), input_)
+        cfg = build_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list)
+        pins = parse_pins(input_)
+        if STAGES["prefix"].enabled(cfg) and "prefix" not in pins:  # the vision prefix it reads (skipped if it exists)
+            ref = run_stage("prefix", cfg, resolve_inputs(cfg, "prefix", pins=pins, needed_by="evaluate"))
+            typer.echo(f"prefix: {ref}")
+        _run("evaluate", cfg, input_)
 
     _guarded(go)
 

@@ -51,6 +51,7 @@ class StageSpec:
     reads: tuple[str, ...]  # config sections read (documentation and `fsar plan`)
     summary: str
     upstream_fn: str | None = None  # name of a module function cfg -> upstream tuple, when config decides it
+    enabled_fn: str | None = None  # name of a module function cfg -> bool, for a stage the config may switch off
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -59,6 +60,9 @@ class StageSpec:
         if self.upstream_fn is None:
             return self.upstream
         return tuple(getattr(self.load(), self.upstream_fn)(cfg))
+
+    def enabled(self, cfg: Any) -> bool:
+        return self.enabled_fn is None or bool(getattr(self.load(), self.enabled_fn)(cfg))
 
     def version(self, cfg: Any, inputs: Mapping[str, ArtifactRef]) -> str:
         module = self.load()
@@ -74,6 +78,8 @@ PIPELINE: tuple[StageSpec, ...] = (
               "frozen text-prefix states of every prompt"),
     StageSpec("train", "pipeline.training.train", ("frames", "embeddings"), ("model", "protocol", "train"),
               "Task-Adapter++ adapters trained on episodes"),
+    StageSpec("prefix", "pipeline.prefix.stage", ("frames", "train"), ("model", "protocol", "evaluate"),
+              "frozen vision-prefix states of every evaluated video", upstream_fn="upstream_for", enabled_fn="enabled"),
     StageSpec("evaluate", "pipeline.training.evaluate", ("frames", "embeddings", "train"), ("model", "protocol", "evaluate"),
               "seeded test episodes, per-episode table, report", upstream_fn="upstream_for"),
 )
@@ -128,7 +134,7 @@ def plan(cfg: Any, store: ArtifactStore | None = None, pins: Mapping[str, str] |
     """
     store = store if store is not None else ArtifactStore(cfg.artifacts)
     pins = dict(pins or {})
-    wanted = _closure(cfg, stages) if stages is not None else {s.name for s in PIPELINE}
+    wanted = _closure(cfg, stages) if stages is not None else {s.name for s in PIPELINE if s.enabled(cfg)}
     out: dict[str, Planned] = {}
     for spec in PIPELINE:
         if spec.name in wanted:
@@ -183,9 +189,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def resolve_inputs(cfg: Any, name: str, store: ArtifactStore | None = None, pins: Mapping[str, str] | None = None,
-                   built: Mapping[str, ArtifactRef] | None = None) -> dict[str, ArtifactRef]:
+                   built: Mapping[str, ArtifactRef] | None = None, needed_by: str | None = None) -> dict[str, ArtifactRef]:
     """The upstream artifacts of stage `name` that `plan` shows for this config (or `pins`, or `built` refs
-    from this same run); a missing, blocked or broken one is an error naming what to run first."""
+    from this same run); a missing, blocked or broken one is an error naming what to run first (and
+    `needed_by`, default `name`, as the one that needs it)."""
     store = store if store is not None else ArtifactStore(cfg.artifacts)
     spec = STAGES[name]
     built = dict(built or {})
@@ -194,7 +201,7 @@ def resolve_inputs(cfg: Any, name: str, store: ArtifactStore | None = None, pins
     if not upstream:
         return {}
     planned = {p.stage: p for p in plan(cfg, store, pins, stages=list(upstream))}
-    return {up: built.get(up) or _existing(planned[up], cfg, store, name) for up in upstream}
+    return {up: built.get(up) or _existing(planned[up], cfg, store, needed_by or name) for up in upstream}
 
 
 def planned_ref(cfg: Any, stage: str, store: ArtifactStore | None = None, pins: Mapping[str, str] | None = None,

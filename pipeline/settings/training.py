@@ -48,6 +48,10 @@ class EvaluateConfig(Section):
     seed: int = 2024  # test episodes' seed (same seed -> same saved episodes)
     split: Literal["train", "val", "test"] = "test"  # split evaluated
     cache: bool = True  # run the frozen vision prefix once per video
+    # read that prefix from the `prefix` stage's artifact (computed once, shared by evaluation runs; with
+    # model.temporal_embedding_at=first_adapted also by checkpoints and description corpora); false = in memory
+    prefix: bool = True
+    prefix_dtype: Literal["float32", "float16"] = "float32"  # stored dtype of the prefix artifact (float16: half the disk)
     # episodes scored per pass through the adapted blocks (same results as one at a time; not part of the version);
     # "auto" = 8 on CPU, 64 on CUDA; lower it if evaluation runs out of memory
     episodes_per_batch: int | Literal["auto"] = "auto"

@@ -52,7 +52,7 @@ from pipeline.training.episodes import Episode, EpisodeSampler, check_splits, ep
 from pipeline.training.report import collect_lineage, confusion, summarise, table_markdown, write_plots, write_report
 
 __all__ = [
-    "EpisodeScorer", "FORMAT_VERSION", "METHODS", "combine", "descriptions_label", "episodes_per_batch_for", "plan_fields", "run",
+    "EpisodeScorer", "FORMAT_VERSION", "METHODS", "checkpoint_path", "combine", "descriptions_label", "episodes_per_batch_for", "plan_fields", "run",
     "score_episodes", "upstream_for",
 ]
 
@@ -75,9 +75,10 @@ class EpisodeScorer:
 
     def __init__(
         self, model: torch.nn.Module, loader: EpisodeLoader, cache: bool, amp: bool = True, batch: int = 16,
-        episodes_per_batch: int | str = "auto",
+        episodes_per_batch: int | str = "auto", prefix: Any | None = None,
     ):
         self.model, self.loader, self.cache, self.amp, self.batch = model, loader, cache, amp, batch
+        self.prefix = prefix  # a `pipeline.prefix.PrefixStates` (the prefix artifact) or None: computed here
         self.episodes_per_batch = episodes_per_batch_for(episodes_per_batch, loader.device)
         self._prefix: dict[str, torch.Tensor] = {}  # frozen prefix per video (`scores`)
         self._video: dict[str, torch.Tensor] = {}  # `vision_video_states` per video (`scores_batch`)
@@ -89,7 +90,7 @@ class EpisodeScorer:
         for i in range(0, len(todo), self.batch):
             chunk = todo[i : i + self.batch]
             with autocast(self.loader.device, self.amp):
-                out = fn(self.loader.clips(chunk, "eval", None)).float()
+                out = fn(chunk).float()
             for vid, x in zip(chunk, out):
                 store[vid] = x
 
@@ -97,12 +98,18 @@ class EpisodeScorer:
         """Model input for videos: cached prefix states (is_prefix=True) or clips."""
         if not self.cache:
             return self.loader.clips(ids, "eval", None), False
-        self._fill(self._prefix, ids, self.model.vision_prefix)
+        self._fill(self._prefix, ids, self._prefix_of)
         return torch.stack([self._prefix[v] for v in ids]), True  # (B, T, P+1, D)
 
-    def _video_states(self, clips: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) -> (B, T, P+1, D): frozen prefix + the per-video steps of the first adapted block."""
-        return self.model.vision_video_states(self.model.vision_prefix(clips))
+    def _prefix_of(self, ids: Sequence[str]) -> torch.Tensor:
+        """(B, T, P+1, D) frozen prefix states of videos: read from the prefix artifact when given, else computed."""
+        if self.prefix is not None:
+            return self.prefix.get(ids)
+        return self.model.vision_prefix(self.loader.clips(ids, "eval", None))
+
+    def _video_states(self, ids: Sequence[str]) -> torch.Tensor:
+        """(B, T, P+1, D): frozen prefix + the per-video steps of the first adapted block."""
+        return self.model.vision_video_states(self._prefix_of(ids))
 
     def videos_batch(self, ids: Sequence[Sequence[str]]) -> torch.Tensor:
         """(B, V, T, P+1, D) states of B episodes' videos.
@@ -123,7 +130,7 @@ class EpisodeScorer:
         return states.unflatten(0, (len(ids), -1))
 
     def frozen_features(self, ids: Sequence[str]) -> torch.Tensor:
-        self._fill(self._frozen, ids, self.model.frozen_frame_features)
+        self._fill(self._frozen, ids, lambda chunk: self.model.frozen_frame_features(self.loader.clips(chunk, "eval", None)))
         return torch.stack([self._frozen[v] for v in ids])  # (B, T, E)
 
     def text(self, classes: Sequence[str]) -> torch.Tensor | None:
@@ -285,11 +292,15 @@ def descriptions_label(cfg: Config, embeddings: ArtifactRef | None) -> str:
 
 
 def upstream_for(cfg: Config) -> tuple[str, ...]:
-    """The stages evaluate reads: frames, embeddings, and train unless `evaluate.checkpoint` names a file."""
-    return ("frames", "embeddings") if cfg.evaluate.checkpoint else ("frames", "embeddings", "train")
+    """The stages evaluate reads: frames, embeddings, train unless `evaluate.checkpoint` names a file, and the
+    vision prefix when `evaluate.prefix` (with `evaluate.cache`)."""
+    from pipeline import prefix
+
+    ups = ("frames", "embeddings") if cfg.evaluate.checkpoint else ("frames", "embeddings", "train")
+    return (*ups, "prefix") if prefix.enabled(cfg) else ups
 
 
-def _checkpoint_path(cfg: Config, inputs: Mapping[str, ArtifactRef]) -> Path:
+def checkpoint_path(cfg: Config, inputs: Mapping[str, ArtifactRef]) -> Path:
     """The checkpoint to score, verified: `evaluate.checkpoint`, else best.pt of the train input."""
     if cfg.evaluate.checkpoint:
         path = Path(cfg.evaluate.checkpoint).expanduser()
@@ -321,6 +332,10 @@ def plan_fields(cfg: Config, inputs: Mapping[str, ArtifactRef] | None = None) ->
 
 
 def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> ArtifactRef:
+    from pipeline import prefix
+
+    if prefix.enabled(cfg) and "prefix" not in inputs and all(k in inputs for k in prefix.upstream_for(cfg)):
+        inputs = {**inputs, "prefix": prefix.run(cfg, inputs, store)}  # the vision prefix it reads (skipped if it exists)
     for need in upstream_for(cfg):
         if need not in inputs:
             raise StageError(f"evaluate needs a {need} artifact; run `fsar {need}` first")
@@ -330,7 +345,7 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
     check_splits(inputs["frames"], cfg.protocol, {cfg.evaluate.split: cfg.evaluate.shot or cfg.protocol.shot})  # before any model
 
     def build(staging: Staging) -> None:
-        ckpt_path = _checkpoint_path(cfg, inputs)
+        ckpt_path = checkpoint_path(cfg, inputs)
         ckpt = load_checkpoint(ckpt_path)
         check_checkpoint(ckpt, cfg, ckpt_path)
         evaluate_into(staging, cfg, inputs, ckpt, label)
@@ -355,6 +370,21 @@ def prepare(cfg: Config, inputs: dict[str, ArtifactRef], device: torch.device):
     return model, loader, frames
 
 
+def open_prefix(cfg: Config, inputs: Mapping[str, ArtifactRef], device: torch.device) -> Any | None:
+    """The prefix artifact's states when evaluate reads one (checked against this config and checkpoint), else None."""
+    if "prefix" not in inputs:
+        return None
+    from pipeline.prefix import PrefixStates
+
+    prefix = PrefixStates(inputs["prefix"], device)
+    prefix.check(cfg)
+    made_from = ArtifactStore(inputs["prefix"].root).manifest(inputs["prefix"]).get("inputs", {}).get("train", {}).get("version")
+    if made_from is not None and "train" in inputs and made_from != inputs["train"].version:
+        raise StageError(f"the prefix artifact {inputs['prefix']} holds the temporal embedding of train/{made_from}, but evaluate scores "
+                         f"train/{inputs['train'].version}; run `fsar prefix` for that checkpoint or drop the --input prefix=... pin")
+    return prefix
+
+
 def _check_text_cache(cfg: Config, text: Any) -> None:
     got = text.config.get("model", {})
     want = model_fields(cfg.model, ["clip", "pretrained", "init_seed", "text_adapted_layers"])
@@ -376,7 +406,9 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
         print(f"[fsar] evaluate: excluded videos of split {cfg.evaluate.split}: {excluded}", flush=True)
     sampler = EpisodeSampler(vids, cfg.protocol.way, shot, cfg.protocol.query, cfg.evaluate.seed, split=cfg.evaluate.split)
     episodes = sampler.take(cfg.evaluate.episodes)
-    scorer = EpisodeScorer(model, loader, cache=cfg.evaluate.cache, amp=cfg.model.amp, episodes_per_batch=cfg.evaluate.episodes_per_batch)
+    prefix = open_prefix(cfg, inputs, device)
+    scorer = EpisodeScorer(model, loader, cache=cfg.evaluate.cache, amp=cfg.model.amp, episodes_per_batch=cfg.evaluate.episodes_per_batch,
+                           prefix=prefix)
     t0 = time.perf_counter()
     from pipeline.datasets import get_dataset
 
@@ -385,7 +417,9 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
     if cfg.evaluate.untrained:  # the same model at its training initialisation, on the same episodes
         torch.manual_seed(cfg.train.seed)
         fresh = build_model(cfg.model, cfg.protocol, device=device).eval()
-        fresh_scorer = EpisodeScorer(fresh, loader, cache=cfg.evaluate.cache, amp=cfg.model.amp, episodes_per_batch=scorer.episodes_per_batch)
+        fresh_prefix = prefix if prefix is not None and prefix.checkpoint_free else None  # else the trained embedding is in it
+        fresh_scorer = EpisodeScorer(fresh, loader, cache=cfg.evaluate.cache, amp=cfg.model.amp, episodes_per_batch=scorer.episodes_per_batch,
+                                     prefix=fresh_prefix)
         for row in score_episodes(fresh_scorer, episodes, False, pairs, "untrained"):
             rows.append({**row, "method": "untrained"})
     seconds = time.perf_counter() - t0
@@ -412,7 +446,7 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
             "excluded_videos": excluded,
             "task_context": cfg.model.task_context,
             "checkpoint_step": ckpt.get("step"),
-            "lineage": {label: collect_lineage(cfg, inputs, _checkpoint_path(cfg, inputs), ckpt)},
+            "lineage": {label: collect_lineage(cfg, inputs, checkpoint_path(cfg, inputs), ckpt)},
         },
     )
     # Wall-clock numbers go to the manifest's `run` and the log, never into report.md or summary.json.

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -80,7 +81,11 @@ def test_same_seed_same_episodes_and_other_shots(trained):
     eb = episodes_from_frame(store.load("evaluate", "synthetic", b.version, table="episode_list.parquet"))
     assert all(e.shot == 1 for e in ea) and all(e.shot == 2 and len(e.support) == 10 for e in eb)
     again = evaluate.run(cfg.override("evaluate.cache=false"), refs, store)
-    assert again.version == a.version  # the cache is not part of the version: same results
+    in_memory = evaluate.run(cfg.override("evaluate.prefix=false"), refs, store)
+    assert again.version == in_memory.version  # the cache is not part of the version, the prefix artifact input is
+    assert "prefix" in store.manifest(a)["inputs"] and "prefix" not in store.manifest(again)["inputs"]
+    for other in (again, in_memory):  # same rows with or without the cache and the prefix artifact
+        pd.testing.assert_frame_equal(store.load("evaluate", "synthetic", other.version), store.load("evaluate", "synthetic", a.version))
     with_init = evaluate.run(cfg.override("evaluate.untrained=true"), refs, store)
     df = store.load("evaluate", "synthetic", with_init.version)
     assert set(df["method"]) == {*evaluate.METHODS, "untrained"}

@@ -1,0 +1,178 @@
+"""The vision-prefix stage: the frozen first L-M vision blocks, run once per video and stored.
+
+At evaluation every parameter is fixed and frame sampling is deterministic, so the states after the
+frozen blocks 1..L-M of each video of the evaluated split are the same in every episode, every
+evaluation run and every description corpus that shares the frames and the backbone
+(docs/method.md, "Speed"). This stage computes them once and stores them as an artifact; the evaluate
+stage reads them instead of running the frozen blocks again.
+
+What the states depend on (the version):
+- the frames artifact, the backbone (`model.clip`, weights by content, `model.init_seed`), the image
+  size, M (`model.vision_adapted_layers`), T, `model.amp`, the split, the stored dtype;
+- with the faithful `model.temporal_embedding_at=input`, also the trained temporal embedding, because it
+  is added *before* the frozen blocks: the train artifact (or `evaluate.checkpoint` by content) is then
+  an input, and the artifact is reusable across evaluation runs of that checkpoint only (other episodes,
+  shots, seeds, task contexts). With `temporal_embedding_at=first_adapted` (a change to the method) no
+  trained weight enters the prefix, so one artifact serves every checkpoint and every corpus.
+
+Artifact files:
+- `videos.parquet` (main table): row, video_id, class, split
+- `states.npy`: [V, T, P+1, D] states in `evaluate.prefix_dtype` (float16 halves the disk; see the README
+  for the measured effect on scores)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, file_fingerprint
+from pipeline.config import Config
+from pipeline.settings.model import model_fields
+from pipeline.stage import StageError, build_once
+
+__all__ = ["FORMAT_VERSION", "PREFIX_MODEL_FIELDS", "PrefixStates", "enabled", "plan_fields", "run", "upstream_for"]
+
+FORMAT_VERSION = 1
+# The model fields the frozen prefix depends on (the adapters of the last M blocks do not enter it).
+PREFIX_MODEL_FIELDS = ("clip", "pretrained", "init_seed", "image_size", "vision_adapted_layers", "temporal_embedding_at", "amp")
+
+
+def enabled(cfg: Config) -> bool:
+    """The stage runs when evaluation caches per video and is asked to read the prefix from an artifact."""
+    return bool(cfg.evaluate.cache and cfg.evaluate.prefix)
+
+
+def needs_checkpoint(cfg: Config) -> bool:
+    """True when a trained weight (the temporal embedding, added at the input) enters the frozen prefix."""
+    return cfg.model.temporal_embedding_at == "input"
+
+
+def upstream_for(cfg: Config) -> tuple[str, ...]:
+    """frames, plus train when the trained temporal embedding enters the prefix and no checkpoint file is given."""
+    return ("frames", "train") if needs_checkpoint(cfg) and not cfg.evaluate.checkpoint else ("frames",)
+
+
+def plan_fields(cfg: Config, inputs: Mapping[str, ArtifactRef] | None = None) -> dict[str, Any]:
+    """What this stage's version hashes (the frames and train inputs are hashed by version)."""
+    fields: dict[str, Any] = {
+        "model": model_fields(cfg.model, PREFIX_MODEL_FIELDS),
+        "num_frames": cfg.protocol.num_frames,
+        "split": cfg.evaluate.split,
+        "dtype": cfg.evaluate.prefix_dtype,
+    }
+    if needs_checkpoint(cfg) and cfg.evaluate.checkpoint:
+        path = Path(cfg.evaluate.checkpoint).expanduser()
+        if not path.is_file():
+            raise StageError(f"checkpoint {str(path)!r} does not exist; train first or pass an existing file with --checkpoint")
+        fields["checkpoint"] = file_fingerprint(path)
+    return fields
+
+
+def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> ArtifactRef:
+    """Store the frozen vision prefix of every usable video of `evaluate.split` (eval frame sampling)."""
+    for need in upstream_for(cfg):
+        if need not in inputs:
+            raise StageError(f"the prefix stage needs a {need} artifact; run `fsar {need}` first")
+    fields = plan_fields(cfg, inputs)
+
+    def build(staging: Staging) -> None:
+        _build(staging, cfg, inputs)
+
+    return build_once(
+        store, "prefix", cfg.dataset.name, config=fields, inputs={k: inputs[k] for k in upstream_for(cfg)}, build=build,
+        main="videos.parquet", format_version=FORMAT_VERSION,
+    )
+
+
+def _build(staging: Staging, cfg: Config, inputs: Mapping[str, ArtifactRef]) -> None:
+    from pipeline.frames import FrameStore
+    from pipeline.model import build_model
+    from pipeline.training.common import EpisodeLoader, autocast, pick_device, videos_by_class
+
+    device = pick_device(cfg.evaluate.device, "evaluate.device")
+    frames = FrameStore.open(inputs["frames"].dataset, inputs["frames"].version, root=inputs["frames"].root)
+    model = build_model(cfg.model, cfg.protocol, device=device).eval()
+    if needs_checkpoint(cfg):
+        _load_trained(model, cfg, inputs)
+    loader = EpisodeLoader(frames, None, cfg, model.image_mean, model.image_std, device)
+    by_class, _ = videos_by_class(frames.index, cfg.evaluate.split, cfg.protocol.num_frames)
+    table = pd.DataFrame(
+        [(vid, cls) for cls in sorted(by_class) for vid in by_class[cls]], columns=["video_id", "class"]
+    ).sort_values("video_id", kind="stable").reset_index(drop=True)
+    if table.empty:
+        raise StageError(f"split {cfg.evaluate.split!r} of the frames artifact {inputs['frames']} has no usable video; "
+                         f"check the frames stage's log (failed or short videos)")
+    table.insert(0, "row", np.arange(len(table), dtype=np.int64))
+    table["split"] = cfg.evaluate.split
+    ids = table["video_id"].tolist()
+    batch = 16
+    out = None
+    with torch.inference_mode():
+        for i in range(0, len(ids), batch):
+            with autocast(device, cfg.model.amp):
+                states = model.vision_prefix(loader.clips(ids[i : i + batch], "eval", None)).float().cpu().numpy()
+            if out is None:  # written in place: the split's states never need to fit in memory at once
+                out = np.lib.format.open_memmap(staging.path("states.npy"), mode="w+", dtype=cfg.evaluate.prefix_dtype,
+                                                shape=(len(ids), *states.shape[1:]))
+            out[i : i + len(states)] = states
+    out.flush()
+    del out
+    staging.write_parquet("videos.parquet", table)
+    staging.extra["summary"] = {"videos": len(ids), "split": cfg.evaluate.split, "dtype": cfg.evaluate.prefix_dtype}
+    print(f"[fsar] prefix: {len(ids)} videos of split {cfg.evaluate.split} through the frozen blocks "
+          f"1..{model.vision.num_frozen} ({cfg.evaluate.prefix_dtype})", flush=True)
+
+
+def _load_trained(model: torch.nn.Module, cfg: Config, inputs: Mapping[str, ArtifactRef]) -> None:
+    from pipeline.training.common import check_checkpoint, load_checkpoint
+    from pipeline.training.evaluate import checkpoint_path
+
+    path = checkpoint_path(cfg, inputs)
+    ckpt = load_checkpoint(path)
+    check_checkpoint(ckpt, cfg, path)
+    model.load_trainable_state_dict(ckpt["trainable"])
+
+
+class PrefixStates:
+    """Read side of a prefix artifact: the stored states of videos, as float32 tensors on a device."""
+
+    def __init__(self, ref: ArtifactRef, device: torch.device | str = "cpu"):
+        store = ArtifactStore(ref.root)
+        self.ref = ref
+        self.device = torch.device(device)
+        table = store.load(ref.stage, ref.dataset, ref.version)
+        self.config = store.manifest(ref)["config"]
+        self._rows = dict(zip(table["video_id"], table["row"]))
+        self._states = np.load(store.verified_path(ref, "states.npy"), mmap_mode="r")  # (V, T, P+1, D)
+
+    @property
+    def checkpoint_free(self) -> bool:
+        """True when no trained weight entered the states (temporal embedding at the first adapted block)."""
+        return self.config["model"]["temporal_embedding_at"] != "input"
+
+    def check(self, cfg: Config) -> None:
+        """The artifact was made for this config's backbone, M, T and split, else a one-line error."""
+        want = plan_fields(cfg)
+        diffs = [f"{k}: artifact {self.config.get(k)!r} vs config {v!r}" for k, v in want.items()
+                 if k != "checkpoint" and self.config.get(k) != v]
+        if diffs:
+            raise StageError(f"the prefix artifact {self.ref} was made for another configuration ({'; '.join(diffs)}); "
+                             f"run `fsar prefix` with this config or drop the --input prefix=... pin")
+
+    def __contains__(self, video_id: str) -> bool:
+        return video_id in self._rows
+
+    def get(self, video_ids: Sequence[str]) -> torch.Tensor:
+        """(B, T, P+1, D) float32 states of the videos, in order."""
+        missing = [v for v in video_ids if v not in self._rows]
+        if missing:
+            raise StageError(f"the prefix artifact {self.ref} has no states for video(s) {missing[:5]}; "
+                             f"it covers split {self.config.get('split')!r} only")
+        rows = np.asarray([self._rows[v] for v in video_ids])
+        return torch.from_numpy(np.asarray(self._states[rows], dtype=np.float32)).to(self.device)
