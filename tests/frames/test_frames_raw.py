@@ -102,3 +102,13 @@ def test_damaged_pixel_files_are_clear_errors(pair, tmp_path):
         FrameStore.open("custom", root=copy)
     with pytest.raises(ArtifactError, match=r"\.rgb of .*: it is missing"):
         FrameStore(str(folder), fs.index).frames(vid, [first])
+
+
+def test_raw_artifact_is_byte_identical_in_another_root(pair, video_set, tmp_path):
+    from frames_helpers import artifact_files
+
+    _, raw, _ = pair
+    root, _ = video_set
+    again = run(make_config(root / "videos.csv", storage_size=SIZE, max_frames=16, storage_format="raw"), {}, ArtifactStore(tmp_path))
+    assert again.version == raw.version
+    assert artifact_files(again.path) == artifact_files(raw.path)  # parts, pixel files, index: same bytes
