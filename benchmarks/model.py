@@ -14,6 +14,16 @@ random weights. Rows:
 
 Peak memory: CUDA max allocated per row; on CPU the process's peak resident set per row (Linux
 resets it through /proc/self/clear_refs; elsewhere it is the high-water mark so far). Not a test.
+
+    python benchmarks/model.py --clip ViT-B-16 --image-size 112 --compare     # issue 15: training step ratios
+
+`--compare` times, alternating in one process (median of `--repeats`), our training step against a
+*reference step* with the released code's structure, written here in our own code: the whole text tower
+runs every step at the full context length (no text-prefix cache), attention is explicit matrix products
+that compute q.k twice per call, the last adapted block runs at every token, everything fp32 (the released
+fp16 text tower aligned to fp32, as on CPU). It first prints the max |difference| of the loss and of every
+trainable gradient between the two (random non-zero adapters), then `train_ratio=<reference/ours>` with both
+peak-memory growths, then `variant_ratio=<faithful/first_adapted>` (model.temporal_embedding_at).
 """
 
 from __future__ import annotations
@@ -27,12 +37,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.datasets.config import ProtocolConfig  # noqa: E402
 from pipeline.model import build_model  # noqa: E402
+from pipeline.model.alignment import class_prototypes, semantic_scores, task_mask, transition_features, visual_scores  # noqa: E402
+from pipeline.model.backbone import text_module  # noqa: E402
 from pipeline.model.config import ModelConfig  # noqa: E402
+from pipeline.model.vision import patch_tokens  # noqa: E402
 
 MIB = 2**20
 
@@ -46,6 +60,9 @@ def main() -> None:
         _check(model_cfg, protocol, args, device)
     model = build_model(model_cfg, protocol, device=device)
     episode = _episode(model, args, device)
+    if args.compare:
+        _compare(model, model_cfg, protocol, episode, args, device)
+        return
     rows = _measure(model, episode, args, device)
     _report(args, model_cfg, model, rows)
 
@@ -69,6 +86,7 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--compare", action="store_true", help="training step vs the released structure, and the temporal-embedding variant")
     p.add_argument("--check", action="store_true", help="first check on this device: zero-init = open_clip (fp32), bf16 vs fp32 scores")
     args = p.parse_args()
     if args.threads:
@@ -243,6 +261,154 @@ def _report(args: argparse.Namespace, cfg: ModelConfig, model, rows: dict[str, d
         print(f"{name:20s} {row['seconds']:10.4f} {row['peak_mib']:26.1f}")
     full, cached = rows["eval, no cache"]["seconds"], rows["eval, cached"]["seconds"]
     print(f"eval speed-up from the cache: {full / cached:.2f}x")
+
+
+# ---- the released code's structure, in our own code (the reference of `--compare`) --------------------------------
+
+
+def _ref_attention(attn, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+    """Explicit attention with a frozen nn.MultiheadAttention's weights, q.k computed twice. x: (B, L, D)."""
+    batch, length, width = x.shape
+    heads = attn.num_heads
+    q, k, v = F.linear(x, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)  # 3 x (B, L, D)
+    q, k, v = (t.reshape(batch, length, heads, width // heads).transpose(1, 2) for t in (q, k, v))  # (B, H, L, D/H)
+    scale = (width // heads) ** -0.5
+    allowed = torch.ones(length, length, dtype=torch.bool, device=x.device) if mask is None else mask  # (L, L)
+    if causal:
+        allowed = allowed & torch.ones_like(allowed).tril()
+    bias = torch.zeros(length, length, device=x.device).masked_fill(~allowed, float("-inf"))  # (L, L)
+    weights = ((q * scale) @ k.transpose(-2, -1) + bias).softmax(dim=-1)  # (B, H, L, L) the attention map
+    logits = (q * scale) @ k.transpose(-2, -1) + bias  # the second q.k of the call
+    out = logits.softmax(dim=-1) @ v  # (B, H, L, D/H)
+    del weights
+    out = out.transpose(1, 2).reshape(batch, length, width)  # (B, L, D)
+    return F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+
+
+def _ref_along(attn, x: torch.Tensor, dim: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Reference attention along axis `dim` of x (..., D): permute, make contiguous, attend, permute back."""
+    moved = x.movedim(dim, -2).contiguous()  # (..., L, D)
+    out = _ref_attention(attn, moved.reshape(-1, *moved.shape[-2:]), mask)
+    return out.view(moved.shape).movedim(-2, dim)
+
+
+def _ref_frozen(block, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    x = x + _ref_attention(block.attn, block.ln_1(x), causal=causal)
+    return x + block.mlp(block.ln_2(x))
+
+
+def _ref_vision(model, clips: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(V, T, 3, H, W) -> (V, T, E): temporal embedding at the input, every block at every token."""
+    visual, vision = model.clip.visual, model.vision
+    videos, frames = clips.shape[:2]
+    x = patch_tokens(visual, clips.flatten(0, 1)).unflatten(0, (videos, frames))  # (V, T, P+1, D)
+    x = visual.ln_pre(x + vision.temporal_embedding[:, None, :])
+    blocks = visual.transformer.resblocks
+    for block in blocks[: vision.num_frozen]:
+        x = _ref_frozen(block, x.flatten(0, 1)).unflatten(0, (videos, frames))
+    for block, ad in zip(blocks[vision.num_frozen :], vision.blocks, strict=True):
+        x = x + ad.temporal(_ref_along(block.attn, block.ln_1(x), -3))  # over frames
+        x = x + ad.spatial(_ref_along(block.attn, block.ln_1(x), -2))  # over tokens
+        x = x + ad.task(_ref_along(block.attn, block.ln_1(x), -4, mask))  # over the task's videos
+        h = block.ln_2(x)
+        x = x + block.mlp(h) + ad.mlp(h)
+    return visual.ln_post(x[..., 0, :]) @ visual.proj  # (V, T, E)
+
+
+def _ref_text(model, tokens: torch.Tensor) -> torch.Tensor:
+    """(N, S, ctx) -> (N, S, E): the whole text tower at the full context length, every step."""
+    text, adapted = text_module(model.clip), model.text
+    classes, prompts, length = tokens.shape
+    x = text.token_embedding(tokens.flatten(0, 1)) + text.positional_embedding[:length]  # (N*S, ctx, D_t)
+    blocks = text.transformer.resblocks
+    for block in blocks[: adapted.num_frozen]:
+        x = _ref_frozen(block, x, causal=True)
+    x = x.unflatten(0, (classes, prompts))  # (N, S, ctx, D_t)
+    for block, ad in zip(blocks[adapted.num_frozen :], adapted.blocks, strict=True):
+        x = x + _ref_attention(block.attn, block.ln_1(x).flatten(0, 1), causal=True).view(x.shape)
+        x = x + ad.order(_ref_along(block.attn, block.ln_1(x), 1))  # across the S prompts
+        x = x + block.mlp(block.ln_2(x))
+    return adapted._pool(text, x.flatten(0, 1), tokens.flatten(0, 1)).unflatten(0, (classes, prompts))  # (N, S, E)
+
+
+def _ref_loss(model, ep: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss of one episode through the reference structure (same scores as the model's)."""
+    num_support, num_classes = ep["support"].shape[0], ep["tokens"].shape[0]
+    mask = task_mask(num_support, ep["query"].shape[0], model.cfg.task_context, device=ep["support"].device)  # (V, V)
+    z = _ref_vision(model, torch.cat([ep["support"], ep["query"]]), mask)  # (V, T, E)
+    z_s, z_q = z[:num_support], z[num_support:]
+    vis = visual_scores(z_q, class_prototypes(z_s, ep["labels"], num_classes))  # (Q, N)
+    sem = semantic_scores(transition_features(z, num_support, mask, model.ca_norm), _ref_text(model, ep["tokens"]), model.windows)
+    return F.cross_entropy(model.cfg.logit_scale * vis * sem, ep["query_labels"])
+
+
+def _our_loss(model, ep: dict[str, torch.Tensor], text_prefix: torch.Tensor) -> torch.Tensor:
+    """The training step's loss as `Trainer.step` computes it (the text prefix from the embeddings cache)."""
+    return model.loss(model(ep["support"], ep["labels"], ep["query"], ep["tokens"], text_prefix=text_prefix), ep["query_labels"])
+
+
+def _compare(model, cfg: ModelConfig, protocol: ProtocolConfig, ep: dict[str, torch.Tensor], args: argparse.Namespace,
+             device: torch.device) -> None:
+    """Print the loss/gradient agreement, `train_ratio=` (reference/ours) and `variant_ratio=` (faithful/first_adapted)."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-zero adapters, so that every gradient is non-trivial
+        for param in model.parameters():
+            if param.requires_grad:
+                param.copy_((torch.randn(param.shape, generator=gen) * 0.02).to(device))
+        text_prefix = model.text_prefix(ep["tokens"].flatten(0, 1)).unflatten(0, ep["tokens"].shape[:2])  # the embeddings cache
+    model.train()
+    variant = build_model(cfg.model_copy(update={"temporal_embedding_at": "first_adapted"}), protocol, device=device).train()
+    variant.load_trainable_state_dict(model.trainable_state_dict())
+    steps = {
+        "reference": (model, lambda: _ref_loss(model, ep)),
+        "ours": (model, lambda: _our_loss(model, ep, text_prefix)),
+        "first_adapted": (variant, lambda: _our_loss(variant, ep, text_prefix)),
+    }
+    grads = {}
+    for name in ("reference", "ours"):
+        owner, loss_fn = steps[name]
+        owner.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        grads[name] = (float(loss.detach()), {n: p.grad.clone() for n, p in owner.named_parameters() if p.grad is not None})
+    (ref_loss, ref_g), (our_loss, our_g) = grads["reference"], grads["ours"]
+    diff = max((ref_g[n] - our_g[n]).abs().max().item() for n in ref_g)
+    scale = max(g.abs().max().item() for g in ref_g.values())
+    print(f"check: loss reference {ref_loss:.6f} ours {our_loss:.6f} |diff| {abs(ref_loss - our_loss):.2e}; "
+          f"gradients of {len(ref_g)} tensors (same set: {set(ref_g) == set(our_g)}) max|diff| {diff:.2e} (max|grad| {scale:.2e})")
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    peaks: dict[str, float] = {name: 0.0 for name in steps}
+    for rep in range(args.warmup + args.repeats):
+        for name, (owner, loss_fn) in steps.items():
+            owner.zero_grad(set_to_none=True)
+            base = _rss_mib(device)
+            _reset_peak(device)
+            _sync(device)
+            start = time.perf_counter()
+            loss_fn().backward()
+            _sync(device)
+            if rep >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+                peaks[name] = max(peaks[name], _peak_mib(device) - base)
+    med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    print(f"train step median of {args.repeats}: reference {med['reference']:.3f} s, ours {med['ours']:.3f} s, "
+          f"first_adapted {med['first_adapted']:.3f} s; peak memory growth MiB: reference {peaks['reference']:.0f}, "
+          f"ours {peaks['ours']:.0f}, first_adapted {peaks['first_adapted']:.0f}")
+    print(f"train_ratio={med['reference'] / med['ours']:.2f} (reference/ours), peak_mib reference={peaks['reference']:.0f} ours={peaks['ours']:.0f}")
+    print(f"variant_ratio={med['ours'] / med['first_adapted']:.2f} (faithful/first_adapted)")
+
+
+def _rss_mib(device: torch.device) -> float:
+    """Memory in use now: CUDA allocated, or the process's resident set (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / MIB
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 if __name__ == "__main__":

@@ -210,9 +210,13 @@ class TaskAdapterPP(nn.Module):
             return self.vision.prefix(self.clip.visual, clips)
 
     def vision_suffix(self, states: Tensor, mask: Tensor) -> Tensor:
-        """(V, T, P+1, D) prefix states of one task set, (V, V) bool task mask -> (V, T, E) frame features (fp32)."""
+        """(V, T, P+1, D) prefix states of one task set, (V, V) bool task mask -> (V, T, E) frame features (fp32).
+
+        The last adapted block runs at the class token only (`AdaptedVision.episode_suffix`): the loss never reads
+        the other tokens' outputs, so the features and every gradient equal `AdaptedVision.suffix`'s (a test).
+        """
         with self._precision():
-            return as_float(self.vision.suffix(self.clip.visual, states, mask))
+            return as_float(self.vision.episode_suffix(self.clip.visual, states, mask))
 
     def encode_videos(
         self, support: Tensor, query: Tensor, support_is_prefix: bool = False, query_is_prefix: bool = False

@@ -72,24 +72,52 @@ class AdaptedText(nn.Module):
         classes, prompts, length = tokens.shape
         if prompts != self.num_sub_actions:
             raise ValueError(f"text tokens hold {prompts} prompts per class but the model was built for S={self.num_sub_actions}")
-        if prefix is None:
-            prefix = self.prefix(text, tokens.flatten(0, 1)).unflatten(0, (classes, prompts))  # (N, S, L, D_t)
-        elif prefix.shape[:3] != tokens.shape:
+        if prefix is not None and prefix.shape[:3] != tokens.shape:
             raise ValueError(f"text prefix of shape {tuple(prefix.shape)} does not match tokens of shape {tuple(tokens.shape)}")
-        x = as_float(prefix)  # a cache may be stored in half precision; the residual stream runs in fp32
+        if prefix is None:  # at full length, so that the numbers equal those of a cached prefix
+            prefix = self.prefix(text, tokens.flatten(0, 1)).unflatten(0, (classes, prompts))  # (N, S, L, D_t)
+        keep = _pooled_length(text, tokens)  # positions after the pooled token never reach it (causal attention)
+        tokens = tokens[..., :keep]  # (N, S, L')
+        x = as_float(prefix[..., :keep, :])  # (N, S, L', D_t); a cache may be stored in half precision, the stream runs in fp32
         if self.subaction_embedding is not None:
             x = x + self.subaction_embedding[None, :, None, :]  # (1, S, 1, D_t)
         for block, adapter in zip(text.transformer.resblocks[self.num_frozen :], self.blocks, strict=True):
-            x = adapter(block, x)  # (N, S, L, D_t)
+            x = adapter(block, x)  # (N, S, L', D_t)
         return self._pool(text, x.flatten(0, 1), tokens.flatten(0, 1)).unflatten(0, (classes, prompts))  # (N, S, E)
 
     @staticmethod
     def _pool(text: nn.Module, x: Tensor, tokens: Tensor) -> Tensor:
         """(P, L, D_t) -> (P, E): the EOT token -> ln_final -> text_projection, as open_clip's encode_text."""
-        pool_type = getattr(text, "text_pool_type", None) or getattr(text, "pool_type", "argmax")
-        eos_id = getattr(text, "text_eos_id", None) if hasattr(text, "text_pool_type") else getattr(text, "eos_id", None)
+        pool_type, eos_id = _pool_settings(text)
         pooled = text.ln_final(text_global_pool(x, tokens, pool_type, eos_token_id=eos_id))  # (P, D_t)
         proj = text.text_projection
         if proj is None:
             return pooled
         return proj(pooled) if isinstance(proj, nn.Linear) else pooled @ proj  # (P, E)
+
+
+def _pool_settings(text: nn.Module) -> tuple[str, int | None]:
+    """(pool type, EOS token id) of an open_clip text tower (CLIP itself or its TextTransformer)."""
+    pool_type = getattr(text, "text_pool_type", None) or getattr(text, "pool_type", "argmax")
+    eos_id = getattr(text, "text_eos_id", None) if hasattr(text, "text_pool_type") else getattr(text, "eos_id", None)
+    return pool_type, eos_id
+
+
+def _pooled_length(text: nn.Module, tokens: Tensor) -> int:
+    """Token positions the pooled output depends on: up to the last prompt's pooled token (..., L) -> L' <= L.
+
+    Every op of the adapted blocks is causal along the sequence (causal self-attention) or per position (the
+    attention across prompts, the adapters, the MLP), so position i depends on positions <= i of every prompt
+    and dropping the positions after the last pooled token changes no output (a test). "last" pooling keeps all.
+    """
+    length = tokens.shape[-1]
+    pool_type, eos_id = _pool_settings(text)
+    if pool_type == "first":
+        return min(1, length)
+    if pool_type == "argmax":
+        where = tokens.argmax(dim=-1)  # (...,) EOT position (the highest id), as text_global_pool
+    elif pool_type == "eos" and eos_id is not None:
+        where = (tokens == eos_id).int().argmax(dim=-1)  # (...,)
+    else:
+        return length
+    return int(where.max()) + 1 if where.numel() else length
