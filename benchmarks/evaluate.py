@@ -29,6 +29,10 @@ episode then uses all 10 videos, which changes nothing in the cost per episode.
 
 Prints both rates, the ratio, the bound, whether every prediction of the episodes both paths
 scored agrees, and ends with `ratio=<x> limit=<x> agree=<true|false>`.
+
+`--prefix-dtype float16` also scores every episode again from the frozen prefix rounded to float16
+(what the prefix artifact stores with `evaluate.prefix_dtype=float16`) and prints whether every
+prediction agrees with the float32 prefix and the largest visual and semantic score differences.
 """
 
 from __future__ import annotations
@@ -95,6 +99,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--uncached-episodes", type=int, default=3, help="episodes timed on the per-episode uncached path")
     p.add_argument("--episodes-per-batch", default="auto", help="batched path: int or auto (8 CPU, 64 CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--prefix-dtype", choices=["float32", "float16"], default="float32",
+                   help="float16: also compare scores from a float16-stored prefix (the prefix artifact's option)")
     return p.parse_args()
 
 
@@ -151,6 +157,37 @@ def _batched_cached(model, loader, episodes, amp: bool, per_batch, device: torch
     return logits, seconds, scorer.episodes_per_batch
 
 
+class RoundedPrefix:
+    """Stands in for PrefixStates: the frozen prefix of each video, computed once and stored in `dtype`."""
+
+    def __init__(self, model, loader, dtype: torch.dtype):
+        self.model, self.loader, self.dtype = model, loader, dtype
+        self.states: dict[str, torch.Tensor] = {}
+
+    def get(self, ids) -> torch.Tensor:
+        todo = [v for v in dict.fromkeys(ids) if v not in self.states]
+        if todo:
+            with torch.inference_mode():
+                out = self.model.vision_prefix(self.loader.clips(todo, "eval", None)).float()
+            self.states.update((v, x.to(self.dtype)) for v, x in zip(todo, out))
+        return torch.stack([self.states[v] for v in ids]).float()  # (B, T, P+1, D)
+
+
+def _prefix_dtype_effect(model, loader, episodes, amp: bool, per_batch) -> str:
+    """Scores of every episode from a float32 and a float16 prefix: prediction agreement and score differences."""
+    out = {}
+    for name, dtype in (("float32", torch.float32), ("float16", torch.float16)):
+        scorer = EpisodeScorer(model, loader, cache=True, amp=amp, episodes_per_batch=per_batch, prefix=RoundedPrefix(model, loader, dtype))
+        out[name] = [scorer.scores_batch(b) for b in episode_batches(episodes, scorer.episodes_per_batch)]
+    pairs = list(zip(out["float32"], out["float16"]))
+    agree = all(torch.equal(a.logits.argmax(-1), b.logits.argmax(-1)) for a, b in pairs)
+    vis = max(float((a.vis - b.vis).abs().max()) for a, b in pairs)
+    sem = max(float((a.sem - b.sem).abs().max()) for a, b in pairs)
+    logit = max(float((a.logits - b.logits).abs().max()) for a, b in pairs)
+    return (f"prefix float16 vs float32 over {len(episodes)} episodes: predictions agree={str(agree).lower()}, "
+            f"max |visual score diff| {vis:.2e}, max |semantic score diff| {sem:.2e}, max |logit diff| {logit:.2e}")
+
+
 def main() -> None:
     args = _parse()
     if args.threads:
@@ -181,6 +218,8 @@ def main() -> None:
     print(f"predictions of the {len(some)} episodes both paths scored agree: {agree} (max |logit difference| {diff:.2e})")
     print(f"ratio {ratio:.2f}x, compute bound of the cache L/((L-M)/r+M) = {limit:.2f}x, ratio/limit {ratio / limit:.2f} "
           f"(CPU target >= 0.8)")
+    if args.prefix_dtype == "float16":
+        print(_prefix_dtype_effect(model, loader, episodes, args.amp, per_batch), flush=True)
     print(f"evaluate benchmark: ratio={ratio:.3f} limit={limit:.3f} agree={str(agree).lower()}")
 
 
