@@ -377,38 +377,49 @@ def _compare(model, cfg: ModelConfig, protocol: ProtocolConfig, ep: dict[str, to
     print(f"check: loss reference {ref_loss:.6f} ours {our_loss:.6f} |diff| {abs(ref_loss - our_loss):.2e}; "
           f"gradients of {len(ref_g)} tensors (same set: {set(ref_g) == set(our_g)}) max|diff| {diff:.2e} (max|grad| {scale:.2e})")
     times: dict[str, list[float]] = {name: [] for name in steps}
-    peaks: dict[str, float] = {name: 0.0 for name in steps}
+    peaks = {name: _activation_mib(owner, loss_fn, device) for name, (owner, loss_fn) in steps.items()}
     for rep in range(args.warmup + args.repeats):
         for name, (owner, loss_fn) in steps.items():
             owner.zero_grad(set_to_none=True)
-            base = _rss_mib(device)
-            _reset_peak(device)
             _sync(device)
             start = time.perf_counter()
             loss_fn().backward()
             _sync(device)
             if rep >= args.warmup:
                 times[name].append(time.perf_counter() - start)
-                peaks[name] = max(peaks[name], _peak_mib(device) - base)
     med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
+    what = "CUDA peak allocated" if device.type == "cuda" else "activations saved for backward"
     print(f"train step median of {args.repeats}: reference {med['reference']:.3f} s, ours {med['ours']:.3f} s, "
-          f"first_adapted {med['first_adapted']:.3f} s; peak memory growth MiB: reference {peaks['reference']:.0f}, "
+          f"first_adapted {med['first_adapted']:.3f} s; peak MiB ({what}): reference {peaks['reference']:.0f}, "
           f"ours {peaks['ours']:.0f}, first_adapted {peaks['first_adapted']:.0f}")
     print(f"train_ratio={med['reference'] / med['ours']:.2f} (reference/ours), peak_mib reference={peaks['reference']:.0f} ours={peaks['ours']:.0f}")
     print(f"variant_ratio={med['ours'] / med['first_adapted']:.2f} (faithful/first_adapted)")
 
 
-def _rss_mib(device: torch.device) -> float:
-    """Memory in use now: CUDA allocated, or the process's resident set (MiB)."""
+def _activation_mib(owner, loss_fn: Callable[[], torch.Tensor], device: torch.device) -> float:
+    """Peak memory of one step: CUDA max allocated growth, or on CPU (where the resident set keeps its high-water
+    mark) the bytes autograd saves for the backward pass, each storage once, parameters left out (MiB)."""
+    owner.zero_grad(set_to_none=True)
     if device.type == "cuda":
-        return torch.cuda.memory_allocated(device) / MIB
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        loss_fn().backward()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / MIB
+    params = {p.untyped_storage().data_ptr() for p in owner.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_fn()
+    loss.backward()
+    return sum(seen.values()) / MIB
 
 
 if __name__ == "__main__":
