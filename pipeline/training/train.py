@@ -36,7 +36,7 @@ from pipeline.settings.model import model_fields
 from pipeline.stage import StageError, build_once
 from pipeline.training.common import autocast, dist_info, pick_device, save_checkpoint, videos_by_class
 from pipeline.training.episodes import EpisodeSampler, check_splits
-from pipeline.training.evaluate import EpisodeScorer, prepare
+from pipeline.training.evaluate import EpisodeScorer, episode_batches, prepare
 from pipeline.training.monitor import TrainMonitor
 
 __all__ = ["FORMAT_VERSION", "Trainer", "make_optimizer", "plan_fields", "run"]
@@ -204,7 +204,10 @@ class Trainer:
     def validate(self) -> float:
         self.model.eval()
         scorer = EpisodeScorer(self.model, self.loader, cache=True, amp=self.cfg.model.amp)
-        acc = [float((scorer.scores(ep).logits.argmax(-1).cpu().numpy() == np.asarray(ep.query_labels)).mean()) for ep in self.val_episodes]
+        acc: list[float] = []
+        for batch in episode_batches(self.val_episodes, scorer.episodes_per_batch):  # batched, as evaluate scores
+            predictions = scorer.scores_batch(batch).prediction.cpu().numpy()  # (B, Q)
+            acc += [float((p == np.asarray(ep.query_labels)).mean()) for p, ep in zip(predictions, batch, strict=True)]
         return float(np.mean(acc))
 
     def fit(self, staging: Staging | None = None) -> None:
