@@ -24,14 +24,13 @@ Artifact files:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, file_fingerprint
+from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging
 from pipeline.config import Config
 from pipeline.settings.model import model_fields
 from pipeline.stage import StageError, build_once
@@ -67,10 +66,9 @@ def plan_fields(cfg: Config, inputs: Mapping[str, ArtifactRef] | None = None) ->
         "dtype": cfg.evaluate.prefix_dtype,
     }
     if needs_checkpoint(cfg) and cfg.evaluate.checkpoint:
-        path = Path(cfg.evaluate.checkpoint).expanduser()
-        if not path.is_file():
-            raise StageError(f"checkpoint {str(path)!r} does not exist; train first or pass an existing file with --checkpoint")
-        fields["checkpoint"] = file_fingerprint(path)
+        from pipeline.training.evaluate import checkpoint_fingerprint
+
+        fields["checkpoint"] = checkpoint_fingerprint(cfg)
     return fields
 
 

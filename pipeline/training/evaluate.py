@@ -52,7 +52,7 @@ from pipeline.training.episodes import Episode, EpisodeSampler, check_splits, ep
 from pipeline.training.report import collect_lineage, confusion, summarise, table_markdown, write_plots, write_report
 
 __all__ = [
-    "EpisodeScorer", "FORMAT_VERSION", "METHODS", "checkpoint_path", "combine", "descriptions_label", "episodes_per_batch_for", "plan_fields", "run",
+    "EpisodeScorer", "FORMAT_VERSION", "METHODS", "checkpoint_fingerprint", "checkpoint_path", "combine", "descriptions_label", "episodes_per_batch_for", "plan_fields", "run",
     "score_episodes", "upstream_for",
 ]
 
@@ -324,11 +324,16 @@ def plan_fields(cfg: Config, inputs: Mapping[str, ArtifactRef] | None = None) ->
         "descriptions": descriptions_label(cfg, inputs.get("embeddings")),
     }
     if cfg.evaluate.checkpoint:
-        path = Path(cfg.evaluate.checkpoint).expanduser()
-        if not path.is_file():
-            raise StageError(f"checkpoint {str(path)!r} does not exist; train first or pass an existing file with --checkpoint")
-        fields["checkpoint"] = file_fingerprint(path)
+        fields["checkpoint"] = checkpoint_fingerprint(cfg)
     return fields
+
+
+def checkpoint_fingerprint(cfg: Config) -> str:
+    """The content fingerprint of the explicit `evaluate.checkpoint` file (what versions hash); a missing file is an error."""
+    path = Path(cfg.evaluate.checkpoint).expanduser()
+    if not path.is_file():
+        raise StageError(f"checkpoint {str(path)!r} does not exist; train first or pass an existing file with --checkpoint")
+    return file_fingerprint(path)
 
 
 def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> ArtifactRef:
