@@ -38,4 +38,4 @@ def test_flow_runs_every_stage_then_skips_them(prefect_harness, synthetic_root, 
             return await client.read_artifacts()
 
     found = anyio.run(markdown_artifacts)
-    assert any("fsar: synthetic" in (a.data or "") for a in found)
+    assert any(isinstance(a.data, str) and "fsar: synthetic" in a.data for a in found)  # progress artifacts hold numbers
