@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Adapter", "as_float", "attend", "attend_along", "attend_first", "bottleneck_width", "frozen_block", "frozen_mlp"]
+__all__ = ["Adapter", "as_float", "attend", "attend_along", "attend_first", "bottleneck_width", "frozen_block"]
 
 
 def bottleneck_width(width: int, ratio: float) -> int:
@@ -98,27 +98,7 @@ def attend_along(attn: nn.MultiheadAttention, x: Tensor, dim: int, mask: Tensor 
 def frozen_block(block: nn.Module, x: Tensor, causal: bool = False) -> Tensor:
     """An unchanged CLIP block: x + attn(ln_1(x)); x + mlp(ln_2(x)). x: (B, L, D)."""
     x = x + attend(block.attn, block.ln_1(x), causal=causal)
-    return x + frozen_mlp(block.mlp, block.ln_2(x))
-
-
-def frozen_mlp(mlp: nn.Module, x: Tensor) -> Tensor:
-    """`mlp(x)` of a CLIP block (c_fc -> activation -> c_proj), (..., D) -> (..., D), the same numbers.
-
-    On CPU without autograd (evaluation, a frozen prefix), QuickGELU runs in place on the (..., 4D) hidden
-    activations: one buffer instead of three fresh ones per call (the same ops, so the same values).
-    Chunking the tokens was faster still on an idle machine but several times slower on a busy one.
-    """
-    if (
-        x.device.type != "cpu"
-        or torch.is_autocast_enabled(x.device.type)
-        or (torch.is_grad_enabled() and x.requires_grad)
-        or list(getattr(mlp, "_modules", {})) != ["c_fc", "gelu", "c_proj"]
-        or type(mlp.gelu).__name__ != "QuickGELU"
-    ):
-        return mlp(x)
-    h = F.linear(x, mlp.c_fc.weight, mlp.c_fc.bias)  # (..., 4D)
-    a = h.mul(1.702).sigmoid_().mul_(h)  # QuickGELU: x * sigmoid(1.702 x)
-    return F.linear(a, mlp.c_proj.weight, mlp.c_proj.bias)  # (..., D)
+    return x + block.mlp(block.ln_2(x))
 
 
 def as_float(x: Tensor) -> Tensor:

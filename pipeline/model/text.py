@@ -15,7 +15,7 @@ import torch
 from open_clip.transformer import text_global_pool
 from torch import Tensor, nn
 
-from pipeline.model.layers import Adapter, as_float, attend, attend_along, frozen_block, frozen_mlp
+from pipeline.model.layers import Adapter, as_float, attend, attend_along, frozen_block
 
 __all__ = ["AdaptedText", "OrderAdapterBlock", "format_prompt"]
 
@@ -39,7 +39,7 @@ class OrderAdapterBlock(nn.Module):
         x = x + attend(block.attn, block.ln_1(x), causal=True)  # frozen, as in CLIP
         y = attend_along(block.attn, block.ln_1(x), PROMPT_AXIS)  # across the S prompts, per token position, no mask
         x = x + self.order(y)
-        return x + frozen_mlp(block.mlp, block.ln_2(x))  # (N, S, L, D)
+        return x + block.mlp(block.ln_2(x))  # (N, S, L, D)
 
 
 class AdaptedText(nn.Module):

@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from pipeline.model.layers import Adapter, attend, attend_along, attend_first, frozen_block, frozen_mlp
+from pipeline.model.layers import Adapter, attend, attend_along, attend_first, frozen_block
 
 __all__ = ["AdaptedVision", "VisionBlockAdapters", "patch_tokens"]
 
@@ -41,7 +41,7 @@ class VisionBlockAdapters(nn.Module):
         x = x + self.spatial(attend(block.attn, block.ln_1(x)))  # over the P+1 tokens of a frame
         x = x + self.task(attend_along(block.attn, block.ln_1(x), VIDEO_AXIS, task_mask))  # over the task's videos
         h = block.ln_2(x)
-        return x + frozen_mlp(block.mlp, h) + self.mlp(h)  # (V, T, P+1, D)
+        return x + block.mlp(h) + self.mlp(h)  # (V, T, P+1, D)
 
     # ---- the same block in parts, for batched evaluation (same math; `forward` stays the reference) ------------
 
@@ -54,7 +54,7 @@ class VisionBlockAdapters(nn.Module):
         """The task and MLP steps of `forward`, after `video_part`: ([B,] V, T, P+1, D)."""
         x = x + self.task(attend_along(block.attn, block.ln_1(x), VIDEO_AXIS, task_mask))
         h = block.ln_2(x)
-        return x + frozen_mlp(block.mlp, h) + self.mlp(h)
+        return x + block.mlp(h) + self.mlp(h)
 
     def class_token_output(self, block: nn.Module, x: Tensor, task_mask: Tensor, video_done: bool = False) -> Tensor:
         """`forward(block, x, task_mask)[..., 0, :]`, computing only what the class token needs (the last block).
@@ -70,7 +70,7 @@ class VisionBlockAdapters(nn.Module):
             c = x[..., 0, :] + self.spatial(attend_first(block.attn, block.ln_1(x)))  # ([B,] V, T, D)
         c = c + self.task(attend_along(block.attn, block.ln_1(c), VIDEO_AXIS + 1, task_mask))  # video axis of (.., V, T, D)
         h = block.ln_2(c)
-        return c + frozen_mlp(block.mlp, h) + self.mlp(h)  # ([B,] V, T, D)
+        return c + block.mlp(h) + self.mlp(h)  # ([B,] V, T, D)
 
 
 class AdaptedVision(nn.Module):
