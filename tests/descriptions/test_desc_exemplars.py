@@ -154,8 +154,8 @@ def test_default_backend_auto(store, monkeypatch, capsys):
     with_url = cfg.override("descriptions.base_url=http://127.0.0.1:9/v1")
     assert make_backend(with_url.descriptions).name == "openai"
     assert resolve_backend(cfg.override("descriptions.backend=file").descriptions)[0] == "file"
-    # the local server: 1 thread on a machine with <= 2 cores
-    for cores, want in ((1, 1), (2, 1), (4, 2), (16, 4)):
+    # the local server: every core on a machine with <= 2 cores, else half of them (2 to 4)
+    for cores, want in ((1, 1), (2, 2), (3, 2), (4, 2), (16, 4)):
         monkeypatch.setattr("os.sched_getaffinity", lambda _pid, n=cores: set(range(n)))
         assert server_threads(cfg.descriptions) == want, cores
     assert server_threads(cfg.override("descriptions.server_threads=3").descriptions) == 3

@@ -70,15 +70,19 @@ def bundled_gguf() -> Path:
 
 
 def server_threads(cfg: DescriptionsConfig) -> int:
-    """llama.cpp threads: the configured number, else 1 on machines with <= 2 cores, else half the cores (up to 4).
+    """llama.cpp threads: the configured number, else every core on machines with <= 2 cores, else half
+    the cores (2 to 4).
 
-    llama.cpp's threads wait for each other at every layer, so a thread count near the core count
-    on a machine that is busy with other work is many times slower than fewer threads.
+    The stage is alone on the machine while it waits for answers (the client is idle), so on 2 cores
+    both serve it: the demo's 72 answers took 93 s with 2 threads and 128 s with 1 on an idle 2-core
+    machine, with byte-identical answers. llama.cpp's threads wait for each other at every layer, so
+    when other work keeps the cores busy, set `descriptions.server_threads=1`: 2 threads are then
+    several times slower than 1.
     """
     if cfg.server_threads:
         return cfg.server_threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return 1 if cores <= 2 else max(1, min(4, cores // 2))
+    return cores if cores <= 2 else max(2, min(4, cores // 2))
 
 
 def free_port() -> int:
