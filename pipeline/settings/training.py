@@ -53,7 +53,7 @@ class EvaluateConfig(Section):
     prefix: bool = True
     prefix_dtype: Literal["float32", "float16"] = "float32"  # stored dtype of the prefix artifact (float16: half the disk)
     # episodes scored per pass through the adapted blocks (same results as one at a time; not part of the version);
-    # "auto" = 8 on CPU, 64 on CUDA; lower it if evaluation runs out of memory
+    # "auto" = 1 on CPU (batching is slower there), 64 on CUDA; lower it if evaluation runs out of memory
     episodes_per_batch: int | Literal["auto"] = "auto"
     baselines: bool = True  # also score the frozen-CLIP prototype baseline, visual-only and semantic-only
     untrained: bool = False  # also score the full model at its training initialisation (a second model in memory)

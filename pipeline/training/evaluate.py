@@ -12,10 +12,10 @@ last M blocks run per episode; the adapted text features of a class depend on th
 they are computed once per class. Predictions are identical to the uncached path (a test).
 
 Batched episodes: `evaluate.episodes_per_batch` episodes of one layout go through the adapted blocks in
-one pass (`model.forward_batch`, an extra episode axis that no attention crosses); "auto" = 8 on CPU,
-64 on CUDA. Its cache per video goes one step further than the frozen prefix: the temporal and spatial
-steps of the first adapted block depend on each video alone too (`model.vision_video_states`), and the
-last block runs at the class token only. Same predictions as one episode at a time, scores within fp32
+one pass (`model.forward_batch`, an extra episode axis that no attention crosses); "auto" = 1 on CPU
+(one episode fills the CPU's matrix products), 64 on CUDA. Its cache per video goes one step further
+than the frozen prefix: the temporal and spatial steps of the first adapted block depend on each video
+alone too (`model.vision_video_states`), and the last block runs at the class token only. Same predictions as one episode at a time, scores within fp32
 rounding (a test).
 
 Artifact files: `episodes.parquet` (main: one row per episode x method, with `accuracy`),
@@ -58,12 +58,14 @@ __all__ = [
 
 FORMAT_VERSION = 2  # 2: the train input is hashed by version, an explicit checkpoint by content
 METHODS = ("task_adapter_pp", "visual_only", "semantic_only", "clip_prototype")  # `untrained` too with evaluate.untrained
-AUTO_EPISODES_PER_BATCH = {"cpu": 8, "cuda": 64}  # evaluate.episodes_per_batch "auto", by device type (else 8)
+AUTO_EPISODES_PER_BATCH = {"cpu": 1, "cuda": 64}  # evaluate.episodes_per_batch "auto", by device type (else 1)
+# CPU: one episode already fills the matrix products; on the demo config (fsar-tiny, 150 episodes, 2 threads)
+# best of 3: 1 -> 19.0 episodes/s, 2 -> 15.8, 4 -> 11.8, 8 -> 10.9. CUDA: one episode at a time is latency-bound.
 
 
 def episodes_per_batch_for(setting: int | str, device: torch.device) -> int:
     """Episodes per forward pass: `setting` when a number, else the device's "auto" default."""
-    return setting if isinstance(setting, int) else AUTO_EPISODES_PER_BATCH.get(device.type, 8)
+    return setting if isinstance(setting, int) else AUTO_EPISODES_PER_BATCH.get(device.type, 1)
 
 
 class EpisodeScorer:

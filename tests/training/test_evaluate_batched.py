@@ -79,7 +79,7 @@ def test_episode_batches_keep_order_and_layout() -> None:
 def test_episodes_per_batch_setting(tiny) -> None:
     cfg = tiny[0]
     assert cfg.evaluate.episodes_per_batch == "auto"
-    assert evaluate.episodes_per_batch_for("auto", torch.device("cpu")) == 8
+    assert evaluate.episodes_per_batch_for("auto", torch.device("cpu")) == 1
     assert evaluate.episodes_per_batch_for("auto", torch.device("cuda")) == 64
     assert evaluate.episodes_per_batch_for(cfg.override("evaluate.episodes_per_batch=3").evaluate.episodes_per_batch, torch.device("cpu")) == 3
     for bad in ("0", "many", "true"):
