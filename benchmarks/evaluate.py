@@ -4,7 +4,7 @@
     python benchmarks/evaluate.py --image-size 224 --classes 10     # native size, 20 videos (about 8x longer)
     python benchmarks/evaluate.py --clip fsar-tiny --image-size 64  # seconds
     python benchmarks/evaluate.py --device cuda --amp --image-size 224 --classes 10 --videos-per-class 129 \\
-        --episodes 10000 --uncached-episodes 200                    # HMDB51's test split size, one GPU
+        --episodes 10000 --uncached-episodes 200 --prefix           # HMDB51's test split size, one GPU (benchmarks/gpu.sh)
 
 Random weights, M=2 of L vision blocks (the HMDB51/UCF101/Kinetics preset), 5-way 1-shot, one query
 per class, T=8, S=3. Clips are seeded random tensors per video id and text states come from the
@@ -19,6 +19,14 @@ Two paths over the same episodes:
   including building the cache (once per video: the frozen prefix and the first adapted block's
   per-video temporal and spatial steps); the last block runs at the class token only.
 
+`--prefix`: the batched side reads the frozen prefix from a real prefix artifact instead of computing it
+in memory. Inside the timing it builds one in a temporary artifact root with the prefix stage's own code
+(`pipeline.prefix.stage.write_states`: the frozen blocks 1..L-M of every video, written to states.npy in
+`--prefix-dtype`, the videos table, the manifest with checksums), opens it with `PrefixStates` (which
+verifies states.npy's sha256) and scores every episode with `EpisodeScorer(prefix=...)`. It prints the
+prefix time (compute + write, publish) and the scoring time (open + score) separately; the rate and ratio
+include both. The temporary root is removed at the end.
+
 Reuse r = episodes * videos per episode / videos (about 77 on HMDB51's test split: 1,292 videos,
 10,000 episodes of 10). The cache's compute bound is limit = L / ((L - M) / r + M): per episode the
 cached path runs M of L layers, plus the prefix once per video. CPU target: ratio >= 0.8 x limit.
@@ -30,28 +38,35 @@ episode then uses all 10 videos, which changes nothing in the cost per episode.
 Prints both rates, the ratio, the bound, whether every prediction of the episodes both paths
 scored agrees, and ends with `ratio=<x> limit=<x> agree=<true|false>`.
 
-`--prefix-dtype float16` also scores every episode again from the frozen prefix rounded to float16
-(what the prefix artifact stores with `evaluate.prefix_dtype=float16`) and prints whether every
-prediction agrees with the float32 prefix and the largest visual and semantic score differences.
+Without `--prefix`, `--prefix-dtype float16` also scores every episode again from the frozen prefix
+rounded to float16 (what the prefix artifact stores with `evaluate.prefix_dtype=float16`) and prints
+whether every prediction agrees with the float32 prefix and the largest visual and semantic score
+differences. With `--prefix` it is the stored dtype of the artifact (no second scoring).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.artifacts import ArtifactStore, Staging  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.model import build_model  # noqa: E402
+from pipeline.prefix import FORMAT_VERSION, PrefixStates, plan_fields  # noqa: E402
+from pipeline.prefix.stage import videos_table, write_states  # noqa: E402
+from pipeline.stage import build_once  # noqa: E402
 from pipeline.training.common import EpisodeLoader  # noqa: E402
 from pipeline.training.episodes import EpisodeSampler  # noqa: E402
-from pipeline.training.evaluate import EpisodeScorer, episode_batches  # noqa: E402
+from pipeline.training.evaluate import AUTO_EPISODES_PER_BATCH, EpisodeScorer, episode_batches  # noqa: E402
 
 
 class RandomFrames:
@@ -97,10 +112,13 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--uses", type=float, default=77.0, help="uses per video; sets --episodes when that is not given")
     p.add_argument("--episodes", type=int, default=None, help="default: uses * videos / 10")
     p.add_argument("--uncached-episodes", type=int, default=3, help="episodes timed on the per-episode uncached path")
-    p.add_argument("--episodes-per-batch", default="auto", help="batched path: int or auto (8 CPU, 64 CUDA)")
+    auto = ", ".join(f"{n} {device}" for device, n in AUTO_EPISODES_PER_BATCH.items())
+    p.add_argument("--episodes-per-batch", default="auto", help=f"batched path: int or auto ({auto})")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--prefix", action="store_true",
+                   help="batched side: build a real prefix artifact (temporary root) inside the timing and score from it")
     p.add_argument("--prefix-dtype", choices=["float32", "float16"], default="float32",
-                   help="float16: also compare scores from a float16-stored prefix (the prefix artifact's option)")
+                   help="with --prefix: the artifact's stored dtype; without: float16 also compares scores from a float16-stored prefix")
     return p.parse_args()
 
 
@@ -112,6 +130,7 @@ def _setup(args: argparse.Namespace):
             f"model.clip={args.clip}", "model.pretrained=null", f"model.vision_adapted_layers={args.vision_adapted_layers}",
             f"model.text_adapted_layers={args.text_adapted_layers or (2 if small else 8)}", f"model.image_size={args.image_size}",
             f"model.task_context={args.task_context}", f"model.amp={str(args.amp).lower()}", f"protocol.num_frames={args.frames}",
+            f"evaluate.prefix_dtype={args.prefix_dtype}",
         ],
     )
     device = torch.device(args.device)
@@ -126,7 +145,7 @@ def _setup(args: argparse.Namespace):
     text = RandomText(model, classes, cfg.protocol.num_sub_actions)
     loader = EpisodeLoader(RandomFrames(device), text, cfg, model.image_mean, model.image_std, device)
     uses = count * per_episode / num_videos
-    return cfg, model, loader, episodes, uses, num_videos
+    return cfg, model, loader, episodes, uses, vids
 
 
 def _timed(device: torch.device, fn):
@@ -155,6 +174,38 @@ def _batched_cached(model, loader, episodes, amp: bool, per_batch, device: torch
 
     logits, seconds = _timed(device, run)
     return logits, seconds, scorer.episodes_per_batch
+
+
+def _batched_prefix_artifact(model, loader, cfg, episodes, vids: dict[str, list[str]], amp: bool, per_batch, device: torch.device):
+    """Batched scoring from a prefix artifact built (and timed) here: (logits, seconds by phase, episodes per batch, note)."""
+    if device.type == "cuda":  # warm-up (kernels, allocator), as on the in-memory path
+        EpisodeScorer(model, loader, cache=True, amp=amp, episodes_per_batch=per_batch).scores_batch(episodes[:1])
+    table = videos_table(vids, cfg.evaluate.split)
+    seconds: dict[str, float] = {}
+
+    def build(staging: Staging) -> None:
+        _, seconds["compute"] = _timed(device, lambda: write_states(staging, model, loader, table, cfg.evaluate.prefix_dtype, amp))
+
+    with tempfile.TemporaryDirectory(prefix="fsar-benchmark-prefix-") as root:
+        store = ArtifactStore(root)
+        config = {**plan_fields(cfg), "frames": "benchmarks/evaluate.py random clips, seeded by video id"}
+        ref, built = _timed(device, lambda: build_once(store, "prefix", "benchmark", config=config, inputs={}, build=build,
+                                                       main="videos.parquet", format_version=FORMAT_VERSION))
+        seconds["publish"] = built - seconds["compute"]
+        states, seconds["open"] = _timed(device, lambda: PrefixStates(ref, device))
+        states.check(cfg)
+        scorer = EpisodeScorer(model, loader, cache=True, amp=amp, episodes_per_batch=per_batch, prefix=states)
+
+        def run() -> list[torch.Tensor]:
+            return [s.float().cpu() for batch in episode_batches(episodes, scorer.episodes_per_batch)
+                    for s in scorer.scores_batch(batch).logits]
+
+        logits, seconds["score"] = _timed(device, run)
+        path = store.local_path(ref) / "states.npy"
+        stored = np.load(path, mmap_mode="r")  # (V, T, P+1, D)
+        note = f"prefix/{ref.dataset}/{ref.version}, states.npy {tuple(stored.shape)} {stored.dtype}, {path.stat().st_size / 2**20:.1f} MiB"
+        del stored
+    return logits, seconds, scorer.episodes_per_batch, note
 
 
 class RoundedPrefix:
@@ -192,7 +243,8 @@ def main() -> None:
     args = _parse()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg, model, loader, episodes, uses, num_videos = _setup(args)
+    cfg, model, loader, episodes, uses, vids = _setup(args)
+    num_videos = sum(len(v) for v in vids.values())
     device = loader.device
     layers, adapted = len(model.clip.visual.transformer.resblocks), cfg.model.vision_adapted_layers
     limit = layers / ((layers - adapted) / uses + adapted)
@@ -207,20 +259,44 @@ def main() -> None:
     plain, plain_s = _per_episode_uncached(model, loader, some, args.amp, device)
     plain_rate = len(some) / plain_s
     print(f"per-episode uncached: {len(some)} episodes in {plain_s:.2f} s = {plain_rate:.3f} episodes/s", flush=True)
-    batched, batched_s, size = _batched_cached(model, loader, episodes, args.amp, per_batch, device)
-    batched_rate = len(episodes) / batched_s
-    print(f"batched + cached ({size} episodes per batch, cache of {num_videos} videos built inside the timing): "
-          f"{len(episodes)} episodes in {batched_s:.2f} s = {batched_rate:.3f} episodes/s", flush=True)
+    if args.prefix:
+        batched, phases, size, note = _batched_prefix_artifact(model, loader, cfg, episodes, vids, args.amp, per_batch, device)
+        batched_s = sum(phases.values())
+        print(f"prefix artifact ({note}): {num_videos} videos through the frozen blocks 1..{layers - adapted} and written in "
+              f"{phases['compute']:.2f} s, published (checksums, manifest) in {phases['publish']:.2f} s; "
+              f"prefix time {phases['compute'] + phases['publish']:.2f} s", flush=True)
+        print(f"scoring from the prefix artifact ({size} episodes per batch): opened (sha256 verified) in {phases['open']:.2f} s, "
+              f"{len(episodes)} episodes scored in {phases['score']:.2f} s = {len(episodes) / phases['score']:.3f} episodes/s; "
+              f"scoring time {phases['open'] + phases['score']:.2f} s", flush=True)
+        batched_rate = len(episodes) / batched_s
+        print(f"batched + prefix artifact, prefix included: {len(episodes)} episodes in {batched_s:.2f} s = "
+              f"{batched_rate:.3f} episodes/s", flush=True)
+    else:
+        batched, batched_s, size = _batched_cached(model, loader, episodes, args.amp, per_batch, device)
+        batched_rate = len(episodes) / batched_s
+        print(f"batched + cached ({size} episodes per batch, cache of {num_videos} videos built inside the timing): "
+              f"{len(episodes)} episodes in {batched_s:.2f} s = {batched_rate:.3f} episodes/s", flush=True)
 
     agree = all(torch.equal(a.argmax(-1), b.argmax(-1)) for a, b in zip(plain, batched))
     diff = max(float((a - b).abs().max()) for a, b in zip(plain, batched))
+    margin = min(_top2_margin(a) for a in plain)
     ratio = batched_rate / plain_rate
-    print(f"predictions of the {len(some)} episodes both paths scored agree: {agree} (max |logit difference| {diff:.2e})")
+    print(f"predictions of the {len(some)} episodes both paths scored agree: {agree} (max |logit difference| {diff:.2e}; "
+          f"smallest top-1 minus top-2 logit of the uncached path {margin:.2e}: a difference above it can flip a prediction)")
     print(f"ratio {ratio:.2f}x, compute bound of the cache L/((L-M)/r+M) = {limit:.2f}x, ratio/limit {ratio / limit:.2f} "
           f"(CPU target >= 0.8)")
-    if args.prefix_dtype == "float16":
+    if args.prefix_dtype == "float16" and not args.prefix:
         print(_prefix_dtype_effect(model, loader, episodes, args.amp, per_batch), flush=True)
+    if device.type == "cuda":
+        print(f"CUDA peak allocated over the whole run (torch.cuda.max_memory_allocated): "
+              f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB", flush=True)
     print(f"evaluate benchmark: ratio={ratio:.3f} limit={limit:.3f} agree={str(agree).lower()}")
+
+
+def _top2_margin(logits: torch.Tensor) -> float:
+    """Smallest gap between the best and the second-best class over the queries of (Q, N) logits."""
+    top = logits.topk(2, dim=-1).values  # (Q, 2)
+    return float((top[:, 0] - top[:, 1]).min())
 
 
 def _sync(device: torch.device) -> None:

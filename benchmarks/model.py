@@ -22,8 +22,10 @@ resets it through /proc/self/clear_refs; elsewhere it is the high-water mark so 
 runs every step at the full context length (no text-prefix cache), attention is explicit matrix products
 that compute q.k twice per call, the last adapted block runs at every token, everything fp32 (the released
 fp16 text tower aligned to fp32, as on CPU). It first prints the max |difference| of the loss and of every
-trainable gradient between the two (random non-zero adapters), then `train_ratio=<reference/ours>` with both
-peak-memory growths, then `variant_ratio=<faithful/first_adapted>` (model.temporal_embedding_at).
+trainable gradient between the two (random non-zero adapters; always in fp32, TF32 off), then
+`train_ratio=<reference/ours>` with both peak-memory growths, then `variant_ratio=<faithful/first_adapted>`
+(model.temporal_embedding_at). With bf16 on CUDA (--amp, the CUDA default) every timed step runs under the
+same bf16 autocast, the reference too (the released code runs its CLIP in half precision on a GPU).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from pipeline.model.alignment import class_prototypes, semantic_scores, task_mas
 from pipeline.model.backbone import text_module  # noqa: E402
 from pipeline.model.config import ModelConfig  # noqa: E402
 from pipeline.model.vision import patch_tokens  # noqa: E402
+from pipeline.precision import autocast  # noqa: E402
 
 MIB = 2**20
 
@@ -342,6 +345,12 @@ def _ref_loss(model, ep: dict[str, torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(model.cfg.logit_scale * vis * sem, ep["query_labels"])
 
 
+def _ref_step_loss(model, ep: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The reference loss under the run's precision (bf16 autocast on CUDA with model.amp, like the model's own forward)."""
+    with autocast(device, model.cfg.amp):
+        return _ref_loss(model, ep)
+
+
 def _our_loss(model, ep: dict[str, torch.Tensor], text_prefix: torch.Tensor) -> torch.Tensor:
     """The training step's loss as `Trainer.step` computes it (the text prefix from the embeddings cache)."""
     return model.loss(model(ep["support"], ep["labels"], ep["query"], ep["tokens"], text_prefix=text_prefix), ep["query_labels"])
@@ -350,6 +359,9 @@ def _our_loss(model, ep: dict[str, torch.Tensor], text_prefix: torch.Tensor) -> 
 def _compare(model, cfg: ModelConfig, protocol: ProtocolConfig, ep: dict[str, torch.Tensor], args: argparse.Namespace,
              device: torch.device) -> None:
     """Print the loss/gradient agreement, `train_ratio=` (reference/ours) and `variant_ratio=` (faithful/first_adapted)."""
+    amp, tf32 = cfg.amp, (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    model.cfg = model.cfg.model_copy(update={"amp": False})  # the agreement check in fp32 (the timing below in the run's dtype)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():  # non-zero adapters, so that every gradient is non-trivial
         for param in model.parameters():
@@ -360,7 +372,7 @@ def _compare(model, cfg: ModelConfig, protocol: ProtocolConfig, ep: dict[str, to
     variant = build_model(cfg.model_copy(update={"temporal_embedding_at": "first_adapted"}), protocol, device=device).train()
     variant.load_trainable_state_dict(model.trainable_state_dict())
     steps = {
-        "reference": (model, lambda: _ref_loss(model, ep)),
+        "reference": (model, lambda: _ref_step_loss(model, ep, device)),
         "ours": (model, lambda: _our_loss(model, ep, text_prefix)),
         "first_adapted": (variant, lambda: _our_loss(variant, ep, text_prefix)),
     }
@@ -375,7 +387,9 @@ def _compare(model, cfg: ModelConfig, protocol: ProtocolConfig, ep: dict[str, to
     diff = max((ref_g[n] - our_g[n]).abs().max().item() for n in ref_g)
     scale = max(g.abs().max().item() for g in ref_g.values())
     print(f"check: loss reference {ref_loss:.6f} ours {our_loss:.6f} |diff| {abs(ref_loss - our_loss):.2e}; "
-          f"gradients of {len(ref_g)} tensors (same set: {set(ref_g) == set(our_g)}) max|diff| {diff:.2e} (max|grad| {scale:.2e})")
+          f"gradients of {len(ref_g)} tensors (same set: {set(ref_g) == set(our_g)}) max|diff| {diff:.2e} (max|grad| {scale:.2e}), fp32")
+    model.cfg = model.cfg.model_copy(update={"amp": amp})
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     times: dict[str, list[float]] = {name: [] for name in steps}
     peaks = {name: _activation_mib(owner, loss_fn, device) for name, (owner, loss_fn) in steps.items()}
     for rep in range(args.warmup + args.repeats):
@@ -389,7 +403,8 @@ def _compare(model, cfg: ModelConfig, protocol: ProtocolConfig, ep: dict[str, to
                 times[name].append(time.perf_counter() - start)
     med = {name: sorted(t)[len(t) // 2] for name, t in times.items()}
     what = "CUDA peak allocated" if device.type == "cuda" else "activations saved for backward"
-    print(f"train step median of {args.repeats}: reference {med['reference']:.3f} s, ours {med['ours']:.3f} s, "
+    precision = "bf16 autocast" if amp and device.type == "cuda" else "fp32"
+    print(f"train step ({precision}) median of {args.repeats}: reference {med['reference']:.3f} s, ours {med['ours']:.3f} s, "
           f"first_adapted {med['first_adapted']:.3f} s; peak MiB ({what}): reference {peaks['reference']:.0f}, "
           f"ours {peaks['ours']:.0f}, first_adapted {peaks['first_adapted']:.0f}")
     print(f"train_ratio={med['reference'] / med['ours']:.2f} (reference/ours), peak_mib reference={peaks['reference']:.0f} ours={peaks['ours']:.0f}")

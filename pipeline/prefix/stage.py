@@ -32,12 +32,17 @@ import torch
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging
 from pipeline.config import Config
+from pipeline.precision import autocast
 from pipeline.settings.model import model_fields
 from pipeline.stage import StageError, build_once
 
-__all__ = ["FORMAT_VERSION", "PREFIX_MODEL_FIELDS", "PrefixStates", "enabled", "plan_fields", "run", "upstream_for"]
+__all__ = [
+    "FORMAT_VERSION", "PREFIX_MODEL_FIELDS", "PrefixStates", "enabled", "plan_fields", "run", "upstream_for", "videos_table",
+    "write_states",
+]
 
 FORMAT_VERSION = 1
+BATCH = 16  # videos per pass through the frozen blocks
 # The model fields the frozen prefix depends on (the adapters of the last M blocks do not enter it).
 PREFIX_MODEL_FIELDS = ("clip", "pretrained", "init_seed", "image_size", "vision_adapted_layers", "temporal_embedding_at", "amp")
 
@@ -91,7 +96,7 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
 def _build(staging: Staging, cfg: Config, inputs: Mapping[str, ArtifactRef]) -> None:
     from pipeline.frames import FrameStore
     from pipeline.model import build_model
-    from pipeline.training.common import EpisodeLoader, autocast, pick_device, videos_by_class
+    from pipeline.training.common import EpisodeLoader, pick_device, videos_by_class
 
     device = pick_device(cfg.evaluate.device, "evaluate.device")
     frames = FrameStore.open(inputs["frames"].dataset, inputs["frames"].version, root=inputs["frames"].root)
@@ -100,31 +105,47 @@ def _build(staging: Staging, cfg: Config, inputs: Mapping[str, ArtifactRef]) -> 
         _load_trained(model, cfg, inputs)
     loader = EpisodeLoader(frames, None, cfg, model.image_mean, model.image_std, device)
     by_class, _ = videos_by_class(frames.index, cfg.evaluate.split, cfg.protocol.num_frames)
-    table = pd.DataFrame(
-        [(vid, cls) for cls in sorted(by_class) for vid in by_class[cls]], columns=["video_id", "class"]
-    ).sort_values("video_id", kind="stable").reset_index(drop=True)
+    table = videos_table(by_class, cfg.evaluate.split)
     if table.empty:
         raise StageError(f"split {cfg.evaluate.split!r} of the frames artifact {inputs['frames']} has no usable video; "
                          f"check the frames stage's log (failed or short videos)")
+    write_states(staging, model, loader, table, cfg.evaluate.prefix_dtype, cfg.model.amp)
+    staging.extra["summary"] = {"videos": len(table), "split": cfg.evaluate.split, "dtype": cfg.evaluate.prefix_dtype}
+    print(f"[fsar] prefix: {len(table)} videos of split {cfg.evaluate.split} through the frozen blocks "
+          f"1..{model.vision.num_frozen} ({cfg.evaluate.prefix_dtype})", flush=True)
+
+
+def videos_table(by_class: Mapping[str, Sequence[str]], split: str) -> pd.DataFrame:
+    """The artifact's main table for videos by class: row, video_id, class, split, sorted by video id."""
+    table = pd.DataFrame(
+        [(vid, cls) for cls in sorted(by_class) for vid in by_class[cls]], columns=["video_id", "class"]
+    ).sort_values("video_id", kind="stable").reset_index(drop=True)
     table.insert(0, "row", np.arange(len(table), dtype=np.int64))
-    table["split"] = cfg.evaluate.split
+    table["split"] = split
+    return table
+
+
+def write_states(staging: Staging, model: torch.nn.Module, loader: Any, table: pd.DataFrame, dtype: str, amp: bool,
+                 batch: int = BATCH) -> None:
+    """Write a prefix artifact's files into `staging`: states.npy, the frozen prefix of every video of `table` in
+    row order (eval sampling, `batch` videos per pass, stored in `dtype`), and `table` as videos.parquet.
+
+    `loader` is anything with `clips(ids, "eval", None)` -> (B, T, 3, H, W) on its `device` (an EpisodeLoader).
+    """
     ids = table["video_id"].tolist()
-    batch = 16
+    if not ids:
+        raise StageError("the prefix artifact needs at least one video; the videos table is empty")
     out = None
     with torch.inference_mode():
         for i in range(0, len(ids), batch):
-            with autocast(device, cfg.model.amp):
-                states = model.vision_prefix(loader.clips(ids[i : i + batch], "eval", None)).float().cpu().numpy()
+            with autocast(loader.device, amp):
+                states = model.vision_prefix(loader.clips(ids[i : i + batch], "eval", None)).float().cpu().numpy()  # (b, T, P+1, D)
             if out is None:  # written in place: the split's states never need to fit in memory at once
-                out = np.lib.format.open_memmap(staging.path("states.npy"), mode="w+", dtype=cfg.evaluate.prefix_dtype,
-                                                shape=(len(ids), *states.shape[1:]))
+                out = np.lib.format.open_memmap(staging.path("states.npy"), mode="w+", dtype=dtype, shape=(len(ids), *states.shape[1:]))
             out[i : i + len(states)] = states
     out.flush()
     del out
     staging.write_parquet("videos.parquet", table)
-    staging.extra["summary"] = {"videos": len(ids), "split": cfg.evaluate.split, "dtype": cfg.evaluate.prefix_dtype}
-    print(f"[fsar] prefix: {len(ids)} videos of split {cfg.evaluate.split} through the frozen blocks "
-          f"1..{model.vision.num_frozen} ({cfg.evaluate.prefix_dtype})", flush=True)
 
 
 def _load_trained(model: torch.nn.Module, cfg: Config, inputs: Mapping[str, ArtifactRef]) -> None:
