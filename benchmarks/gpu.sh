@@ -5,7 +5,7 @@
 #
 #   bash benchmarks/gpu.sh --fetch-wheels   # here, once (PyPI): wheels the GPU image lacks, into .whl/ (ignored)
 #   bash benchmarks/gpu.sh                  # on the GPU machine, from any directory; about 2-4 min, at most 10
-#   bash benchmarks/gpu.sh --cpu-smoke      # here: the same commands, tiny sizes, CPU, well under a minute
+#   bash benchmarks/gpu.sh --cpu-smoke      # here: the same commands, tiny sizes, CPU (26 s on 2 busy cores)
 #
 # On the device tool: run(command="PYTHONUNBUFFERED=1 bash benchmarks/gpu.sh 2>&1 | tee $OUT/gpu.log",
 # carry=[".whl"], timeout_s=600). Python: $PY, else .venv/bin/python, else python3 (the GPU image's, with
