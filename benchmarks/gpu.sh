@@ -4,12 +4,13 @@
 # the GPU box and put the printed lines in the issue note.
 #
 #   bash benchmarks/gpu.sh --fetch-wheels   # here, once (PyPI): wheels the GPU image lacks, into .whl/ (ignored)
-#   bash benchmarks/gpu.sh                  # on the GPU machine, from any directory; about 2-4 min, at most 10
+#   bash benchmarks/gpu.sh                  # on the GPU machine; estimated 2-4 min (not measured), at most 9 by the timeouts
 #   bash benchmarks/gpu.sh --cpu-smoke      # here: the same commands, tiny sizes, CPU (26 s on 2 busy cores)
 #
 # On the device tool: run(command="PYTHONUNBUFFERED=1 bash benchmarks/gpu.sh 2>&1 | tee $OUT/gpu.log",
 # carry=[".whl"], timeout_s=600). Python: $PY, else .venv/bin/python, else python3 (the GPU image's, with
-# torch); where open_clip or pydantic is missing, the wheels in .whl/ are installed into /tmp/fsar-site.
+# torch 2.11 as last seen, while the project pins 2.14: the first lines print the versions); where open_clip or
+# pydantic is missing, the wheels in .whl/ are installed into /tmp/fsar-site.
 #
 # 1. Evaluation at HMDB51's test-split size: 10 classes x 129 videos (1,290 ~ 1,292 test videos), 10,000
 #    5-way 1-shot episodes (77.5 uses per video), ViT-B-16 random weights at 224 px, M=2, bf16 autocast,
