@@ -1,41 +1,62 @@
-"""Decode one video into resized JPEG frames: decord first, PyAV when decord cannot read it.
+"""Decode one video into resized JPEG frames: front to back with PyAV, never seeking.
 
-    video = decode_video("/data/a b [1].mp4", DecodeSettings(size=257, max_frames=32))
-    video.num_frames, video.stored_indices, video.jpegs   # source frame count, kept frame numbers, bytes
+    video = decode_video("/data/a b [1].avi", DecodeSettings(size=257, max_frames=32))
+    video.num_frames, video.stored_indices, video.jpegs   # frames decoded, kept frame numbers, bytes
 
-Frames are resized to size x size (the aspect ratio is not kept, as the paper) and JPEG-encoded.
-Three ways are tried in order, each one only when the previous one failed:
+    with IsolatedDecoder(settings) as decoder:            # the same, in a child process under a time budget
+        video = decoder.decode(path)
 
-1. `decord`: decord resizes inside its decoder (ffmpeg swscale, antialiased): the fast path, about
-   the cost of decoding alone;
-2. `decord+pil`: decord at the source size, then PIL bilinear (antialiased when shrinking);
-3. `pyav`: PyAV decodes every frame, then the same PIL resize (a file decord cannot read).
+Why sequential: seeking decoders land on the wrong frame on common streams. decord 0.6.0's random
+access (`get_batch`, `vr[i]`), which fsar used before, returned other frames of the video for most
+indices on MPEG-4 Part 2 with B-frames (the codec HMDB51 and UCF101 ship, in AVI, and in Matroska),
+and spins forever when a container over-reports its frame count. So every video is decoded once, in
+order, and the frames at the chosen positions are kept (docs/frames.md). Frame number i is the i-th
+frame the decoder outputs (presentation order), counted from 0; `num_frames` is the number of frames
+actually decoded, never the container's claim, so no stored index can point past the last decodable
+frame. A packet the decoder rejects as corrupt is skipped and counted (the video's `warnings`), as
+ffmpeg's command line does; when demuxing fails mid-file the frames before it are kept and the
+failure is a warning too.
 
-decord 0.6.0 cannot output some frame widths (8, 12, 16, 24, 48 and 72 px among them: frames come
-back with four channels or `get_batch` raises "DECORDArrayCopyFromTo: The size must exactly match");
-every batch's shape is checked, so such a storage size falls to way 2 and such a source width to
-way 3. The way used is the index's `decoder` column; the ways differ by about 1-3 grey levels
-per pixel, and the same file with the same settings always takes the same way (deterministic output).
+Kept frames are spread evenly over the decoded frames (`spread_indices`, segment centres), so they are
+only known once the last frame is out. Decoded frames are therefore held (as PyAV frames, at the
+source size) up to `HOLD_BYTES`; past that, only the frames that the container's own frame count (or
+duration x rate) would keep are converted on the fly, and a second sequential pass fetches the kept
+frames when the real count differs. Both passes decode the same frames (decoders are deterministic).
 
-A video that cannot be used raises `VideoFailure(reason, message)`; the reasons are `REASONS`.
+A kept frame is converted and resized to size x size in one swscale call (bilinear, the aspect ratio
+is not kept, as the paper) and JPEG-encoded with Pillow: `frame_jpeg`, the one conversion every path
+uses (the stage, `fsar predict`, the conformance tests).
+
+`IsolatedDecoder` runs `decode_video` in a child process, one video at a time, under a wall-clock
+budget (`frames.video_timeout_s`) enforced by the parent: a decoder that hangs (even holding the GIL)
+is killed and its video recorded as `timeout`; one that kills its process (a segfault, the OOM killer)
+as `decoder_crash`. The child is started again for the next video. A video that cannot be used raises
+`VideoFailure(reason, message)`; the reasons are `REASONS`.
 """
 
 from __future__ import annotations
 
 import io
+import multiprocessing
 import os
+import signal
+import stat
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 __all__ = [
+    "DECODER",
+    "HOLD_BYTES",
     "REASONS",
     "DecodeSettings",
     "DecodedVideo",
+    "IsolatedDecoder",
     "VideoFailure",
     "decode_video",
     "encode_jpeg",
+    "frame_jpeg",
+    "mp_context",
     "spread_indices",
 ]
 
@@ -44,12 +65,15 @@ REASONS = {
     "missing_file": "the file does not exist",
     "not_a_file": "the path is a folder or another non-file",
     "empty_file": "the file has zero bytes",
-    "unreadable": "neither decord nor PyAV could decode it",
-    "too_few_frames": "it has fewer frames than T (protocol.num_frames)",
-    "decoder_crash": "decoding it killed the worker process (segfault, abort, out of memory)",
+    "unreadable": "PyAV could not open it or decoded no frame from it",
+    "too_few_frames": "it has fewer decodable frames than T (protocol.num_frames)",
+    "decoder_crash": "decoding it killed the decoding process (segfault, abort, out of memory)",
+    "timeout": "decoding it took longer than frames.video_timeout_s",
 }
 
-_BATCH = 32  # frames fetched from decord at a time (bounds memory for long videos)
+DECODER = "pyav"  # the index's `decoder` column: the only way frames are decoded
+HOLD_BYTES = 256 << 20  # decoded frames held per video before falling back to the container's count
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class VideoFailure(Exception):
@@ -59,31 +83,36 @@ class VideoFailure(Exception):
         assert reason in REASONS, reason
         super().__init__(message)
         self.reason = reason
-        self.num_frames = num_frames  # frames in the source, when it was readable
+        self.num_frames = num_frames  # frames decoded, when it was readable
+
+    def __reduce__(self) -> tuple[Any, ...]:  # crosses the decoding process's pipe
+        return (VideoFailure, (self.reason, str(self), self.num_frames))
 
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    """How frames are decoded and stored (everything that changes the output, plus thread count)."""
+    """How frames are decoded and stored (everything that changes the output, plus thread count and budget)."""
 
     size: int = 257  # stored frames are size x size
     max_frames: int | None = 32  # frames kept per video, spread evenly; None = every frame
     quality: int = 90  # JPEG quality
-    min_frames: int = 1  # a video with fewer source frames fails with `too_few_frames`
-    first: str = "decord"  # decoder tried first: decord | pyav (the other one is the fallback)
-    threads: int = 0  # decoder threads per video (0 = the library's choice); does not change output
+    min_frames: int = 1  # a video with fewer decoded frames fails with `too_few_frames`
+    threads: int = 0  # decoder threads per video (0 = FFmpeg's choice); does not change output
     storage: str = "jpeg"  # what shards hold: jpeg (the JPEG bytes) | raw (that JPEG's decoded pixels); see shards.py
+    timeout_s: float | None = 300.0  # wall-clock budget of one video in IsolatedDecoder; None = no limit
 
 
 @dataclass
 class DecodedVideo:
     """The kept frames of one video, JPEG-encoded, with what was learnt about the source."""
 
-    num_frames: int  # frames in the source
+    num_frames: int  # frames decoded (not the container's claim)
     fps: float | None  # average frame rate reported by the container
-    decoder: str  # way that produced the frames: decord | decord+pil | pyav
-    stored_indices: list[int] = field(default_factory=list)  # source frame numbers kept, ascending
+    decoder: str = DECODER
+    stored_indices: list[int] = field(default_factory=list)  # frame numbers kept, ascending
     jpegs: list[bytes] = field(default_factory=list)  # one JPEG per kept frame
+    warnings: str | None = None  # corrupt packets skipped, demuxing stopped early; None when clean
+    passes: int = 1  # sequential passes it took (2 when a long video's container count was wrong)
 
 
 def spread_indices(num_frames: int, max_frames: int | None) -> list[int]:
@@ -93,18 +122,43 @@ def spread_indices(num_frames: int, max_frames: int | None) -> list[int]:
     return [(2 * i + 1) * num_frames // (2 * max_frames) for i in range(max_frames)]
 
 
-def encode_jpeg(rgb: np.ndarray, size: int, quality: int) -> bytes:
-    """Resize an RGB frame [H, W, 3] to size x size (bilinear) and encode it as JPEG."""
+# ------------------------------------------------------------------------ conversion
+_reformatter: Any = None  # one per process: its swscale context is reused across frames
+
+
+def _forget_reformatter() -> None:
+    global _reformatter
+    _reformatter = None  # a forked child builds its own (a copied swscale context may wait on threads it lacks)
+
+
+os.register_at_fork(after_in_child=_forget_reformatter)
+
+
+def frame_jpeg(frame: Any, size: int, quality: int) -> bytes:
+    """A decoded PyAV frame -> RGB size x size (swscale bilinear, bit-exact C code on every CPU, one thread, from the
+    decoder's pixel format and colour range) -> JPEG bytes at `quality` (Pillow, libjpeg-turbo)."""
+    global _reformatter
+    from av.video.reformatter import Interpolation, VideoReformatter
     from PIL import Image
 
-    img = Image.fromarray(np.ascontiguousarray(rgb), mode="RGB") if isinstance(rgb, np.ndarray) else rgb
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    if _reformatter is None:
+        _reformatter = VideoReformatter()
+    how = Interpolation.BILINEAR | Interpolation.BITEXACT | Interpolation.ACCURATE_RND
+    rgb = _reformatter.reformat(frame, width=size, height=size, format="rgb24", interpolation=how, threads=1).to_ndarray()
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
+    Image.fromarray(rgb, mode="RGB").save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
 
 
+def encode_jpeg(rgb: Any, size: int, quality: int) -> bytes:
+    """An RGB frame [H, W, 3] uint8 (not from a video: e.g. a rendered image) through the same resize and JPEG."""
+    import numpy as np
+    from av import VideoFrame
+
+    return frame_jpeg(VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24"), size, quality)
+
+
+# ------------------------------------------------------------------------ decoding
 def _check_file(path: str) -> None:
     try:
         st = os.stat(path)
@@ -112,8 +166,6 @@ def _check_file(path: str) -> None:
         raise VideoFailure("missing_file", f"no file at {path!r}") from None
     except OSError as exc:
         raise VideoFailure("missing_file", f"cannot stat {path!r}: {exc.strerror or exc}") from None
-    import stat
-
     if not stat.S_ISREG(st.st_mode):
         raise VideoFailure("not_a_file", f"{path!r} is not a regular file")
     if st.st_size == 0:
@@ -122,118 +174,296 @@ def _check_file(path: str) -> None:
 
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
-    # decord puts a C++ stack trace into its messages; keep the first sentence
-    for cut in (" Stack trace", "Stack trace:"):
-        if cut in text:
-            text = text.split(cut, 1)[0]
     return text[:300]
 
 
-# --------------------------------------------------------------------------- backends
-class _Unopenable(RuntimeError):
-    """The backend cannot open the file at all: its other ways would fail the same way."""
+class _Sequential:
+    """The decoded frames of a file's first video stream, in order; counts what had to be skipped."""
+
+    def __init__(self, path: str, threads: int):
+        import av
+
+        self._av = av
+        try:
+            self.container = av.open(path, metadata_errors="ignore")
+        except Exception as exc:  # noqa: BLE001 - any open error: the file is not a video PyAV can read
+            raise VideoFailure("unreadable", f"PyAV cannot open it: {_short(exc)}") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise VideoFailure("unreadable", "no video stream in the file")
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"  # frame and slice threads: the same frames, in the same order
+        if threads:
+            self.stream.codec_context.thread_count = threads
+        self.corrupt = 0  # packets the decoder rejected
+        self.demux_error: str | None = None
+
+    def fps(self) -> float | None:
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        return float(rate) if rate else None
+
+    def claimed_frames(self) -> int:
+        """The container's frame count, else duration x rate, else 0: a hint, never trusted for indices."""
+        if self.stream.frames:
+            return int(self.stream.frames)
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        if self.stream.duration and self.stream.time_base and rate:
+            return int(round(float(self.stream.duration * self.stream.time_base * rate)))
+        if self.container.duration and rate:
+            return int(round(self.container.duration / 1_000_000 * float(rate)))
+        return 0
+
+    def __iter__(self):  # noqa: ANN204
+        av = self._av
+        packets = self.container.demux(self.stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.error.FFmpegError as exc:  # the file breaks off: keep what decoded, flush the decoder
+                self.demux_error = _short(exc)
+                try:
+                    yield from self.stream.codec_context.decode(None)
+                except av.error.FFmpegError:
+                    pass
+                return
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                self.corrupt += 1
+                continue
+            yield from frames
+
+    def warnings(self) -> str | None:
+        parts = []
+        if self.corrupt:
+            parts.append(f"{self.corrupt} corrupt packet(s) skipped")
+        if self.demux_error:
+            parts.append(f"demuxing stopped early: {self.demux_error}")
+        return "; ".join(parts) or None
+
+    def close(self) -> None:
+        self.container.close()
 
 
-def _decode_decord(path: str, s: DecodeSettings, *, resize_in_decoder: bool) -> DecodedVideo:
-    """decord; resizing inside its decoder (ffmpeg swscale) is the fast path, PIL after it the second try."""
-    import decord
-
-    size = {"width": s.size, "height": s.size} if resize_in_decoder else {}
-    try:
-        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=s.threads, **size)
-    except Exception as exc:  # noqa: BLE001
-        raise _Unopenable(_short(exc)) from None
-    n = len(vr)
-    if n <= 0:
-        raise RuntimeError("decord found no frames")
-    fps = float(vr.get_avg_fps() or 0.0) or None
-    out = DecodedVideo(num_frames=n, fps=fps, decoder="decord" if resize_in_decoder else "decord+pil")
-    if n < s.min_frames:
-        return out
-    keep = spread_indices(n, s.max_frames)
-    shape = None
-    for start in range(0, len(keep), _BATCH):
-        chunk = keep[start : start + _BATCH]
-        arr = vr.get_batch(chunk).asnumpy()  # (k, H, W, 3)
-        if arr.ndim != 4 or arr.shape[0] != len(chunk) or arr.shape[3] != 3 or min(arr.shape[1:3]) <= 0:
-            raise RuntimeError(f"decord returned frames of shape {tuple(arr.shape)} for {len(chunk)} frames (known decord defect)")
-        if resize_in_decoder and arr.shape[1:3] != (s.size, s.size):
-            raise RuntimeError(f"decord resized to {arr.shape[2]}x{arr.shape[1]} instead of {s.size}x{s.size}")
-        if shape is not None and arr.shape[1:] != shape:
-            raise RuntimeError(f"decord changed the frame size mid-video to {arr.shape[2]}x{arr.shape[1]}")
-        shape = arr.shape[1:]
-        out.jpegs.extend(encode_jpeg(f, s.size, s.quality) for f in arr)
-    out.stored_indices = keep
-    return out
-
-
-def _decode_pyav(path: str, s: DecodeSettings) -> DecodedVideo:
-    """PyAV: decodes every frame (the count is only known at the end), keeping each resized with PIL."""
-    import av
-
-    with av.open(path) as container:
-        if not container.streams.video:
-            raise RuntimeError("no video stream")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        if s.threads:
-            stream.codec_context.thread_count = s.threads
-        rate = stream.average_rate or stream.guessed_rate
-        fps = float(rate) if rate else None
-        small = []  # every frame at size^2: bounded memory whatever the source size
-        for frame in container.decode(stream):
-            img = frame.to_image()
-            small.append(img if img.size == (s.size, s.size) else img.resize((s.size, s.size), _bilinear()))
-    n = len(small)
-    if n == 0:
-        raise RuntimeError("PyAV decoded no frames")
-    out = DecodedVideo(num_frames=n, fps=fps, decoder="pyav")
-    if n < s.min_frames:
-        return out
-    out.stored_indices = spread_indices(n, s.max_frames)
-    out.jpegs = [encode_jpeg(small[i], s.size, s.quality) for i in out.stored_indices]
-    return out
-
-
-def _bilinear():  # noqa: ANN202
-    from PIL import Image
-
-    return Image.Resampling.BILINEAR
-
-
-# Tried in order (the configured first decoder's group first): decord resizing in its decoder, decord
-# at the source size + PIL (decord cannot output some widths), PyAV + PIL (decord cannot read the file).
-_BACKENDS: dict[str, list[tuple[str, Any]]] = {
-    "decord": [
-        ("decord", lambda p, s: _decode_decord(p, s, resize_in_decoder=True)),
-        ("decord+pil", lambda p, s: _decode_decord(p, s, resize_in_decoder=False)),
-    ],
-    "pyav": [("pyav", _decode_pyav)],
-}
+def _frame_bytes(frame: Any) -> int:
+    return sum(p.buffer_size for p in frame.planes)
 
 
 def decode_video(path: str, settings: DecodeSettings) -> DecodedVideo:
-    """Decode, resize and JPEG-encode the kept frames of one video; raise VideoFailure when unusable."""
+    """Decode, resize and JPEG-encode the kept frames of one video, in this process; raise VideoFailure when unusable."""
     _check_file(path)
-    order = [settings.first] + [b for b in _BACKENDS if b != settings.first]
-    errors = []
-    video = None
-    for group in order:
-        for name, backend in _BACKENDS[group]:
+    s = settings
+    seq = _Sequential(path, s.threads)
+    try:
+        try:
+            fps = seq.fps()
+            hint = spread_indices(seq.claimed_frames(), s.max_frames) if s.max_frames is not None else []
+            held: dict[int, Any] = {}  # frame number -> decoded frame, while under HOLD_BYTES
+            encoded: dict[int, bytes] = {}  # past the budget: frames the container's count would keep, converted on the fly
+            want = set(hint)
+            held_bytes, holding, n = 0, True, 0
+            for frame in seq:
+                if s.max_frames is None:  # every frame is kept: convert as it comes
+                    encoded[n] = frame_jpeg(frame, s.size, s.quality)
+                elif holding:
+                    held[n] = frame
+                    held_bytes += _frame_bytes(frame)
+                    if held_bytes > HOLD_BYTES:
+                        holding = False
+                        encoded = {i: frame_jpeg(f, s.size, s.quality) for i, f in held.items() if i in want}
+                        held = {}
+                elif n in want:
+                    encoded[n] = frame_jpeg(frame, s.size, s.quality)
+                n += 1
+            warnings = seq.warnings()
+        except VideoFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a decoder error that is not a skippable packet
+            raise VideoFailure("unreadable", f"PyAV: {_short(exc)}") from None
+    finally:
+        seq.close()
+    if n == 0:
+        raise VideoFailure("unreadable", "PyAV decoded no frame" + (f" ({warnings})" if warnings else ""))
+    if n < s.min_frames:
+        raise VideoFailure("too_few_frames", f"{n} decodable frames, fewer than T={s.min_frames}", num_frames=n)
+    keep = spread_indices(n, s.max_frames)
+    out = DecodedVideo(num_frames=n, fps=fps, stored_indices=keep, warnings=warnings)
+    for i in keep:
+        if i in encoded:
+            continue
+        if i in held:
+            encoded[i] = frame_jpeg(held[i], s.size, s.quality)
+    missing = [i for i in keep if i not in encoded]
+    if missing:  # a long video whose container count was wrong: fetch the kept frames in a second pass
+        encoded.update(_second_pass(path, s, set(missing), n))
+        out.passes = 2
+    out.jpegs = [encoded[i] for i in keep]
+    return out
+
+
+def _second_pass(path: str, s: DecodeSettings, wanted: set[int], n: int) -> dict[int, bytes]:
+    seq = _Sequential(path, s.threads)
+    out: dict[int, bytes] = {}
+    count = 0
+    try:
+        for count, frame in enumerate(seq, start=1):
+            if count - 1 in wanted:
+                out[count - 1] = frame_jpeg(frame, s.size, s.quality)
+    finally:
+        seq.close()
+    if count != n:
+        raise VideoFailure("unreadable", f"PyAV decoded {n} frames in a first pass and {count} in a second: the decoder is not deterministic on this file")
+    return out
+
+
+# ------------------------------------------------------------------------ isolation
+def mp_context() -> multiprocessing.context.BaseContext:
+    """fork when this process runs no other Python thread (a child starts in milliseconds, nothing re-imported);
+    spawn otherwise (Prefect, Dask, notebooks: fork would copy locks held by other threads).
+
+    spawn re-imports the main script in each child; when there is no script file to import (code
+    piped into `python -`), fork is the only choice.
+    """
+    import __main__
+
+    if threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    main_file = getattr(__main__, "__file__", None)
+    if getattr(__main__, "__spec__", None) is None and main_file is not None and not os.path.isfile(main_file):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def die_with_parent(parent: int) -> None:
+    """Called first in a child process: it dies with `parent` (even a SIGKILLed one), never left running under PID 1.
+    Linux: the kernel's parent-death signal (prctl PR_SET_PDEATHSIG); elsewhere a thread polls the parent."""
+    try:
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
+            raise OSError(ctypes.get_errno(), "prctl")
+    except (OSError, AttributeError):
+        threading.Thread(target=_watch_parent, args=(parent,), name="fsar-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _serve(conn: Any, settings: DecodeSettings, parent: int) -> None:
+    """The decoding process: decode each path it is sent, answer ("ok", video) or ("failed", VideoFailure)."""
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    while True:
+        try:
+            path = conn.recv()
+        except EOFError:
+            return
+        if path is None:
+            return
+        try:
+            answer: tuple[str, Any] = ("ok", decode_video(path, settings))
+        except VideoFailure as exc:
+            answer = ("failed", exc)
+        except Exception as exc:  # noqa: BLE001 - a bug: report it to the parent, which raises it
+            answer = ("error", f"{type(exc).__name__}: {exc}")
+        conn.send(answer)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None or code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:
+        return f"signal {-code}"
+
+
+class IsolatedDecoder:
+    """`decode_video` in a child process, one video at a time, each under `settings.timeout_s` seconds of wall clock.
+
+    The parent enforces the budget (a decoder stuck in C code holding the GIL cannot stop it): on time-out
+    the child is killed and the video raises VideoFailure("timeout"); a child that dies raises
+    VideoFailure("decoder_crash"). Either way the next video gets a fresh child. Use as a context manager.
+    """
+
+    def __init__(self, settings: DecodeSettings):
+        self.settings = settings
+        self._proc: Any = None
+        self._conn: Any = None
+
+    def __enter__(self) -> "IsolatedDecoder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _start(self) -> None:
+        ctx = mp_context()
+        parent_end, child_end = ctx.Pipe()
+        proc = ctx.Process(target=_serve, args=(child_end, self.settings, os.getpid()), name="fsar-decoder", daemon=True)
+        proc.start()
+        child_end.close()
+        self._proc, self._conn = proc, parent_end
+
+    def _stop(self, kill: bool) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if proc is None:
+            return
+        if kill and proc.is_alive():
+            proc.kill()
+        else:
             try:
-                video = backend(path, settings)
-                break
-            except _Unopenable as exc:
-                errors.append(f"{name}: {exc}")
-                break  # the group's other ways cannot open it either
-            except Exception as exc:  # noqa: BLE001 - any decoder error means: try the next way
-                errors.append(f"{name}: {_short(exc)}")
-        if video is not None:
-            break
-    if video is None:
-        raise VideoFailure("unreadable", "; ".join(errors))
-    if video.num_frames < settings.min_frames:
-        raise VideoFailure(
-            "too_few_frames", f"{video.num_frames} frames, fewer than T={settings.min_frames}", num_frames=video.num_frames
-        )
-    return video
+                conn.send(None)
+            except OSError:
+                pass
+        conn.close()
+        proc.join(timeout=10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+
+    def close(self) -> None:
+        self._stop(kill=False)
+
+    def decode(self, path: str) -> DecodedVideo:
+        """The video's kept frames; raises VideoFailure (any reason in REASONS) when it cannot be used."""
+        _check_file(path)  # cheap checks here: no round trip for a missing file
+        if self._proc is None:
+            self._start()
+        timeout = self.settings.timeout_s
+        try:
+            self._conn.send(path)
+            ready = self._conn.poll(timeout)
+        except OSError:
+            ready = True  # the child is gone: recv below says so
+        if not ready:
+            self._stop(kill=True)
+            raise VideoFailure(
+                "timeout",
+                f"decoding took longer than frames.video_timeout_s={timeout:g} s and was stopped; check the file "
+                f"(ffprobe), or raise frames.video_timeout_s if it is just long",
+            )
+        try:
+            status, payload = self._conn.recv()
+        except (EOFError, OSError):
+            proc = self._proc
+            proc.join(timeout=10)
+            code = proc.exitcode
+            self._stop(kill=True)
+            how = _exit_text(code)
+            raise VideoFailure("decoder_crash", f"decoding this file killed the decoding process ({how}): a decoder crash, or out of memory") from None
+        if status == "ok":
+            return payload
+        if status == "failed":
+            raise payload
+        raise RuntimeError(f"the decoding process failed on {path!r}: {payload}")

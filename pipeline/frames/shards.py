@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from pipeline.artifacts import sha256_file
 from pipeline.atomic import AtomicFile, atomic_write_text
 from pipeline.datasets.registry import VideoEntry
-from pipeline.frames.decode import DecodeSettings, VideoFailure, decode_video
+from pipeline.frames.decode import DecodeSettings, IsolatedDecoder, VideoFailure
 
 __all__ = [
     "INDEX_SCHEMA",
@@ -57,7 +57,6 @@ __all__ = [
 ]
 
 SHARD_DIR = "shards"
-CRASH_MESSAGE = "decoding this file killed the worker process (a decoder crash, or out of memory)"
 ROW_GROUP_ROWS = 64  # at most this many frames (of one video) per row group
 
 SHARD_SCHEMA = pa.schema(
@@ -78,13 +77,14 @@ INDEX_SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),  # ok | failed
         pa.field("reason", pa.string()),  # failed: one of decode.REASONS
         pa.field("error", pa.string()),  # failed: what happened, in words
-        pa.field("decoder", pa.string()),  # decord | decord+pil | pyav: the way that read it (see decode.py)
-        pa.field("num_frames", pa.int32()),  # frames in the source (null when unreadable)
+        pa.field("decoder", pa.string()),  # pyav: what decoded it, front to back (see decode.py)
+        pa.field("num_frames", pa.int32()),  # frames decoded from the source (null when unreadable); not the container's claim
         pa.field("fps", pa.float64()),  # average frame rate of the source
         pa.field("stored_indices", pa.list_(pa.int32()), nullable=False),  # source frame numbers stored, ascending
         pa.field("shard", pa.string()),  # shard file, relative to the artifact folder
         pa.field("offsets", pa.list_(pa.int64(), 2)),  # [start, stop) rows of this video in the shard
         pa.field("bytes", pa.int64(), nullable=False),  # frame bytes stored for this video (JPEG, or raw pixels)
+        pa.field("warnings", pa.string()),  # ok videos: corrupt packets skipped, demuxing cut short; null when clean
     ]
 )
 
@@ -123,7 +123,6 @@ class ShardUnit:
     out_dir: str  # the artifact's staging folder (shards go to <out_dir>/shards/)
     settings: DecodeSettings
     shard_max_bytes: int
-    crashed: frozenset[str] = frozenset()  # video ids that killed a decoding process: recorded, not decoded again
 
     @property
     def name(self) -> str:
@@ -139,7 +138,7 @@ class ShardUnit:
             "videos": [[v.video_id, v.class_name, v.split, v.path] for v in self.videos],
             "settings": {k: v for k, v in vars(self.settings).items() if k != "threads" and (k, v) != ("storage", "jpeg")},
             "shard_max_bytes": self.shard_max_bytes,
-        }  # not `crashed`: which videos crash follows from the rest; storage only when raw (jpeg keys predate it)
+        }  # storage only when raw (jpeg keys predate it)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -163,6 +162,7 @@ def _row(v: VideoEntry) -> dict[str, Any]:
         "shard": None,
         "offsets": None,
         "bytes": 0,
+        "warnings": None,
     }
 
 
@@ -286,29 +286,27 @@ def decode_unit(unit: ShardUnit) -> dict[str, Any]:
     writer = _PartWriter(unit)
     rows = []
     try:
-        for v in unit.videos:
-            row = _row(v)
-            if v.video_id in unit.crashed:
-                row.update(status="failed", reason="decoder_crash", error=CRASH_MESSAGE)
+        with IsolatedDecoder(unit.settings) as decoder:
+            for v in unit.videos:
+                row = _row(v)
+                try:
+                    video = decoder.decode(v.path)
+                except VideoFailure as exc:
+                    row.update(status="failed", reason=exc.reason, error=str(exc), num_frames=exc.num_frames)
+                    rows.append(row)
+                    continue
+                shard, start, stop, nbytes = writer.add(v.video_id, video.stored_indices, video.jpegs)
+                row.update(
+                    decoder=video.decoder,
+                    num_frames=video.num_frames,
+                    fps=video.fps,
+                    stored_indices=list(video.stored_indices),
+                    shard=shard,
+                    offsets=[start, stop],
+                    bytes=nbytes,
+                    warnings=video.warnings,
+                )
                 rows.append(row)
-                continue
-            try:
-                video = decode_video(v.path, unit.settings)
-            except VideoFailure as exc:
-                row.update(status="failed", reason=exc.reason, error=str(exc), num_frames=exc.num_frames)
-                rows.append(row)
-                continue
-            shard, start, stop, nbytes = writer.add(v.video_id, video.stored_indices, video.jpegs)
-            row.update(
-                decoder=video.decoder,
-                num_frames=video.num_frames,
-                fps=video.fps,
-                stored_indices=list(video.stored_indices),
-                shard=shard,
-                offsets=[start, stop],
-                bytes=nbytes,
-            )
-            rows.append(row)
         writer.close()
     except BaseException:
         writer.abort()

@@ -8,46 +8,45 @@ Work units are fixed groups of `frames.videos_per_shard` videos (registry order:
 nothing else; by default the units run on a local process pool (`frames.workers`, default all
 cores; forked, with the decoders imported once, unless other threads run, then spawned; biggest
 units first) with a progress bar, and an orchestrator passes `map_units(fn, units) -> results` to
-run them as Prefect tasks on Dask or Ray instead. A video that kills its worker (a decoder
-segfault, the OOM killer) is found by re-running that unit's videos one process each and recorded
-as `decoder_crash` (the default pool only; `workers=1` decodes in this process).
+run them as Prefect tasks on Dask or Ray instead. Whatever runs a unit, each of its videos is decoded
+front to back with PyAV in a child process of its own (`decode.IsolatedDecoder`) under
+`frames.video_timeout_s` of wall clock: a hung decoder is killed and recorded as `timeout`, one that
+kills its process as `decoder_crash`, and the unit goes on with its other videos.
 
 The artifact is built in the store's resumable staging folder (stable per version): a killed run,
 re-run with the same inputs, keeps every unit that has its marker and decodes only the others; the
 result is byte-identical to an uninterrupted run.
 
 Version = hash of (stage format, the frames fields that change the output: storage_size,
-max_frames, jpeg_quality, videos_per_shard, shard_max_mb, decoder, storage_format (when raw; a
-jpeg artifact's fields are those of format 2 before the option); protocol.num_frames, which
-decides `too_few_frames`; the dataset name; and a fingerprint of the video list: sha256 over every
-video's id, class, split, path, file size and modification time). Editing, adding, removing or
-touching a video gives a new version; `workers` and `max_failed_fraction` do not change the output
-and are not part of it. Library versions (decord, PyAV, Pillow, pyarrow) are recorded in the
-manifest, not hashed: upgrading them does not force a re-decode.
+max_frames, jpeg_quality, videos_per_shard, shard_max_mb, storage_format, video_timeout_s (a video
+that runs out of time is a failed row); protocol.num_frames, which decides `too_few_frames`; the
+dataset name; and a fingerprint of the video list: sha256 over every video's id, class, split, path,
+file size and modification time). Editing, adding, removing or touching a video gives a new version;
+`workers` and `max_failed_fraction` do not change the output and are not part of it. Library versions
+(PyAV and its FFmpeg, Pillow, pyarrow) are recorded in the manifest, not hashed: upgrading them does
+not force a re-decode. Format 3 (sequential decoding) replaced format 2, whose decord random access
+stored wrong frames on MPEG-4 Part 2 with B-frames: artifacts of format 2 are never reused.
 
-Bad videos (missing, zero bytes, not decodable by decord nor PyAV, fewer than T frames) are failed
-rows of the index with a reason and a message; the stage finishes, prints and stores (manifest
-`summary`) the failure counts by reason, and raises `StageError` when the failed share exceeds
-`frames.max_failed_fraction` (the partial work is kept for the next run; the re-run with a raised
-threshold only writes the index). Paths come from the dataset registry; nothing globs user file names,
-and one file reached twice (another spelling, a symlink) is refused naming both entries. A run first
-prints the class split and warns about any split that cannot hold an N-way episode (`report_split`;
-for a custom folder dataset, whose split is part of the version, that is an error before decoding).
-Pool workers die with the process that started them, even a SIGKILLed one (`_die_with_parent`).
+Bad videos (missing, zero bytes, not decodable, fewer than T decodable frames, a decoder crash or
+time-out) are failed rows of the index with a reason and a message; the stage finishes, prints and
+stores (manifest `summary`) the failure counts by reason, and raises `StageError` when the failed
+share exceeds `frames.max_failed_fraction` (the partial work is kept for the next run; the re-run with
+a raised threshold only writes the index). Paths come from the dataset registry; nothing globs user
+file names, and one file reached twice (another spelling, a symlink) is refused naming both entries. A
+run first prints the class split and warns about any split that cannot hold an N-way episode
+(`report_split`; for a custom folder dataset, whose split is part of the version, that is an error
+before decoding). Pool workers and decoding processes die with the process that started them, even a
+SIGKILLed one (`decode.die_with_parent`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import multiprocessing
 import os
-import signal
 import stat
 import sys
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -61,7 +60,7 @@ import pyarrow.parquet as pq
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging
 from pipeline.atomic import atomic_path
 from pipeline.datasets import SPLITS, VideoEntry, get_dataset
-from pipeline.frames.decode import DecodeSettings
+from pipeline.frames.decode import DecodeSettings, die_with_parent, mp_context
 from pipeline.frames.shards import INDEX_SCHEMA, SHARD_DIR, ShardUnit, decode_unit, read_marker
 from pipeline.stage import StageError, build_once, log
 
@@ -69,9 +68,8 @@ __all__ = ["FORMAT_VERSION", "INDEX", "STAGE", "MapUnits", "plan_fields", "plan_
 
 STAGE = "frames"
 INDEX = "index.parquet"
-FORMAT_VERSION = 2  # 2: a crc32 column per frame
+FORMAT_VERSION = 3  # 2: a crc32 column per frame; 3: sequential PyAV decoding (frames of format 2 may be wrong frames)
 _MB = 1 << 20
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 # map_units(fn, units) -> results in any order; e.g. `lambda fn, units: [fn(u) for u in units]`
 MapUnits = Callable[[Callable[[ShardUnit], dict[str, Any]], Sequence[ShardUnit]], Iterable[dict[str, Any]]]
@@ -89,9 +87,9 @@ def run(config: Any, inputs: Mapping[str, ArtifactRef] | None = None, store: Art
         max_frames=fc.max_frames,
         quality=fc.jpeg_quality,
         min_frames=t,
-        first=fc.decoder,
         threads=max(1, _cpu_count() // workers) if workers > 1 else 0,
         storage=fc.storage_format,
+        timeout_s=fc.video_timeout_s,
     )
     mapper = map_units or (lambda fn, units: _pool_map(fn, units, workers))
 
@@ -194,9 +192,8 @@ def version_config(config: Any, videos: Sequence[VideoEntry], stats: Sequence[tu
     for v, st in zip(videos, stats):
         h.update(json.dumps([v.video_id, v.class_name, v.split, v.path, list(st) if st else None], ensure_ascii=False).encode())
         h.update(b"\n")
-    frames = {k: getattr(fc, k) for k in ("storage_size", "max_frames", "jpeg_quality", "videos_per_shard", "shard_max_mb", "decoder")}
-    if fc.storage_format != "jpeg":  # hashed only when not the default: jpeg artifacts built before the option keep their version
-        frames["storage_format"] = fc.storage_format
+    keys = ("storage_size", "max_frames", "jpeg_quality", "videos_per_shard", "shard_max_mb", "storage_format", "video_timeout_s")
+    frames = {k: getattr(fc, k) for k in keys}
     return {
         "dataset": config.dataset.name,
         "frames": frames,
@@ -289,6 +286,7 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "failed": sum(reasons.values()),
         "failed_by_reason": dict(sorted(reasons.items())),
         "by_decoder": dict(sorted(Counter(r["decoder"] for r in ok).items())),
+        "with_warnings": sum(bool(r.get("warnings")) for r in ok),
         "frames_stored": sum(len(r["stored_indices"]) for r in ok),
         "bytes_stored": sum(r["bytes"] for r in ok),
     }
@@ -298,9 +296,8 @@ def format_summary(s: Mapping[str, Any]) -> str:
     text = f"{s['videos']} videos, {s['ok']} ok, {s['failed']} failed"
     if s["failed_by_reason"]:
         text += " (" + ", ".join(f"{k}: {v}" for k, v in s["failed_by_reason"].items()) + ")"
-    fallbacks = {k: v for k, v in s["by_decoder"].items() if k != "decord"}
-    if fallbacks:
-        text += "; read by fallback " + ", ".join(f"{k}: {v}" for k, v in fallbacks.items())
+    if s.get("with_warnings"):
+        text += f"; {s['with_warnings']} read with warnings (corrupt packets skipped or cut short: the index's `warnings`)"
     return text + f"; {s['frames_stored']} frames, {s['bytes_stored'] / _MB:.1f} MiB stored"
 
 
@@ -347,11 +344,18 @@ def _library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("decord", "av", "pillow", "pyarrow"):
+    for name in ("av", "pillow", "pyarrow"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
             out[name] = "missing"
+    try:  # the FFmpeg libraries inside PyAV decide the decoded pixels
+        import av
+
+        out["libavcodec"] = ".".join(map(str, av.library_versions["libavcodec"]))
+        out["libswscale"] = ".".join(map(str, av.library_versions["libswscale"]))
+    except (ImportError, KeyError):
+        pass
     return out
 
 
@@ -362,54 +366,15 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def _mp_context() -> multiprocessing.context.BaseContext:
-    """fork when this process runs no other Python thread (workers start in milliseconds, nothing re-imported);
-    spawn otherwise (Prefect, notebooks: fork would copy locks held by other threads).
-
-    spawn re-imports the main script in each worker; when there is no script file to import (code
-    piped into `python -`), fork is the only choice.
-    """
-
-    import __main__
-
-    if threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
-    main_file = getattr(__main__, "__file__", None)
-    if getattr(__main__, "__spec__", None) is None and main_file is not None and not os.path.isfile(main_file):
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
-
-
 def _preload_decoders() -> None:
     import av  # noqa: F401
-    import decord  # noqa: F401
+    from av.video.reformatter import VideoReformatter  # noqa: F401
     from PIL import Image  # noqa: F401
-
-
-def _die_with_parent(parent: int) -> None:
-    """Pool worker initializer: the worker dies with the fsar process that started it (even a SIGKILLed one),
-    never left blocked under PID 1. Linux: the kernel's parent-death signal (prctl PR_SET_PDEATHSIG, sent when
-    the starting thread exits: `_pool_map` runs a pool from one thread); elsewhere a thread polls the parent."""
-    try:
-        import ctypes
-
-        if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0:
-            raise OSError(ctypes.get_errno(), "prctl")
-    except (OSError, AttributeError):
-        threading.Thread(target=_watch_parent, args=(parent,), name="fsar-parent-watch", daemon=True).start()
-    if os.getppid() != parent:  # the parent died before the signal was armed
-        os._exit(1)
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
 
 
 def _pool(workers: int, ctx: multiprocessing.context.BaseContext) -> ProcessPoolExecutor:
     """A process pool whose workers die with this process."""
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent, initargs=(os.getpid(),))
 
 
 def _pool_map(fn: Callable[[ShardUnit], dict[str, Any]], units: Sequence[ShardUnit], workers: int) -> Iterator[dict[str, Any]]:
@@ -425,7 +390,7 @@ def _pool_map(fn: Callable[[ShardUnit], dict[str, Any]], units: Sequence[ShardUn
         for u in units:
             yield fn(u)
         return
-    ctx = _mp_context()
+    ctx = mp_context()
     if ctx.get_start_method() == "fork":
         _preload_decoders()  # imported once here, inherited by every forked worker
     done: set[int] = set()
@@ -442,41 +407,20 @@ def _pool_map(fn: Callable[[ShardUnit], dict[str, Any]], units: Sequence[ShardUn
         pool.shutdown(wait=True, cancel_futures=True)
     left = [u for u in units if u.unit_id not in done]
     if left:
-        print(f"[fsar] frames: a decoding worker died; running the {len(left)} unfinished unit(s) one process each", flush=True)
+        print(f"[fsar] frames: a worker process died; running the {len(left)} unfinished unit(s) one process each", flush=True)
     for u in left:
         yield _isolated(fn, u, ctx)
 
 
-def _in_child(fn: Callable[[Any], Any], arg: Any, ctx: multiprocessing.context.BaseContext) -> tuple[bool, Any]:
-    """(True, fn(arg)) computed in a fresh process, or (False, None) when that process died."""
+def _isolated(fn: Callable[[ShardUnit], dict[str, Any]], unit: ShardUnit, ctx: multiprocessing.context.BaseContext) -> dict[str, Any]:
+    """Run one unit in a fresh process. Decoders run in their own child (`IsolatedDecoder`), so a worker that still
+    dies does so outside decoding: the machine is out of memory, or something killed it."""
     with _pool(1, ctx) as one:
         try:
-            return True, one.submit(fn, arg).result()
+            return one.submit(fn, unit).result()
         except BrokenProcessPool:
-            return False, None
-
-
-def _survives(arg: tuple[str, DecodeSettings]) -> bool:
-    """Decode one video the way a unit does; returns only if the process survives it."""
-    from pipeline.frames import shards
-
-    try:
-        shards.decode_video(*arg)
-    except shards.VideoFailure:
-        pass
-    return True
-
-
-def _isolated(fn: Callable[[ShardUnit], dict[str, Any]], unit: ShardUnit, ctx: multiprocessing.context.BaseContext) -> dict[str, Any]:
-    ok, result = _in_child(fn, unit, ctx)
-    if ok:
-        return result
-    crashed = frozenset(v.video_id for v in unit.videos if not _in_child(_survives, (v.path, unit.settings), ctx)[0])
-    log.warning("frames: unit %s: decoding killed the worker for %s", unit.name, sorted(crashed))
-    ok, result = _in_child(fn, dataclasses.replace(unit, crashed=crashed), ctx)
-    if not ok:
-        raise StageError(
-            f"frames: unit {unit.name} kills its worker process even without the videos that crash alone "
-            f"({sorted(crashed)}); its videos: {[v.path for v in unit.videos][:10]}; is the machine out of memory?"
-        )
-    return result
+            pass
+    raise StageError(
+        f"frames: the process writing unit {unit.name} died twice (its videos: {[v.path for v in unit.videos][:10]}); "
+        f"decoders run in their own process, so this is not a bad video: is the machine out of memory? (lower frames.workers)"
+    )

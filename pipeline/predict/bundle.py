@@ -246,6 +246,7 @@ def _metadata(trained: Config, store: ArtifactStore, lineage: dict[str, str], ch
             "max_frames": frames.max_frames,
             "jpeg_quality": frames.jpeg_quality,
             "decoder": frames.decoder,
+            "video_timeout_s": frames.video_timeout_s,
             "crop_size": trained.model.image_size,
         },
         "prompts": {"template": trained.model.prompt_template},

@@ -64,6 +64,7 @@ class FewShotClassifier:
         self.batch_size = batch_size
         self.model = bundle.build_model(self.device, task_context)
         self.prep = Preprocessing.from_meta(bundle.meta["preprocessing"])
+        self._decoder: Any = None  # decode.IsolatedDecoder, started on the first clip, reused by the others
         self.classes: list[str] = []
         self.texts: dict[str, ClassText] = {}  # class -> its sentences and where they came from
         self.shots: dict[str, int] = {}  # class -> K
@@ -114,9 +115,22 @@ class FewShotClassifier:
         from pipeline.frames.decode import VideoFailure
 
         try:
-            return read_clip(path, self.prep)
+            return read_clip(path, self.prep, self._clip_decoder())
         except VideoFailure as exc:
             raise StageError(f"support clip {path!r} of class {cls!r} cannot be used ({exc.reason}: {exc}); replace or remove it") from None
+
+    def _clip_decoder(self) -> Any:
+        from pipeline.frames.decode import IsolatedDecoder
+
+        if self._decoder is None:
+            self._decoder = IsolatedDecoder(self.prep.decode_settings())
+        return self._decoder
+
+    def close(self) -> None:
+        """Stop the clip-decoding process (it also ends with this process)."""
+        if self._decoder is not None:
+            self._decoder.close()
+            self._decoder = None
 
     @torch.inference_mode()
     def _prefix(self, clips: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -144,7 +158,7 @@ class FewShotClassifier:
         errors: dict[int, str] = {}
         for i, q in enumerate(queries):
             try:
-                clips[i] = read_clip(q, self.prep)
+                clips[i] = read_clip(q, self.prep, self._clip_decoder())
             except Exception as exc:  # noqa: BLE001 - one bad query never loses the others
                 errors[i] = _why(exc, q)
         scores = self._score(clips)

@@ -5,8 +5,9 @@
     support = support_videos("/my/support")       # {class folder name: [clip paths]}
     queries = query_videos(["a.mp4", "more/"])   # paths, folders expanded (sorted)
 
-A clip goes through exactly what a training/evaluation video goes through: `decode.decode_video`
-with the frames stage's settings (storage size, frames kept, JPEG quality, decoder), then
+A clip goes through exactly what a training/evaluation video goes through: the frames stage's decoding
+(front to back with PyAV, `decode.IsolatedDecoder`: in a child process under the run's
+`frames.video_timeout_s`) with its settings (storage size, frames kept, JPEG quality), then
 `reader.sample_indices` (eval: segment centres) and `reader.clip_from_jpegs` (centre crop, mean/std).
 """
 
@@ -36,29 +37,42 @@ class Preprocessing:
     storage_size: int  # frames are resized to this square, as the frames stage stores them
     max_frames: int | None  # frames kept per video before sampling
     jpeg_quality: int  # frames are JPEG round-tripped, as stored
-    decoder: str  # first decoder (decord | pyav)
+    decoder: str  # what the frames stage decoded with (recorded; decoding is always PyAV, front to back)
     crop_size: int  # centre crop side
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    video_timeout_s: float | None = 300.0  # wall-clock budget per clip (frames.video_timeout_s of the run)
+
+    def decode_settings(self) -> Any:
+        from pipeline.frames.decode import DecodeSettings
+
+        return DecodeSettings(
+            size=self.storage_size, max_frames=self.max_frames, quality=self.jpeg_quality, min_frames=self.num_frames,
+            timeout_s=self.video_timeout_s,
+        )  # fmt: skip
 
     @classmethod
     def from_meta(cls, pre: dict[str, Any]) -> "Preprocessing":
         return cls(
             num_frames=int(pre["num_frames"]), storage_size=int(pre["storage_size"]), max_frames=pre["max_frames"],
             jpeg_quality=int(pre["jpeg_quality"]), decoder=str(pre["decoder"]), crop_size=int(pre["crop_size"]),
-            mean=tuple(pre["mean"]), std=tuple(pre["std"]),
+            mean=tuple(pre["mean"]), std=tuple(pre["std"]), video_timeout_s=pre.get("video_timeout_s", 300.0),
         )  # fmt: skip
 
 
-def read_clip(path: str | os.PathLike[str], prep: Preprocessing) -> torch.Tensor:
-    """Decode one video file into float (T, 3, crop, crop); raises `decode.VideoFailure` when it cannot be used."""
-    from pipeline.frames.decode import DecodeSettings, decode_video
+def read_clip(path: str | os.PathLike[str], prep: Preprocessing, decoder: Any = None) -> torch.Tensor:
+    """Decode one video file into float (T, 3, crop, crop); raises `decode.VideoFailure` when it cannot be used.
+
+    `decoder`: an open `decode.IsolatedDecoder` of `prep.decode_settings()` to reuse its process; without one,
+    a decoding process is started for this clip."""
+    from pipeline.frames.decode import IsolatedDecoder
     from pipeline.frames.reader import clip_from_jpegs, sample_indices
 
-    settings = DecodeSettings(
-        size=prep.storage_size, max_frames=prep.max_frames, quality=prep.jpeg_quality, min_frames=prep.num_frames, first=prep.decoder
-    )
-    video = decode_video(str(path), settings)
+    if decoder is None:
+        with IsolatedDecoder(prep.decode_settings()) as own:
+            video = own.decode(str(path))
+    else:
+        video = decoder.decode(str(path))
     stored = np.asarray(video.stored_indices, dtype=np.int64)
     wanted = sample_indices(stored, prep.num_frames, "eval")  # (T,) source frame numbers
     positions = np.searchsorted(stored, wanted)

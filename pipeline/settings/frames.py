@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.settings.section import Section
 
@@ -22,5 +22,18 @@ class FramesConfig(Section):
     shard_max_mb: int = Field(default=256, ge=1)  # upper bound of one shard's size
     videos_per_shard: int = Field(default=64, ge=1)  # work unit: videos decoded into one shard
     workers: int | None = Field(default=None, ge=1)  # decoding processes; None = all cores
-    decoder: Literal["decord", "pyav"] = "decord"  # first decoder; decord failures are retried with PyAV
+    # pyav, the only decoder: every video is decoded front to back (decord's seeking returned wrong frames on
+    # MPEG-4 Part 2 with B-frames, the codec of HMDB51 and UCF101; see docs/frames.md)
+    decoder: Literal["pyav"] = "pyav"
+    video_timeout_s: float | None = Field(default=300.0, gt=0)  # wall-clock budget per video; a hung decoder is killed (`timeout`)
     max_failed_fraction: float = Field(default=0.05, ge=0.0, le=1.0)  # fail the stage above this share of bad videos
+
+    @field_validator("decoder", mode="before")
+    @classmethod
+    def _no_decord(cls, value: object) -> object:
+        if value == "decord":
+            raise ValueError(
+                "decord is no longer used: its seeking returns wrong frames on MPEG-4 Part 2 with B-frames (HMDB51, UCF101); "
+                "frames are decoded front to back with PyAV: drop the setting or use pyav"
+            )
+        return value

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline import artifacts
 from pipeline.frames import SHARD_SCHEMA, run
-from pipeline.frames.decode import DecodeSettings, VideoFailure, decode_video, spread_indices
+from pipeline.frames.decode import DecodeSettings, IsolatedDecoder, VideoFailure, decode_video, spread_indices
 from pipeline.stage import StageError
 
 
@@ -32,8 +32,7 @@ def _assert_frames_match(stored, truth, indices):
 
 def test_good_videos_are_stored_exactly(video_set, store):
     root, truth = video_set
-    # storage 48: a width decord 0.6.0 cannot output, so its in-decoder resize fails for every video:
-    # 64 px sources are read by decord at their size + PIL, the 48 px source (decord mis-decodes it) by PyAV
+    # storage 48: a width decord 0.6.0 could not output (fsar used decord before format 3); PyAV has no such gap
     cfg = make_config(write_list(root / "good.csv", list(GOOD)), storage_size=48)
     ref = run(cfg, {}, store)
     index = artifacts.load("frames", "custom", root=store.root).set_index("video_id")
@@ -45,14 +44,14 @@ def test_good_videos_are_stored_exactly(video_set, store):
         assert row["source_path"] == str(root / "videos" / name)
         assert row["num_frames"] == FRAMES and row["fps"] == pytest.approx(12.0)
         assert list(row["stored_indices"]) == list(range(FRAMES))
-        assert row["decoder"] == ("pyav" if size == 48 else "decord+pil")
+        assert row["decoder"] == "pyav" and pd.isna(row["warnings"])
         frame_index, imgs = _jpegs(path, row["shard"], *row["offsets"])
         assert frame_index == list(range(FRAMES)) and imgs[0].shape == (48, 48, 3)
         _assert_frames_match(imgs, resized(truth[name], 48), range(FRAMES))
     # a shard is the explicit schema; the glob look-alike "brackets1.mp4" kept its own frames (checked above)
     assert pq.read_schema(path / index["shard"].iloc[0]).remove_metadata() == SHARD_SCHEMA
     manifest = ref.manifest()
-    assert manifest["summary"]["by_decoder"] == {"decord+pil": 5, "pyav": 1} and manifest["summary"]["failed"] == 0
+    assert manifest["summary"]["by_decoder"] == {"pyav": 6} and manifest["summary"]["failed"] == 0
     assert manifest["config"]["videos"]["count"] == len(GOOD)
 
 
@@ -66,7 +65,7 @@ def test_max_frames_spread_evenly_and_resized(video_set, store):
     for name in ("plain.mp4", "narrow48.mp4"):
         row = index.loc[f"videos/{name}"]
         assert list(row["stored_indices"]) == want and row["num_frames"] == FRAMES
-        assert row["decoder"] == "decord"  # decord resized them in its decoder
+        assert row["decoder"] == "pyav"
         frame_index, imgs = _jpegs(store.local_path(ref), row["shard"], *row["offsets"])
         assert frame_index == want and imgs[0].shape == (32, 32, 3)
         _assert_frames_match(imgs, resized(truth[name], 32), want)
@@ -82,8 +81,7 @@ def test_bad_input_is_recorded_with_its_reason(video_set, store, capsys):
         assert row["status"] == "failed" and row["reason"] == reason, (name, row["reason"], row["error"])
         assert row["error"] and len(row["stored_indices"]) == 0 and pd.isna(row["shard"])
     assert index.loc["videos/short.mp4", "num_frames"] == 5 and "fewer than T=8" in index.loc["videos/short.mp4", "error"]
-    assert index.loc["videos/corrupt.mp4", "error"].startswith("decord: ") and "; pyav: " in index.loc["videos/corrupt.mp4", "error"]
-    assert "decord+pil" not in index.loc["videos/corrupt.mp4", "error"]  # decord cannot open it: no second decord try
+    assert index.loc["videos/corrupt.mp4", "error"].startswith("PyAV cannot open it: ")
     assert (index.loc[[f"videos/{n}" for n in GOOD], "status"] == "ok").all()
     summary = ref.manifest()["summary"]
     assert summary["failed_by_reason"] == {"empty_file": 1, "missing_file": 1, "not_a_file": 1, "too_few_frames": 1, "unreadable": 2}
@@ -111,12 +109,19 @@ def test_every_video_missing_points_at_the_video_root(tmp_path, store):
 
 
 def test_decode_video_direct(video_set):
-    root, _ = video_set
+    root, truth = video_set
     with pytest.raises(VideoFailure) as err:
         decode_video(str(root / "videos" / "short.mp4"), DecodeSettings(size=16, min_frames=8))
     assert err.value.reason == "too_few_frames" and err.value.num_frames == 5
-    a = decode_video(str(root / "videos" / "plain.mp4"), DecodeSettings(size=32, max_frames=4, first="decord"))
-    b = decode_video(str(root / "videos" / "plain.mp4"), DecodeSettings(size=32, max_frames=4, first="pyav"))
-    assert a.decoder == "decord" and b.decoder == "pyav" and a.stored_indices == b.stored_indices == [2, 7, 12, 17]
-    for x, y in zip(a.jpegs, b.jpegs):  # both ways give nearly the same pixels
-        assert np.abs(np.asarray(Image.open(io.BytesIO(x))).astype(int) - np.asarray(Image.open(io.BytesIO(y)))).mean() < 4
+    settings = DecodeSettings(size=32, max_frames=4)
+    a = decode_video(str(root / "videos" / "plain.mp4"), settings)
+    assert a.decoder == "pyav" and a.num_frames == FRAMES and a.stored_indices == [2, 7, 12, 17] and a.passes == 1
+    imgs = [np.asarray(Image.open(io.BytesIO(j))) for j in a.jpegs]
+    _assert_frames_match(imgs, resized(truth["plain.mp4"], 32), a.stored_indices)
+    with IsolatedDecoder(settings) as decoder:  # the same bytes through the decoding process
+        b = decoder.decode(str(root / "videos" / "plain.mp4"))
+        with pytest.raises(VideoFailure) as err:
+            decoder.decode(str(root / "videos" / "corrupt.mp4"))
+        assert err.value.reason == "unreadable"
+        assert decoder.decode(str(root / "videos" / "plain.mp4")).jpegs == a.jpegs  # the process goes on after a failure
+    assert (b.stored_indices, b.jpegs, b.num_frames) == (a.stored_indices, a.jpegs, a.num_frames)

@@ -67,7 +67,8 @@ def test_raw_layout_version_and_checksums(pair, video_set):
     store.verify(raw)  # sha256 of every part and pixel file
     videos, _ = video_set
     fields = plan_fields(make_config(videos / "videos.csv", storage_size=SIZE, max_frames=16))
-    assert set(fields["frames"]) == {"storage_size", "max_frames", "jpeg_quality", "videos_per_shard", "shard_max_mb", "decoder"}
+    assert set(fields["frames"]) == {"storage_size", "max_frames", "jpeg_quality", "videos_per_shard", "shard_max_mb", "storage_format", "video_timeout_s"}
+    assert fields["frames"]["storage_format"] == "jpeg"
     raw_fields = plan_fields(make_config(videos / "videos.csv", storage_size=SIZE, max_frames=16, storage_format="raw"))
     assert raw_fields["frames"]["storage_format"] == "raw"
 

@@ -39,7 +39,7 @@ def test_version_follows_output_fields_and_video_files(video_set, tmp_path):
     base = make_config(lst)
     assert _version(base) == _version(base.override("frames.workers=3", "frames.max_failed_fraction=0.5"))
     for change in ("frames.storage_size=32", "frames.max_frames=9", "frames.jpeg_quality=80", "frames.videos_per_shard=4",
-                   "frames.shard_max_mb=2", "frames.decoder=pyav", "protocol.num_frames=4"):
+                   "frames.shard_max_mb=2", "frames.video_timeout_s=60", "protocol.num_frames=4"):
         assert _version(base.override(change)) != _version(base), change
     before = _version(base)
     video = root / "videos" / "plain.mp4"
@@ -121,25 +121,25 @@ def test_killed_run_resumes_and_equals_an_uninterrupted_one(video_set, tmp_path)
     assert not staging.exists()
 
 
-def test_a_video_that_kills_its_worker_is_recorded(video_set, store, monkeypatch):
+def test_a_video_that_kills_its_decoder_is_recorded(video_set, store, monkeypatch):
     import multiprocessing
 
-    import pipeline.frames.shards as shards
-    import pipeline.frames.stage as stage
+    import pipeline.frames.decode as decode
 
     root, _ = video_set
-    real = shards.decode_video
+    real = decode.decode_video
 
     def die_on_brackets(path, settings):  # noqa: ANN001 - a decoder segfault or the OOM killer on one bad file
         if "[1]" in path:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(path, settings)
 
-    monkeypatch.setattr(shards, "decode_video", die_on_brackets)  # forked workers inherit it
-    monkeypatch.setattr(stage, "_mp_context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(decode, "decode_video", die_on_brackets)  # forked decoding processes inherit it
+    monkeypatch.setattr(decode, "mp_context", lambda: multiprocessing.get_context("fork"))
     names = ["plain.mp4", "with space.mp4", "brackets [1].mp4", "brackets1.mp4"]
     ref = run(make_config(write_list(root / "crash.csv", names), videos_per_shard=2, workers=2), {}, store)
     index = pd.read_parquet(Path(ref.path) / "index.parquet").set_index("video_id")
     assert index.loc["videos/brackets [1].mp4", "reason"] == "decoder_crash"
-    assert (index.drop("videos/brackets [1].mp4")["status"] == "ok").all()
+    assert "signal 9 (SIGKILL)" in index.loc["videos/brackets [1].mp4", "error"]
+    assert (index.drop("videos/brackets [1].mp4")["status"] == "ok").all()  # its unit's other video too
     assert ref.manifest()["summary"]["failed_by_reason"] == {"decoder_crash": 1}
