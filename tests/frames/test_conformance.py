@@ -1,0 +1,222 @@
+"""Decoder conformance: every stored frame is the frame at its index, on clips encoded like the benchmarks' originals.
+
+The reference is an independent sequential decode (PyAV's plain `container.decode` loop, no threads, no
+seeking): the frames stage must store exactly its frame i (the same JPEG bytes through the stage's one
+conversion, `decode.frame_jpeg`) at index i, count exactly its frames, and every stored frame must be
+recognisably the source frame that was encoded at that index (closest of all source frames, high PSNR).
+decord 0.6.0's seeking, which fsar used before, failed these checks for most frames of the MPEG-4 clips.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from clips import CLIP_KINDS, ClipKind, frames_for, independent_decode, overclaim_avi, psnr, write_clip  # noqa: E402
+
+from pipeline.artifacts import ArtifactStore  # noqa: E402
+from pipeline.frames import FrameStore, run  # noqa: E402
+from pipeline.frames import decode  # noqa: E402
+from pipeline.frames.decode import DecodeSettings, IsolatedDecoder, VideoFailure, decode_video, frame_jpeg  # noqa: E402
+
+SIZE = 64  # stored square
+KEEP = 16  # frames kept per video (max_frames)
+N = 75  # frames per clip: past the GOP of 50, so B-frames around a second key frame
+T = 8
+
+
+def _pixels(jpeg: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"))
+
+
+def _truth_at_size(truth: np.ndarray) -> np.ndarray:
+    return np.stack([np.asarray(Image.fromarray(f).resize((SIZE, SIZE), Image.Resampling.BILINEAR)) for f in truth])
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, np.ndarray]]:
+    """name -> (file, the frames encoded into it)."""
+    root = tmp_path_factory.mktemp("conformance")
+    out = {}
+    for name, kind in CLIP_KINDS.items():
+        path = root / f"{name}{kind.suffix}"
+        out[name] = (path, write_clip(path, kind, N, seed=len(out)))
+    # variable frame rate: H.264 in mp4, gaps of 20 to 90 ms between frames
+    gaps = np.random.default_rng(7).integers(20, 90, N)
+    vfr = ClipKind("libx264", "mp4", ".mp4", 320, 240, 30, b_frames=2)
+    out["vfr"] = (root / "vfr.mp4", write_clip(root / "vfr.mp4", vfr, N, seed=20, pts=[int(x) for x in np.cumsum(gaps) - gaps[0]]))
+    # a container that claims more frames than it holds: the AVI headers say 2 x N
+    overclaim_avi(out["hmdb51"][0], root / "overclaim.avi", 2 * N)
+    out["overclaim"] = (root / "overclaim.avi", out["hmdb51"][1])
+    # a download cut short: the AVI's first 55% (its header still claims every frame, its index is gone)
+    data = out["ucf101"][0].read_bytes()
+    (root / "cut.avi").write_bytes(data[: len(data) * 55 // 100])
+    out["cut"] = (root / "cut.avi", out["ucf101"][1])
+    # shorter than T
+    short = root / "short.avi"
+    out["short"] = (short, write_clip(short, CLIP_KINDS["hmdb51"], T - 3, seed=30))
+    return out
+
+
+def _check_video(name: str, path: Path, truth: np.ndarray, video) -> None:  # noqa: ANN001
+    reference = independent_decode(path)
+    assert video.num_frames == len(reference), (name, video.num_frames, len(reference))
+    assert video.stored_indices == decode.spread_indices(len(reference), KEEP)
+    assert max(video.stored_indices) < len(reference)
+    small = _truth_at_size(truth)
+    for i, jpeg in zip(video.stored_indices, video.jpegs):
+        assert jpeg == frame_jpeg(reference[i], SIZE, 90), f"{name}: stored frame {i} differs from the sequential decode"
+        stored = _pixels(jpeg)
+        scores = [psnr(stored, t) for t in small]
+        assert int(np.argmax(scores)) == i, f"{name}: stored frame {i} looks like source frame {int(np.argmax(scores))}"
+        # codec + chroma subsampling + resize of sharp colour edges: ~26 dB to the truth; any other frame: ~10 dB
+        assert scores[i] >= 22.0, (name, i, scores[i])
+        others = sorted(scores)[-2]
+        assert others < scores[i] - 8.0, (name, i, scores[i], others)
+
+
+@pytest.mark.parametrize("name", [*CLIP_KINDS, "vfr", "overclaim"])
+def test_stored_frames_are_the_sequential_decode(clips, name):
+    path, truth = clips[name]
+    video = decode_video(str(path), DecodeSettings(size=SIZE, max_frames=KEEP, min_frames=T))
+    assert video.num_frames == len(truth) and video.warnings is None and video.passes == 1
+    _check_video(name, path, truth, video)
+
+
+def test_a_file_cut_short_keeps_what_decodes(clips):
+    path, truth = clips["cut"]
+    video = decode_video(str(path), DecodeSettings(size=SIZE, max_frames=KEEP, min_frames=T))
+    assert T <= video.num_frames < len(truth)  # the header claims N: the count is what decoded
+    _check_video("cut", path, truth[: video.num_frames], video)
+
+
+def test_a_clip_shorter_than_t_fails_with_its_count(clips):
+    path, _ = clips["short"]
+    with pytest.raises(VideoFailure) as err:
+        decode_video(str(path), DecodeSettings(size=SIZE, max_frames=KEEP, min_frames=T))
+    assert err.value.reason == "too_few_frames" and err.value.num_frames == T - 3
+
+
+@pytest.mark.parametrize("name", ["overclaim", "ssv2", "kinetics"])
+def test_long_videos_past_the_hold_budget_give_the_same_frames(clips, monkeypatch, name):
+    """Past HOLD_BYTES the container's count guides what is kept; a wrong count costs a second pass, never a wrong frame."""
+    path, _ = clips[name]
+    settings = DecodeSettings(size=SIZE, max_frames=KEEP, min_frames=T)
+    held = decode_video(str(path), settings)
+    monkeypatch.setattr(decode, "HOLD_BYTES", 1)
+    streamed = decode_video(str(path), settings)
+    assert (streamed.stored_indices, streamed.jpegs, streamed.num_frames) == (held.stored_indices, held.jpegs, held.num_frames)
+    # the AVI claims 2N frames: its count was wrong, so the kept frames came from a second pass
+    assert streamed.passes == (2 if name == "overclaim" else 1)
+
+
+def test_every_frame_kept(clips):
+    path, truth = clips["hmdb51"]
+    video = decode_video(str(path), DecodeSettings(size=SIZE, max_frames=None, min_frames=T))
+    reference = independent_decode(path)
+    assert video.stored_indices == list(range(len(truth)))
+    assert video.jpegs == [frame_jpeg(f, SIZE, 90) for f in reference]
+
+
+@pytest.mark.slow
+def test_the_stage_stores_the_sequential_decode(clips, tmp_path):
+    """The whole stage (pool of 2, decoding processes, shards, index) and the reader: frames equal the reference."""
+    from pipeline.config import load_config
+
+    lst = tmp_path / "clips.csv"
+    names = [*CLIP_KINDS, "vfr", "overclaim", "cut", "short"]
+    lines = ["path,label,split"] + [f"{clips[n][0]},{n},{('train', 'val', 'test')[i % 3]}" for i, n in enumerate(names)]
+    lst.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = load_config(None, overrides={
+        "dataset.name": "custom", "dataset.video_list": str(lst), "frames.storage_size": SIZE, "frames.max_frames": KEEP,
+        "frames.videos_per_shard": 3, "frames.workers": 2, "frames.max_failed_fraction": 1.0, "protocol.num_frames": T,
+    })  # fmt: skip
+    store = ArtifactStore(tmp_path / "art")
+    run(cfg, {}, store)
+    fs = FrameStore.open("custom", root=tmp_path / "art")
+    index = fs.index.set_index("video_id")
+    by_path = {row["source_path"]: (vid, row) for vid, row in index.iterrows()}
+    for name in names:
+        path, truth = clips[name]
+        vid, row = by_path[str(path)]
+        if name == "short":
+            assert row["status"] == "failed" and row["reason"] == "too_few_frames" and row["num_frames"] == T - 3 and row["error"]
+            continue
+        reference = independent_decode(path)
+        assert row["status"] == "ok" and row["decoder"] == "pyav" and row["num_frames"] == len(reference), name
+        stored = list(row["stored_indices"])
+        assert stored == decode.spread_indices(len(reference), KEEP)
+        pixels = np.asarray(fs.frames(vid, stored))  # (n, H, W, 3) uint8 through the reader
+        assert pixels.shape == (len(stored), SIZE, SIZE, 3) and pixels.dtype == np.uint8
+        for k, i in enumerate(stored):
+            want = _pixels(frame_jpeg(reference[i], SIZE, 90))
+            assert psnr(pixels[k], want) >= 35.0, (name, i)  # the reader's JPEG decoder may round differently
+            assert np.abs(pixels[k].astype(int) - want).mean() < 1.0, (name, i)
+
+
+def _hang(path: str, settings: DecodeSettings):  # noqa: ANN202 - decord's get_batch spinning: C code holding the GIL
+    import ctypes
+
+    if "ssv2" in path:
+        ctypes.PyDLL(None).sleep(600)  # PyDLL keeps the GIL: nothing in this process can interrupt it
+    return _real_decode_video(path, settings)
+
+
+_real_decode_video = decode.decode_video
+
+
+def test_a_hung_decoder_is_stopped_from_outside(clips, monkeypatch):
+    import multiprocessing
+    import time
+
+    monkeypatch.setattr(decode, "decode_video", _hang)  # the forked decoding process inherits it
+    monkeypatch.setattr(decode, "mp_context", lambda: multiprocessing.get_context("fork"))
+    settings = DecodeSettings(size=SIZE, max_frames=KEEP, min_frames=T, timeout_s=2.0)
+    with IsolatedDecoder(settings) as decoder:
+        first = decoder.decode(str(clips["hmdb51"][0]))
+        child = decoder._proc.pid
+        start = time.monotonic()
+        with pytest.raises(VideoFailure) as err:
+            decoder.decode(str(clips["ssv2"][0]))
+        assert err.value.reason == "timeout" and "frames.video_timeout_s=2" in str(err.value)
+        assert time.monotonic() - start < 30
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)  # the hung process is gone (killed and reaped)
+        again = decoder.decode(str(clips["hmdb51"][0]))  # a fresh process for the next video
+    assert again.jpegs == first.jpegs
+
+
+def test_a_hung_video_is_a_timeout_row_and_the_stage_goes_on(clips, monkeypatch, tmp_path):
+    import multiprocessing
+
+    from pipeline.config import load_config
+
+    monkeypatch.setattr(decode, "decode_video", _hang)
+    monkeypatch.setattr(decode, "mp_context", lambda: multiprocessing.get_context("fork"))
+    lst = tmp_path / "clips.csv"
+    names = ["hmdb51", "ssv2", "kinetics"]
+    lst.write_text("path,label,split\n" + "".join(f"{clips[n][0]},{n},train\n" for n in names), encoding="utf-8")
+    cfg = load_config(None, overrides={
+        "dataset.name": "custom", "dataset.video_list": str(lst), "frames.storage_size": SIZE, "frames.max_frames": KEEP,
+        "frames.workers": 1, "frames.max_failed_fraction": 1.0, "frames.video_timeout_s": 2.0, "protocol.num_frames": T,
+    })  # fmt: skip
+    ref = run(cfg, {}, ArtifactStore(tmp_path / "art"))
+    index = pd.read_parquet(Path(ref.path) / "index.parquet").set_index("source_path")
+    row = index.loc[str(clips["ssv2"][0])]
+    assert row["status"] == "failed" and row["reason"] == "timeout" and "video_timeout_s" in row["error"]
+    assert (index.drop(str(clips["ssv2"][0]))["status"] == "ok").all()
+    assert ref.manifest()["summary"]["failed_by_reason"] == {"timeout": 1}
+
+
+def test_frames_for_differ_from_frame_to_frame():
+    f = frames_for(4, 48, 64)
+    assert max(psnr(f[i], f[j]) for i in range(4) for j in range(4) if i != j) < 15.0
