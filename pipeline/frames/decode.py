@@ -18,10 +18,12 @@ ffmpeg's command line does; when demuxing fails mid-file the frames before it ar
 failure is a warning too.
 
 Kept frames are spread evenly over the decoded frames (`spread_indices`, segment centres), so they are
-only known once the last frame is out. Decoded frames are therefore held (as PyAV frames, at the
-source size) up to `HOLD_BYTES`; past that, only the frames that the container's own frame count (or
-duration x rate) would keep are converted on the fly, and a second sequential pass fetches the kept
-frames when the real count differs. Both passes decode the same frames (decoders are deterministic).
+only known once the last frame is out. When the container states a frame count (AVI, MP4), the frames
+that count would keep are converted as they are decoded; when it states none (WebM, Matroska), decoded
+frames are held (as PyAV frames, at the source size) up to `HOLD_BYTES`, past which the frames that
+duration x rate would keep are converted on the fly. If the real count differs from the claim, a second
+sequential pass fetches the kept frames that are missing (`passes` = 2). Both passes decode the same
+frames (decoders are deterministic), so the claim only decides the cost, never which frames are stored.
 
 A kept frame is converted and resized to size x size in one swscale call (bilinear, the aspect ratio
 is not kept, as the paper) and JPEG-encoded with Pillow: `frame_jpeg`, the one conversion every path
@@ -202,16 +204,17 @@ class _Sequential:
         rate = self.stream.average_rate or self.stream.guessed_rate
         return float(rate) if rate else None
 
-    def claimed_frames(self) -> int:
-        """The container's frame count, else duration x rate, else 0: a hint, never trusted for indices."""
+    def claimed_frames(self) -> tuple[int, bool]:
+        """(the container's frame count, True), else (duration x rate, False), else (0, False): a hint for what
+        to keep while decoding, never trusted for indices."""
         if self.stream.frames:
-            return int(self.stream.frames)
+            return int(self.stream.frames), True
         rate = self.stream.average_rate or self.stream.guessed_rate
         if self.stream.duration and self.stream.time_base and rate:
-            return int(round(float(self.stream.duration * self.stream.time_base * rate)))
+            return int(round(float(self.stream.duration * self.stream.time_base * rate))), False
         if self.container.duration and rate:
-            return int(round(self.container.duration / 1_000_000 * float(rate)))
-        return 0
+            return int(round(self.container.duration / 1_000_000 * float(rate))), False
+        return 0, False
 
     def __iter__(self):  # noqa: ANN204
         av = self._av
@@ -259,18 +262,21 @@ def decode_video(path: str, settings: DecodeSettings) -> DecodedVideo:
     try:
         try:
             fps = seq.fps()
-            hint = spread_indices(seq.claimed_frames(), s.max_frames) if s.max_frames is not None else []
-            held: dict[int, Any] = {}  # frame number -> decoded frame, while under HOLD_BYTES
-            encoded: dict[int, bytes] = {}  # past the budget: frames the container's count would keep, converted on the fly
-            want = set(hint)
-            held_bytes, holding, n = 0, True, 0
+            claimed, counted = seq.claimed_frames()
+            want = set(spread_indices(claimed, s.max_frames)) if s.max_frames is not None else set()
+            # a container that counts its frames is usually right: convert the frames its count would keep as they
+            # come, holding nothing; otherwise (no count, an estimate) hold decoded frames up to HOLD_BYTES
+            holding = s.max_frames is not None and not counted
+            held: dict[int, Any] = {}  # frame number -> decoded frame
+            encoded: dict[int, bytes] = {}  # frame number -> JPEG
+            held_bytes, n = 0, 0
             for frame in seq:
-                if s.max_frames is None:  # every frame is kept: convert as it comes
+                if s.max_frames is None:  # every frame is kept
                     encoded[n] = frame_jpeg(frame, s.size, s.quality)
                 elif holding:
                     held[n] = frame
                     held_bytes += _frame_bytes(frame)
-                    if held_bytes > HOLD_BYTES:
+                    if held_bytes > HOLD_BYTES:  # a long video: from here on, convert what the estimate would keep
                         holding = False
                         encoded = {i: frame_jpeg(f, s.size, s.quality) for i, f in held.items() if i in want}
                         held = {}
