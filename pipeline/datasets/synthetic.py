@@ -3,7 +3,7 @@
 Each class is a motion of one or two objects whose classes come in pairs that differ in temporal
 order (left->right vs right->left, grow vs shrink, ...). Per video, the shape, colours, size, speed
 profile, background, noise and a static distractor are random; everything is deterministic for a
-seed. Videos are real mp4 files (PyAV, H.264) that decord reads back.
+seed. Videos are real mp4 files (PyAV, H.264), decoded back like any user's video.
 
 Every class has its true ordered sub-action script (`script(name, S)`), written with the same
 vocabulary as `caption(state)`, which describes one frame ("a small red circle near the top left").

@@ -4,7 +4,8 @@ The reference is an independent sequential decode (PyAV's plain `container.decod
 seeking): the frames stage must store exactly its frame i (the same JPEG bytes through the stage's one
 conversion, `decode.frame_jpeg`) at index i, count exactly its frames, and every stored frame must be
 recognisably the source frame that was encoded at that index (closest of all source frames, high PSNR).
-decord 0.6.0's seeking, which fsar used before, failed these checks for most frames of the MPEG-4 clips.
+decord 0.6.0's seeking, which fsar used before, fails them: on these kinds of clip it returned another frame for 3 of
+16 spread indices (the HMDB51-like AVI) and 14 of 16 (the odd-size AVI); docs/frames.md has the survey.
 """
 
 from __future__ import annotations
