@@ -364,24 +364,32 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _serve(conn: Any, settings: DecodeSettings, parent: int) -> None:
-    """The decoding process: decode each path it is sent, answer ("ok", video) or ("failed", VideoFailure)."""
+def _serve(requests: Any, answers: Any, parent: int) -> None:
+    """The decoding process: decode each (path, settings) it is sent, answer ("ok", video) or ("failed", VideoFailure)."""
     die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     while True:
         try:
-            path = conn.recv()
+            request = requests.recv()
         except EOFError:
             return
-        if path is None:
+        if request is None:
             return
+        path, settings = request
         try:
             answer: tuple[str, Any] = ("ok", decode_video(path, settings))
         except VideoFailure as exc:
             answer = ("failed", exc)
         except Exception as exc:  # noqa: BLE001 - a bug: report it to the parent, which raises it
             answer = ("error", f"{type(exc).__name__}: {exc}")
-        conn.send(answer)
+        answers.send(answer)
+
+
+def serve_fds(read_fd: int, write_fd: int, parent: int) -> None:
+    """Entry of a decoding process started as a fresh interpreter (`IsolatedDecoder` where it cannot fork)."""
+    from multiprocessing.connection import Connection
+
+    _serve(Connection(read_fd, writable=False), Connection(write_fd, readable=False), parent)
 
 
 def _exit_text(code: int | None) -> str:
@@ -393,18 +401,81 @@ def _exit_text(code: int | None) -> str:
         return f"signal {-code}"
 
 
+class _Forked:
+    """A decoding process forked from this one (this process runs no other thread and may have children)."""
+
+    def __init__(self) -> None:
+        ctx = multiprocessing.get_context("fork")
+        self.requests, child_requests = ctx.Pipe(duplex=False)[::-1]  # (write end here, read end there)
+        child_answers, self.answers = ctx.Pipe(duplex=False)[::-1]
+        self.proc = ctx.Process(target=_serve, args=(child_requests, child_answers, os.getpid()), name="fsar-decoder", daemon=True)
+        self.proc.start()
+        child_requests.close()
+        child_answers.close()
+
+    def kill(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+
+    def wait(self, timeout: float | None) -> int | None:
+        self.proc.join(timeout)
+        return self.proc.exitcode
+
+
+class _Interpreter:
+    """A decoding process started as a fresh Python (where fork is unsafe: other threads run, or this is a daemonic
+    process that multiprocessing forbids to have children, such as a Dask worker)."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+        from multiprocessing.connection import Connection
+
+        import pipeline
+
+        req_r, req_w = os.pipe()
+        ans_r, ans_w = os.pipe()
+        env = dict(os.environ)
+        home = str(os.path.dirname(os.path.dirname(os.path.abspath(pipeline.__file__))))  # the folder holding `pipeline`
+        env["PYTHONPATH"] = home + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        code = f"from pipeline.frames.decode import serve_fds; serve_fds({req_r}, {ans_w}, {os.getpid()})"
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", code], pass_fds=(req_r, ans_w), env=env, stdin=subprocess.DEVNULL)
+        finally:
+            os.close(req_r)
+            os.close(ans_w)
+        self.requests = Connection(req_w, readable=False)
+        self.answers = Connection(ans_r, writable=False)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+
+    def wait(self, timeout: float | None) -> int | None:
+        import subprocess
+
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+
+def _can_fork() -> bool:
+    return hasattr(os, "fork") and threading.active_count() == 1 and not multiprocessing.current_process().daemon
+
+
 class IsolatedDecoder:
     """`decode_video` in a child process, one video at a time, each under `settings.timeout_s` seconds of wall clock.
 
     The parent enforces the budget (a decoder stuck in C code holding the GIL cannot stop it): on time-out
     the child is killed and the video raises VideoFailure("timeout"); a child that dies raises
-    VideoFailure("decoder_crash"). Either way the next video gets a fresh child. Use as a context manager.
+    VideoFailure("decoder_crash"). Either way the next video gets a fresh child. The child is forked
+    where that is safe, else started as a fresh interpreter. Use as a context manager.
     """
 
     def __init__(self, settings: DecodeSettings):
         self.settings = settings
-        self._proc: Any = None
-        self._conn: Any = None
+        self._child: _Forked | _Interpreter | None = None
 
     def __enter__(self) -> "IsolatedDecoder":
         return self
@@ -412,31 +483,29 @@ class IsolatedDecoder:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _start(self) -> None:
-        ctx = mp_context()
-        parent_end, child_end = ctx.Pipe()
-        proc = ctx.Process(target=_serve, args=(child_end, self.settings, os.getpid()), name="fsar-decoder", daemon=True)
-        proc.start()
-        child_end.close()
-        self._proc, self._conn = proc, parent_end
+    @property
+    def pid(self) -> int | None:
+        """The decoding process's pid (None before the first video)."""
+        return None if self._child is None else self._child.proc.pid
 
-    def _stop(self, kill: bool) -> None:
-        proc, conn = self._proc, self._conn
-        self._proc = self._conn = None
-        if proc is None:
-            return
-        if kill and proc.is_alive():
-            proc.kill()
+    def _stop(self, kill: bool) -> int | None:
+        child, self._child = self._child, None
+        if child is None:
+            return None
+        if kill:
+            child.kill()
         else:
             try:
-                conn.send(None)
+                child.requests.send(None)
             except OSError:
                 pass
-        conn.close()
-        proc.join(timeout=10)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
+        child.requests.close()
+        child.answers.close()
+        code = child.wait(10)
+        if code is None:
+            child.kill()
+            code = child.wait(None)
+        return code
 
     def close(self) -> None:
         self._stop(kill=False)
@@ -444,12 +513,12 @@ class IsolatedDecoder:
     def decode(self, path: str) -> DecodedVideo:
         """The video's kept frames; raises VideoFailure (any reason in REASONS) when it cannot be used."""
         _check_file(path)  # cheap checks here: no round trip for a missing file
-        if self._proc is None:
-            self._start()
-        timeout = self.settings.timeout_s
+        if self._child is None:
+            self._child = _Forked() if _can_fork() else _Interpreter()
+        child, timeout = self._child, self.settings.timeout_s
         try:
-            self._conn.send(path)
-            ready = self._conn.poll(timeout)
+            child.requests.send((path, self.settings))
+            ready = child.answers.poll(timeout)
         except OSError:
             ready = True  # the child is gone: recv below says so
         if not ready:
@@ -460,14 +529,13 @@ class IsolatedDecoder:
                 f"(ffprobe), or raise frames.video_timeout_s if it is just long",
             )
         try:
-            status, payload = self._conn.recv()
+            status, payload = child.answers.recv()
         except (EOFError, OSError):
-            proc = self._proc
-            proc.join(timeout=10)
-            code = proc.exitcode
+            code = child.wait(10)
             self._stop(kill=True)
-            how = _exit_text(code)
-            raise VideoFailure("decoder_crash", f"decoding this file killed the decoding process ({how}): a decoder crash, or out of memory") from None
+            raise VideoFailure(
+                "decoder_crash", f"decoding this file killed the decoding process ({_exit_text(code)}): a decoder crash, or out of memory"
+            ) from None
         if status == "ok":
             return payload
         if status == "failed":

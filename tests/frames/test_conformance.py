@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -177,15 +178,14 @@ _real_decode_video = decode.decode_video
 
 
 def test_a_hung_decoder_is_stopped_from_outside(clips, monkeypatch):
-    import multiprocessing
     import time
 
-    monkeypatch.setattr(decode, "decode_video", _hang)  # the forked decoding process inherits it
-    monkeypatch.setattr(decode, "mp_context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(decode, "decode_video", _hang)  # the forked decoding process inherits it (forced: other tests may leave threads)
+    monkeypatch.setattr(decode, "_can_fork", lambda: True)
     settings = DecodeSettings(size=SIZE, max_frames=KEEP, min_frames=T, timeout_s=2.0)
     with IsolatedDecoder(settings) as decoder:
         first = decoder.decode(str(clips["hmdb51"][0]))
-        child = decoder._proc.pid
+        child = decoder.pid
         start = time.monotonic()
         with pytest.raises(VideoFailure) as err:
             decoder.decode(str(clips["ssv2"][0]))
@@ -197,13 +197,37 @@ def test_a_hung_decoder_is_stopped_from_outside(clips, monkeypatch):
     assert again.jpegs == first.jpegs
 
 
+def test_a_fresh_interpreter_decodes_the_same_and_is_stopped_the_same(clips, monkeypatch):
+    """Where fork is unsafe (other threads, a daemonic Dask worker) the decoding process is a fresh Python."""
+    import time
+
+    monkeypatch.setattr(decode, "_can_fork", lambda: False)
+    settings = DecodeSettings(size=SIZE, max_frames=KEEP, min_frames=T, timeout_s=2.0)
+    path = str(clips["hmdb51"][0])
+    with IsolatedDecoder(settings) as decoder:
+        video = decoder.decode(path)
+        assert video.jpegs == decode_video(path, settings).jpegs
+        child = decoder.pid
+        os.kill(child, signal.SIGSTOP)  # a decoder that stops answering
+        start = time.monotonic()
+        with pytest.raises(VideoFailure) as err:
+            decoder.decode(path)
+        assert err.value.reason == "timeout" and time.monotonic() - start < 30
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)
+        assert decoder.decode(path).jpegs == video.jpegs and decoder.pid != child
+        os.kill(decoder.pid, signal.SIGKILL)  # a decoder that dies
+        with pytest.raises(VideoFailure) as err:
+            decoder.decode(path)
+        assert err.value.reason == "decoder_crash" and "SIGKILL" in str(err.value)
+
+
 def test_a_hung_video_is_a_timeout_row_and_the_stage_goes_on(clips, monkeypatch, tmp_path):
-    import multiprocessing
 
     from pipeline.config import load_config
 
     monkeypatch.setattr(decode, "decode_video", _hang)
-    monkeypatch.setattr(decode, "mp_context", lambda: multiprocessing.get_context("fork"))
+    monkeypatch.setattr(decode, "_can_fork", lambda: True)
     lst = tmp_path / "clips.csv"
     names = ["hmdb51", "ssv2", "kinetics"]
     lst.write_text("path,label,split\n" + "".join(f"{clips[n][0]},{n},train\n" for n in names), encoding="utf-8")
