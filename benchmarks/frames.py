@@ -80,53 +80,72 @@ def _render(h: int, w: int, n: int, seed: int) -> np.ndarray:
     return out
 
 
-def make_videos(out: Path, per_size: int, seconds: float) -> Path:
-    """Write per_size videos of each size (kept between runs) and a custom-dataset list; returns the list."""
+def _write_h264(args: tuple[str, int, int, int, int]) -> None:
     from pipeline.datasets.synthetic import write_video
 
-    rows = []
+    path, h, w, frames, seed = args
+    tmp = Path(path).with_name(Path(path).stem + ".part.mp4")
+    write_video(_render(h, w, frames, seed=seed), tmp, fps=FPS)
+    tmp.rename(path)
+
+
+def _write_hmdb_like(args: tuple[str, int, int]) -> None:
+    """320x240 MPEG-4 Part 2, B-frames, XviD tag, AVI, 30 fps, as HMDB51 ships."""
+    import av
+
+    path, frames, seed = args
+    tmp = Path(path).with_name(Path(path).stem + ".part.avi")
+    with av.open(str(tmp), "w", format="avi") as c:
+        stream = c.add_stream("mpeg4", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.bit_rate = 800_000
+        stream.codec_context.gop_size, stream.codec_context.max_b_frames = 50, 2
+        stream.codec_context.codec_tag = "XVID"
+        for rgb in _render(240, 320, frames, seed=seed):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                c.mux(packet)
+        for packet in stream.encode():
+            c.mux(packet)
+    tmp.rename(path)
+
+
+def _write_missing(fn, jobs: list[tuple]) -> None:  # noqa: ANN001
+    """Write the videos not yet on disk (kept between runs), on every core."""
+    todo = [j for j in jobs if not Path(j[0]).exists()]
+    for j in todo:
+        Path(j[0]).parent.mkdir(parents=True, exist_ok=True)
+    if todo:
+        with ProcessPoolExecutor(max_workers=os.cpu_count() or 1) as ex:
+            list(ex.map(fn, todo))
+
+
+def _write_list(path: Path, rows: list[tuple[str, str, str]]) -> Path:
+    with path.open("w", newline="") as fh:
+        csv.writer(fh).writerows([("path", "label", "split"), *rows])
+    return path
+
+
+def make_videos(out: Path, per_size: int, seconds: float) -> Path:
+    """Write per_size H.264 videos of each size and a custom-dataset list; returns the list."""
+    rows, jobs = [], []
     for h, w in SIZES:
         for i in range(per_size):
             rel = f"videos/{w}x{h}/clip_{i:03d}.mp4"
-            path = out / rel
-            if not path.exists():
-                write_video(_render(h, w, int(seconds * FPS), seed=1000 * h + i), path, fps=FPS)
+            jobs.append((str(out / rel), h, w, int(seconds * FPS), 1000 * h + i))
             rows.append((rel, f"class_{w}x{h}_{i % 3}", "train"))
-    lst = out / "videos.csv"
-    with lst.open("w", newline="") as fh:
-        csv.writer(fh).writerows([("path", "label", "split"), *rows])
-    return lst
+    _write_missing(_write_h264, jobs)
+    return _write_list(out / "videos.csv", rows)
 
 
 def make_hmdb_like(out: Path, count: int) -> Path:
     """`count` HMDB51-like clips (320x240 MPEG-4 Part 2, B-frames, XviD tag, AVI, 30 fps, 100-200 frames); returns the list."""
-    import av
-
-    rows = []
+    rows, jobs = [], []
     for i in range(count):
         rel = f"hmdb/clip_{i:03d}.avi"
-        path = out / rel
-        frames = 100 + (37 * i) % 101
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".part.avi")
-            with av.open(str(tmp), "w", format="avi") as c:
-                stream = c.add_stream("mpeg4", rate=30)
-                stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-                stream.bit_rate = 800_000
-                stream.codec_context.gop_size, stream.codec_context.max_b_frames = 50, 2
-                stream.codec_context.codec_tag = "XVID"
-                for rgb in _render(240, 320, frames, seed=7000 + i):
-                    for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                        c.mux(packet)
-                for packet in stream.encode():
-                    c.mux(packet)
-            tmp.rename(path)
+        jobs.append((str(out / rel), 100 + (37 * i) % 101, 7000 + i))
         rows.append((rel, f"class_{i % 4}", "train"))
-    lst = out / "hmdb.csv"
-    with lst.open("w", newline="") as fh:
-        csv.writer(fh).writerows([("path", "label", "split"), *rows])
-    return lst
+    _write_missing(_write_hmdb_like, jobs)
+    return _write_list(out / "hmdb.csv", rows)
 
 
 # ---------------------------------------------------------------- (a) bare sequential decode
