@@ -122,7 +122,10 @@ def test_killed_run_resumes_and_equals_an_uninterrupted_one(video_set, tmp_path)
 
 
 def test_a_video_that_kills_its_decoder_is_recorded(video_set, store, monkeypatch):
+    import multiprocessing
+
     import pipeline.frames.decode as decode
+    import pipeline.frames.stage as stage
 
     root, _ = video_set
     real = decode.decode_video
@@ -134,6 +137,7 @@ def test_a_video_that_kills_its_decoder_is_recorded(video_set, store, monkeypatc
 
     monkeypatch.setattr(decode, "decode_video", die_on_brackets)  # forked decoding processes inherit it (forced: other tests may leave threads)
     monkeypatch.setattr(decode, "_can_fork", lambda: True)
+    monkeypatch.setattr(stage, "mp_context", lambda: multiprocessing.get_context("fork"))  # pool workers too
     names = ["plain.mp4", "with space.mp4", "brackets [1].mp4", "brackets1.mp4"]
     ref = run(make_config(write_list(root / "crash.csv", names), videos_per_shard=2, workers=2), {}, store)
     index = pd.read_parquet(Path(ref.path) / "index.parquet").set_index("video_id")
