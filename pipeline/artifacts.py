@@ -4,9 +4,20 @@ Layout: ``<root>/<stage>/<dataset>/<version>/`` holding the data files and ``man
 The manifest is written last and marks completion: a folder without one is never read.
 Writes go to a staging folder (``<root>/.staging/...``) and are renamed into place, one writer per
 version at a time (a file lock under ``<root>/.locks``). Roots are local folders or ``file://`` URLs.
-Every file is listed in the manifest with its sha256 and size: readers check small files against their
-sha256 before use (`verified_path`), `problems(ref)` / `fsar verify` check whole artifacts, and a broken
+Every file is listed in the manifest with its sha256 and size, and the manifest carries the sha256 of its
+own content: readers check small files against their sha256 before use (`verified_path`), and a broken
 artifact is listed by the catalog with its problem, never hidden and never taken as built.
+
+Two whole-artifact checks (`problems(ref, full=...)`):
+- the existence check (`exists`/`status`: a stage's "already exists, skipped", `fsar plan`, the catalog's
+  `problem` column) verifies every file's sha256, remembering each result in
+  `<root>/.cache/verified/<stage>/<dataset>/<version>.json` under the file's (size, mtime_ns, ctime_ns,
+  inode): a file whose four values are unchanged is not hashed again. It trusts that a file cannot change
+  without changing its ctime (only a raw write to the device, bit rot, or setting the system clock back
+  can); a file changed less than `RACY_NS` before it was hashed is never remembered (the timestamps may
+  not have ticked yet). Deleting the cache only costs the re-hash.
+- `fsar verify` (`full=True`) hashes every file every time, and also recomputes each manifest's version
+  from its recorded config and inputs.
 
     from pipeline import artifacts
     artifacts.catalog()                        # every complete artifact, as a DataFrame
@@ -24,7 +35,10 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +49,7 @@ import fsspec
 import pandas as pd
 
 from pipeline.atomic import atomic_path, atomic_write_text
-from pipeline.errors import FsarError
+from pipeline.errors import NO_SPACE, FsarError, find_os_error
 
 __all__ = [
     "ArtifactError",
@@ -44,11 +58,13 @@ __all__ = [
     "Staging",
     "catalog",
     "broken_message",
+    "check_root",
     "compute_version",
     "default_root",
     "file_fingerprint",
     "sha256_file",
     "load",
+    "manifest_problems",
     "record_read",
     "recording_reads",
     "resolve",
@@ -57,7 +73,12 @@ __all__ = [
 MANIFEST = "manifest.json"
 STAGING = ".staging"
 LOCKS = ".locks"
+VERIFIED = ".cache/verified"  # the existence check's memory of sha256 results, per artifact
+RACY_NS = 2_000_000_000  # a file changed this recently before it was hashed is never remembered as verified
 _CHUNK = 1 << 20
+_SELF_SUM = "manifest_sha256"  # the manifest's checksum of its own content (every other field)
+_EXACT = "config_hashes_to_version"  # False when the stored config cannot reproduce the version (masked secrets)
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 
 class ArtifactError(FsarError, RuntimeError):
@@ -209,13 +230,11 @@ class ArtifactStore:
 
     def __init__(self, root: str | os.PathLike[str] | None = None):
         root = os.fspath(root) if root is not None else default_root()
+        check_root(root)  # before fsspec, which would import (or ask to install) the protocol's backend
         self.fs, base = fsspec.core.url_to_fs(root)
         protocols = _protocols(self.fs)
         if "file" not in protocols and "local" not in protocols:
-            raise ArtifactError(
-                f"artifact root {root!r}: protocol {protocols[0]!r} is not supported; use a local folder or a file:// URL "
-                f"(for a cluster, a shared file system mounted at the same path on every machine)"
-            )
+            raise ArtifactError(_unsupported(root, protocols[0]))
         self.local = True  # kept for callers: every supported root is a local folder
         self.root = str(Path(base).expanduser().resolve())
         self._base = self.root
@@ -228,12 +247,14 @@ class ArtifactStore:
         return _join(self._base, *parts)
 
     def status(self, stage: str, dataset: str, version: str) -> tuple[str, str | None]:
-        """("exists", None), ("missing", None) or ("broken", problem) for one version (cheap checks only)."""
+        """("exists", None), ("missing", None) or ("broken", problem) for one version (every file's sha256, cached)."""
         folder = Path(self._fs_path(stage, dataset, version))
         if not folder.exists():
             return "missing", None
         problems = self.problems(self.ref(stage, dataset, version), full=False)
-        return ("broken", problems[0]) if problems else ("exists", None)
+        if not problems:
+            return "exists", None
+        return "broken", problems[0] + (f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else "")
 
     def exists(self, stage: str, dataset: str, version: str) -> ArtifactRef | None:
         """The intact artifact of that version, or None when there is none; a broken one is an error naming the fix."""
@@ -249,6 +270,8 @@ class ArtifactStore:
                 data = json.load(fh)
         except FileNotFoundError:
             return None, f"no {MANIFEST}"
+        except NotADirectoryError:
+            return None, f"{ref.path} is a file, not an artifact folder"
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return None, f"{MANIFEST} is not valid JSON ({exc})"
         if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
@@ -256,31 +279,73 @@ class ArtifactStore:
         return data, None
 
     def manifest(self, ref: ArtifactRef) -> dict[str, Any]:
+        """The artifact's manifest; an ArtifactError when it is missing, unreadable or changed after it was written."""
         data, problem = self._read_manifest(ref)
         if data is None:
             if problem == f"no {MANIFEST}":
                 raise ArtifactError(f"artifact {ref} is incomplete or missing (no {MANIFEST} in {ref.path}); re-run the {ref.stage} stage")
             raise ArtifactError(broken_message(ref, problem or "unreadable"))
+        changed = manifest_problems(ref, data)
+        if changed:
+            raise ArtifactError(broken_message(ref, changed[0]))
         return data
 
     def problems(self, ref: ArtifactRef, full: bool = True) -> list[str]:
-        """What is wrong with an artifact ([] when intact): manifest, missing files, sizes, and with `full` every sha256."""
+        """What is wrong with an artifact ([] when intact): its manifest (readable, its own checksum, the folder it
+        names, its version recomputed from its config and inputs), missing files, sizes and every file's sha256.
+
+        `full=True` (`fsar verify`) hashes every file; `full=False` (the existence check, the catalog) reuses
+        the hashes remembered in `<root>/.cache/verified` for files whose size, mtime, ctime and inode are unchanged.
+        """
         m, problem = self._read_manifest(ref)
         if m is None:
             return [problem or "unreadable manifest"]
-        out = []
+        out = manifest_problems(ref, m)
         sizes: dict[str, int] = m.get("sizes", {})
+        folder = Path(self._fs_path(ref.stage, ref.dataset, ref.version))
+        cache = _VerifiedCache(self._verified_path(ref))
+        missing = []
         for name, digest in m["files"].items():
-            path = Path(self._fs_path(ref.stage, ref.dataset, ref.version, name))
-            if not path.is_file():
-                out.append(f"file {name!r} is missing")
+            path = folder / name
+            try:
+                st = path.stat()
+            except (FileNotFoundError, NotADirectoryError):
+                st = None
+            if st is None or not stat.S_ISREG(st.st_mode):
+                missing.append(name)
                 continue
-            if name in sizes and path.stat().st_size != sizes[name]:
-                out.append(f"file {name!r} has {path.stat().st_size} bytes, the manifest says {sizes[name]}")
+            if name in sizes and st.st_size != sizes[name]:
+                out.append(f"file {name!r} has {st.st_size} bytes, the manifest says {sizes[name]}")
                 continue
-            if full and sha256_file(path) != digest:
+            if cache.digest(name, path, st, reuse=not full) != digest:
                 out.append(f"file {name!r} does not match its sha256 in the manifest")
+        cache.save()
+        if missing:
+            unlisted = _unlisted(folder, m["files"])
+            if unlisted:  # a name in the file list no longer names a file that is there: the list itself changed
+                out.insert(0, f"{MANIFEST}'s file list names {_some(missing)}, not in the folder, and not {_some(unlisted)}, "
+                              f"which is: the manifest was changed after it was written")
+            else:
+                out.extend(f"file {name!r} is missing" for name in missing)
         return out
+
+    def _verified_path(self, ref: ArtifactRef) -> Path:
+        return Path(self._base) / VERIFIED / ref.stage / ref.dataset / f"{ref.version}.json"
+
+    def check_folders(self, stage: str, dataset: str, version: str) -> None:
+        """Every folder a build of this version writes into is a folder or absent (checked before any work):
+        a plain file in the way is an ArtifactError naming it, where the publish step would fail only at the end."""
+        base = Path(self._base)
+        for p in (base, *base.parents):  # the root, or the nearest of its parents that exists
+            if os.path.lexists(p):
+                if not p.is_dir():
+                    raise ArtifactError(_in_the_way(p, stage, self.root))
+                break
+        for parts in ((stage,), (stage, dataset), (stage, dataset, version), (STAGING,), (STAGING, stage),
+                      (STAGING, stage, dataset), (LOCKS,), (LOCKS, stage), (LOCKS, stage, dataset)):
+            p = base.joinpath(*parts)
+            if os.path.lexists(p) and not p.is_dir():
+                raise ArtifactError(_in_the_way(p, stage, self.root))
 
     def _version_folders(self, stage: str | None = None, dataset: str | None = None) -> list[tuple[str, str, str]]:
         base = Path(self._base)
@@ -297,7 +362,7 @@ class ArtifactStore:
         return out
 
     def manifests(self, stage: str | None = None, dataset: str | None = None) -> list[dict[str, Any]]:
-        """Manifests of every intact artifact (cheap checks), oldest first."""
+        """Manifests of every intact artifact (the existence check), oldest first."""
         out = []
         for s, d, v in self._version_folders(stage, dataset):
             ref = self.ref(s, d, v)
@@ -473,11 +538,27 @@ class ArtifactStore:
         staging = Staging(sdir, stage, dataset, version, main=main)
         try:
             yield staging
-        except BaseException:
+            self._finish(staging, config=config, inputs=inputs or {}, format_version=format_version)
+        except BaseException as exc:
+            full = _disk_full(exc, sdir)
+            written = _folder_bytes(sdir) if full else 0
             if not resume:
                 shutil.rmtree(sdir, ignore_errors=True)
+            if full:
+                raise ArtifactError(self._no_space(stage, dataset, version, written, resume)) from None
             raise
-        self._finish(staging, config=config, inputs=inputs or {}, format_version=format_version)
+
+    def _no_space(self, stage: str, dataset: str, version: str, written: int, resume: bool) -> str:
+        try:
+            free = f"{_size(shutil.disk_usage(self.root).free)} free there now"
+        except OSError:
+            free = "free space unknown"
+        need = f"it needs more than the {_size(written)} it had written, {free}" if written else free
+        kept = f"its staging folder {Path(self._base) / STAGING / stage / dataset / version} is kept for a resumed re-run" if resume else "nothing was kept"
+        return (
+            f"no space left on the device of the artifact root {self.root} while the {stage} stage built {dataset}/{version} "
+            f"({need}); free space there, or choose another --artifacts root, and re-run: nothing was published, {kept}"
+        )
 
     def _finish(self, staging: Staging, *, config: Mapping[str, Any], inputs: Mapping[str, ArtifactRef], format_version: int | str) -> None:
         from pipeline.secrets import redact
@@ -505,7 +586,12 @@ class ArtifactStore:
             "sizes": {f: (staging.dir / f).stat().st_size for f in files},
             **staging.extra,
         }
-        atomic_write_text(staging.dir / MANIFEST, json.dumps(redact(manifest), indent=2, default=str))
+        body = json.loads(json.dumps(redact(manifest), default=str))  # exactly what a reader will load
+        ins = {k: ArtifactRef(v["stage"], v["dataset"], v["version"], self.root) for k, v in body["inputs"].items()}
+        if compute_version(staging.stage, body["format_version"], body["config"], ins) != staging.version:
+            body[_EXACT] = False  # a masked secret in the config: `fsar verify` cannot recompute this version
+        body[_SELF_SUM] = _self_sum(body)
+        atomic_write_text(staging.dir / MANIFEST, json.dumps(body, indent=2))
         final = Path(self._fs_path(staging.stage, staging.dataset, staging.version))
         final.parent.mkdir(parents=True, exist_ok=True)
         if (final / MANIFEST).exists():  # published meanwhile (same version, same content)
@@ -542,6 +628,148 @@ def broken_message(ref: ArtifactRef, problem: str) -> str:
     return (
         f"{ref.stage} artifact {ref.dataset}/{ref.version} is broken ({problem}): move {ref.path} away or delete it, "
         f"then re-run the {ref.stage} stage (`fsar verify` checks every artifact)"
+    )
+
+
+def manifest_problems(ref: ArtifactRef, m: Mapping[str, Any]) -> list[str]:
+    """What is wrong with a readable manifest itself (cheap, no file read): its own checksum, the folder it
+    names, and its version recomputed from its recorded config and inputs."""
+    out = []
+    if _SELF_SUM in m and m[_SELF_SUM] != _self_sum(m):
+        out.append(f"{MANIFEST} was changed after it was written (it does not match its own sha256)")
+    named = (m.get("stage"), m.get("dataset"), m.get("version"))
+    if all(named) and named != (ref.stage, ref.dataset, ref.version):
+        out.append(f"{MANIFEST} describes {'/'.join(map(str, named))}, not the folder {ref} it lies in")
+    if m.get(_EXACT, True) and isinstance(m.get("config"), dict) and "format_version" in m:
+        try:
+            ins = {k: ArtifactRef(v["stage"], v["dataset"], v["version"], ref.root) for k, v in (m.get("inputs") or {}).items()}
+            again = compute_version(ref.stage, m["format_version"], m["config"], ins)
+        except (KeyError, TypeError, AttributeError):
+            out.append(f"{MANIFEST}'s inputs are not readable")
+        else:
+            if again != ref.version:
+                out.append(f"{MANIFEST}'s recorded config and inputs hash to version {again}, not {ref.version} (the manifest was edited)")
+    return out
+
+
+def _self_sum(m: Mapping[str, Any]) -> str:
+    return hashlib.sha256(_canonical({k: v for k, v in m.items() if k != _SELF_SUM}).encode()).hexdigest()
+
+
+class _VerifiedCache:
+    """One artifact's remembered sha256 results: {file: [size, mtime_ns, ctime_ns, inode, sha256]} in one JSON file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            self.entries: dict[str, list[Any]] = data["files"] if isinstance(data.get("files"), dict) else {}
+        except (OSError, ValueError, AttributeError, KeyError):
+            self.entries = {}
+        self.changed = False
+
+    @staticmethod
+    def _key(st: os.stat_result) -> list[int]:
+        return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+    def digest(self, name: str, path: Path, st: os.stat_result, reuse: bool) -> str:
+        """The file's sha256: remembered when `reuse` and its stat is unchanged, else computed (and remembered)."""
+        key = self._key(st)
+        entry = self.entries.get(name)
+        if reuse and isinstance(entry, list) and len(entry) == 5 and entry[:4] == key:
+            return str(entry[4])
+        started = time.time_ns()
+        digest = sha256_file(path)
+        after = self._key(path.stat())
+        if after == key and st.st_ctime_ns < started - RACY_NS and st.st_mtime_ns < started - RACY_NS:
+            self.entries[name] = [*key, digest]
+        else:  # changed while read, or too recently for the timestamps to tell a later change: hash again next time
+            self.entries.pop(name, None)
+        self.changed = True
+        return digest
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        try:
+            atomic_write_text(self.path, json.dumps({"files": self.entries}, sort_keys=True))
+        except OSError:  # a read-only root: nothing is remembered, every check hashes again (slower, never wrong)
+            pass
+
+
+def _unlisted(folder: Path, listed: Mapping[str, str]) -> list[str]:
+    """Files in an artifact folder its manifest does not list (hidden and partial files aside)."""
+    out = []
+    for p in folder.rglob("*"):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and rel != MANIFEST and rel not in listed and not any(part.startswith(".") for part in rel.split("/")):
+            out.append(rel)
+    return sorted(out)
+
+
+def _some(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:3])
+    return shown + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _in_the_way(path: Path, stage: str, root: str) -> str:
+    return (
+        f"cannot write under the artifact root {root}: {path} is a file, not a folder (building the {stage} artifact "
+        f"needs a folder there); move that file away, or choose another --artifacts folder"
+    )
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """The error is the disk (or quota) running full: said so by the error or one it wraps; or, where a library
+    hides the OS's code (numpy: "N requested and M written"), a write error with under 1 MiB left there."""
+    if find_os_error(exc, NO_SPACE) is not None:
+        return True
+    if not isinstance(exc, (OSError, RuntimeError)):
+        return False
+    try:
+        return shutil.disk_usage(folder if folder.exists() else folder.parent).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def _folder_bytes(folder: Path) -> int:
+    total = 0
+    for p in folder.rglob("*") if folder.is_dir() else []:
+        try:
+            total += p.stat().st_size if p.is_file() else 0
+        except OSError:
+            pass
+    return total
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def root_protocol(root: str) -> str | None:
+    """The URL scheme of an artifact root (`s3` for s3://b/x, the first link of a chained URL), None for a path."""
+    head = root.split("::", 1)[0]
+    m = _URL.match(head)
+    if m:
+        return m.group(1).lower()
+    return head if "::" in root else None
+
+
+def check_root(root: str | os.PathLike[str]) -> None:
+    """Refuse an artifact root that is a URL of another protocol than file:// (without importing its backend)."""
+    proto = root_protocol(os.fspath(root))
+    if proto is not None and (proto not in ("file", "local") or "::" in os.fspath(root)):
+        raise ArtifactError(_unsupported(os.fspath(root), proto))
+
+
+def _unsupported(root: str, proto: str) -> str:
+    return (
+        f"artifact root {root!r}: protocol {proto!r} is not supported; use a local folder or a file:// URL "
+        f"(for a cluster, a shared file system mounted at the same path on every machine)"
     )
 
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from pipeline.config import Config, ConfigError, list_presets, load_config, parse_overrides
-from pipeline.errors import FsarError
+from pipeline.errors import FsarError, os_error_message
 from pipeline.stage import StageError
 from pipeline.stages import STAGES, parse_pins, plan, resolve_inputs, run_stage
 
@@ -100,11 +100,14 @@ def _fail(exc: Exception) -> None:
 
 
 def _guarded(fn: Callable[[], Any]) -> Any:
-    """Run a command body; any FsarError (bad input, broken artifact) is one line on stderr and exit 2."""
+    """Run a command body; any FsarError (bad input, broken artifact) or OSError (no space, permission denied,
+    a read-only disk, ...) is one line on stderr and exit 2."""
     try:
         return fn()
     except FsarError as exc:
         _fail(exc)
+    except OSError as exc:
+        _fail(FsarError(os_error_message(exc)))
 
 
 def _run(name: str, cfg: Config, inputs: list[str] | None) -> Any:

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from pipeline.errors import FsarError
+from pipeline.errors import FsarError, read_text_file
 from pipeline.settings import (
     BackboneConfig,
     DatasetConfig,
@@ -186,7 +186,7 @@ def _read_preset(preset: str | os.PathLike[str]) -> dict[str, Any]:
             f"preset {str(preset)!r} not found (looked for {path}); choose one of {list_presets()} or give a YAML path"
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(read_text_file(path, "config file", ConfigError)) or {}
     except yaml.YAMLError as exc:
         line = getattr(getattr(exc, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""

@@ -1,7 +1,10 @@
 """The stage contract: `run(config, inputs, store) -> ArtifactRef`, skipped when its version exists.
 
 Each stage module calls `build_once` with the config fields it reads; the version hashes those and
-its inputs' versions, so a second call with the same inputs returns the existing artifact.
+its inputs' versions, so a second call with the same inputs returns the existing artifact, after checking
+that it is intact (every file against its sha256; see `ArtifactStore.problems`). Before any work it checks
+that no plain file sits where the artifact's folders must go; a full disk while building is one line
+naming the artifact root (`ArtifactStore.publish`).
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ def build_once(
     """Return the artifact for (stage, config, inputs), building it with `build(staging)` if absent."""
     inputs = dict(inputs or {})
     version = compute_version(stage, format_version, config, inputs)
-    existing = store.exists(stage, dataset, version)  # a broken artifact is an ArtifactError naming the fix
+    store.check_folders(stage, dataset, version)  # a file where a folder must go: an error now, not after the work
+    existing = store.exists(stage, dataset, version)  # every file's sha256 (cached); a broken artifact is an error naming the fix
     if existing is not None:
         return _skipped(stage, existing)
     with store.lock(stage, dataset, version):

@@ -218,10 +218,15 @@ def _existing(p: Planned, cfg: Any, store: ArtifactStore, needed_by: str) -> Art
     if p.status == "blocked":
         raise StageError(f"{needed_by} needs a {p.stage} artifact, but planning it is blocked: {p.reason}")
     hint = f"`fsar {p.stage} --dataset {cfg.dataset.name}` with the same preset and --set options (or `make full`)"
-    broken = f" (the one there is broken: {p.reason.split(': ', 1)[-1]})" if p.reason else ""
+    if p.reason:  # it is there but broken: never used, and never silently rebuilt over
+        ref = store.ref(p.stage, cfg.dataset.name, p.version)
+        raise StageError(
+            f"{needed_by} needs the {p.stage} artifact {ref.dataset}/{ref.version} that this config implies, and it is broken "
+            f"({p.reason.split(': ', 1)[-1]}): move {ref.path} away or delete it, then run {hint}"
+        )
     raise StageError(
-        f"{needed_by} needs the {p.stage} artifact {cfg.dataset.name}/{p.version} that this config implies, and it does not exist"
-        f"{broken}; run {hint} first, or pin an existing one with --input {p.stage}=VERSION"
+        f"{needed_by} needs the {p.stage} artifact {cfg.dataset.name}/{p.version} that this config implies, and it does not exist; "
+        f"run {hint} first, or pin an existing one with --input {p.stage}=VERSION"
     )
 
 

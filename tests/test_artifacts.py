@@ -110,9 +110,11 @@ def test_checksum_mismatch_is_a_clear_error(store):
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0xFF  # one flipped byte, same size: only the sha256 can tell
     target.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="'table.parquet' does not match its sha256.*re-run the toy stage"):
+        store.load("toy", "ds")  # resolving the artifact checks every file (the existence check)
     with pytest.raises(ArtifactError, match="checksum mismatch for 'table.parquet'.*re-run the toy stage"):
-        store.load("toy", "ds")
-    pd.DataFrame({"a": [9, 9, 9]}).to_parquet(target, index=False)  # another size: caught by the cheap check
+        store.verified_path(ref, "table.parquet")  # and so does every read
+    pd.DataFrame({"a": [9, 9, 9]}).to_parquet(target, index=False)  # another size: caught before hashing
     with pytest.raises(ArtifactError, match=r"is broken \(file 'table.parquet' has \d+ bytes, the manifest says"):
         store.load("toy", "ds")
 

@@ -154,9 +154,9 @@ def _folder(root: Path, stage: str, before) -> Path:
     return root / stage / "synthetic" / next(p["version"] for p in before if p["stage"] == stage)
 
 
-@pytest.mark.parametrize("stage,file,expect", [
-    ("embeddings", "states.npy", "checksum mismatch for 'states.npy'"),
-    ("train", "best.pt", "checksum mismatch for 'best.pt'"),
+@pytest.mark.parametrize("stage,file,expect", [  # caught by the existence check of the upstream, before any read
+    ("embeddings", "states.npy", "is broken (file 'states.npy' does not match its sha256"),
+    ("train", "best.pt", "is broken (file 'best.pt' does not match its sha256"),
 ])
 def test_a_flipped_byte_is_never_used(built, tmp_path, stage, file, expect):
     root, args, before = built
@@ -180,15 +180,25 @@ def test_shard_damage_is_a_clear_error(built, tmp_path):
     # one flipped byte inside each JPEG of the test videos' shard: same size, caught by the CRC-32 on read
     import pyarrow.parquet as pq
 
+    from pipeline.artifacts import ArtifactError
+    from pipeline.frames.reader import FrameStore
+
     index = pq.read_table(frames / "index.parquet").to_pandas()
-    target = frames / index[index["split"] == "test"]["shard"].dropna().iloc[0]
-    blob = bytearray(target.read_bytes())
+    test = index[(index["split"] == "test") & index["shard"].notna()]
+    target = frames / test["shard"].iloc[0]
+    reader = FrameStore.open("synthetic", frames.name, root=copy)  # opened before the damage, as by a running job
+    original = target.read_bytes()
+    blob = bytearray(original)
     for jpeg in pq.read_table(target).column("jpeg").to_pylist():
         at = bytes(blob).index(jpeg) + len(jpeg) // 2
         blob[at] ^= 0x5A
     target.write_bytes(bytes(blob))
-    code, out = _cli("evaluate", *moved, "--set", "evaluate.seed=12")
-    assert code == 2 and "fails its CRC-32 check" in out and _one_error(out), out
+    vid = test["video_id"].iloc[0]
+    with pytest.raises(ArtifactError, match="fails its CRC-32 check"):
+        reader.frames(vid, reader.stored_indices(vid)[:1])
+    code, out = _cli("evaluate", *moved, "--set", "evaluate.seed=12")  # a new run: the existence check names the shard
+    assert code == 2 and f"'{target.relative_to(frames).as_posix()}' does not match its sha256" in out and _one_error(out), out
+    target.write_bytes(original)
     # a cut footer and a deleted shard
     shards[-1].write_bytes(shards[-1].read_bytes()[:-20])
     code, out = _cli("verify", "--artifacts", str(copy), "--stage", "frames")

@@ -21,15 +21,15 @@ from pipeline.datasets.registry import (
     register_dataset,
     split_dir_for,
 )
+from pipeline.errors import read_text_file
 
 SPLIT_HOME = "github.com/alibaba-mmai-research/CLIP-FSAR (configs/projects/CLIPFSAR/<dataset>/{train,val,test}_few_shot.txt)"
 
 
 def _read_lines(path: Path) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DatasetError(f"split file {str(path)!r} is missing; the split folder must hold train.txt, val.txt and test.txt") from None
+    if not path.is_file():
+        raise DatasetError(f"split file {str(path)!r} is missing; the split folder must hold train.txt, val.txt and test.txt")
+    text = read_text_file(path, "split file", DatasetError)
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
@@ -141,7 +141,7 @@ class SSv2Full(_SSv2):
             path = Path(label_dir).expanduser() / name
             if not path.is_file():
                 raise DatasetError(f"SSv2 label file {str(path)!r} is missing; dataset.label_dir must hold {', '.join(SSV2_LABEL_FILES)}")
-            for item in json.loads(path.read_text(encoding="utf-8")):
+            for item in json.loads(read_text_file(path, "SSv2 label file", DatasetError)):
                 templates[str(item["id"])] = item["template"]
         partition: dict[str, list[str]] = {}
         for split in SPLITS:

@@ -8,12 +8,14 @@ characters are read as they are.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import random
 from functools import cached_property
 from pathlib import Path
 
 from pipeline.datasets.registry import SPLITS, DatasetError, DatasetSpec, VideoEntry, register_dataset
+from pipeline.errors import read_text_file
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg")
 
@@ -28,7 +30,8 @@ def read_video_list(path: Path, video_root: Path | None = None) -> list[VideoEnt
     base = video_root or path.parent
     out: list[VideoEntry] = []
     first: dict[str, tuple[int, str]] = {}  # resolved file -> (line, spelling) of its first listing
-    with path.open(newline="", encoding="utf-8") as fh:
+    text = read_text_file(path, "video list", DatasetError)  # a line that is not UTF-8 is named, not a traceback
+    with io.StringIO(text, newline="") as fh:
         reader = csv.DictReader(fh)
         missing = {"path", "label", "split"} - set(reader.fieldnames or [])
         if missing:

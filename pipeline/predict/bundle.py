@@ -12,6 +12,9 @@ Layout (every file deterministic for the same run: sorted JSON, no times, no abs
 - `weights.safetensors`: the trainable parameters only (never the frozen CLIP weights).
 - `descriptions.json`: the sub-action descriptions of every class the run's descriptions artifact
   holds ({class: {display_name, split, sentences}}), so these classes need no LLM.
+- `manifest.json` (written last): the sha256 and size of every other file of the bundle, `bundle.json`
+  included. Loading checks the bytes it uses against it and refuses a bundle whose bytes changed after
+  export (or that has no manifest), naming the file and the fix (export it again).
 
 A backbone from a file is named by its file name and sha256; loading needs that file (`backbone=`,
 else the artifact it came from under the artifact root) and refuses any other checksum.
@@ -33,12 +36,13 @@ from pipeline.config import Config, section_dict
 from pipeline.secrets import redact, redact_url
 from pipeline.stage import StageError
 
-__all__ = ["BUNDLE_FILE", "Bundle", "BundleError", "FORMAT_VERSION", "describe_lineage", "export_bundle", "load_bundle"]
+__all__ = ["BUNDLE_FILE", "MANIFEST_FILE", "Bundle", "BundleError", "FORMAT_VERSION", "describe_lineage", "export_bundle", "load_bundle"]
 
 FORMAT_VERSION = 1
 BUNDLE_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.safetensors"
 DESCRIPTIONS_FILE = "descriptions.json"
+MANIFEST_FILE = "manifest.json"  # sha256 + size of every other file (bundle.json's own content included)
 SAMPLING = "eval: the centre frame of each of T equal segments over the stored frames; centre crop; no flip"
 
 
@@ -270,17 +274,25 @@ def _checked_model(trained: Config, state: dict[str, torch.Tensor]):
 
 def _write(out: Path, meta: dict[str, Any], weights: dict[str, torch.Tensor], descriptions: dict[str, Any]) -> Path:
     """Write into a temporary sibling folder, then rename into place (an existing bundle there is replaced)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if out.exists() and not (out / BUNDLE_FILE).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise BundleError(f"--out {str(out)!r} exists and is not a fsar bundle; choose a new or empty folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:  # a folder: an existing bundle at `out` is replaced on commit
         tmp.mkdir()
-        save_file({k: v.detach().cpu().contiguous() for k, v in sorted(weights.items())}, str(tmp / WEIGHTS_FILE))
+        # written like the other files (save_file would create it 0600 where they are 0644 under the usual umask)
+        (tmp / WEIGHTS_FILE).write_bytes(save({k: v.detach().cpu().contiguous() for k, v in sorted(weights.items())}))
         _dump_json(tmp / DESCRIPTIONS_FILE, descriptions)
-        _dump_json(tmp / BUNDLE_FILE, meta)  # last: a folder without it is not a bundle
+        _dump_json(tmp / BUNDLE_FILE, meta)  # a folder without it is not a bundle
+        _write_manifest(tmp)  # last: the checksums of everything above
     return out
+
+
+def _write_manifest(folder: Path) -> None:
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    files = {n: sha256_file(folder / n) for n in names}
+    _dump_json(folder / MANIFEST_FILE, {"files": files, "sizes": {n: (folder / n).stat().st_size for n in names}})
 
 
 def _dump_json(path: Path, data: Any) -> None:
@@ -293,16 +305,59 @@ def _dump_json(path: Path, data: Any) -> None:
 def load_bundle(path: str | os.PathLike[str], backbone: str | os.PathLike[str] | None = None, artifacts: str | None = None) -> Bundle:
     """Read and check a bundle; a backbone file comes from `backbone`, else from its artifact under `artifacts`."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     folder = Path(path).expanduser()
-    meta = _read_meta(folder)
+    _read_meta(folder)  # a bundle at all, of a format this fsar reads
+    listed = _listed_files(folder)
+    raw = {name: _verified_bytes(folder, name, listed) for name in (BUNDLE_FILE, WEIGHTS_FILE, DESCRIPTIONS_FILE)}
+    for name in sorted(set(listed) - set(raw)):  # any other file the bundle holds (hashed as a stream)
+        _verified_bytes(folder, name, listed, keep=False)
     try:
-        weights = load_file(str(folder / WEIGHTS_FILE))
-        descriptions = json.loads((folder / DESCRIPTIONS_FILE).read_text(encoding="utf-8"))
-    except (OSError, SafetensorError, json.JSONDecodeError) as exc:
-        raise BundleError(f"bundle {str(folder)!r} is incomplete or damaged ({type(exc).__name__}: {exc}); export it again") from None
+        meta = json.loads(raw[BUNDLE_FILE].decode("utf-8"))
+        weights = load(raw[WEIGHTS_FILE])
+        descriptions = json.loads(raw[DESCRIPTIONS_FILE].decode("utf-8"))
+    except (SafetensorError, ValueError) as exc:
+        raise BundleError(f"bundle {str(folder)!r} is damaged ({type(exc).__name__}: {exc}); export it again") from None
     return Bundle(folder, meta, weights, descriptions, pretrained=_pretrained(meta["backbone"], folder, backbone, artifacts))
+
+
+def _reexport(folder: Path) -> str:
+    return f"re-export it (`fsar export ... --out {str(folder)!r}` with the run's preset and --set options)"
+
+
+def _listed_files(folder: Path) -> dict[str, str]:
+    """{file: sha256} from the bundle's manifest; a bundle without a readable one is refused."""
+    file = folder / MANIFEST_FILE
+    if not file.is_file():
+        raise BundleError(f"bundle {str(folder)!r} has no {MANIFEST_FILE} (the sha256 of its files), so its bytes cannot be checked; {_reexport(folder)}")
+    try:
+        files = json.loads(file.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"bundle {str(folder)!r}: its {MANIFEST_FILE} is damaged ({type(exc).__name__}: {exc}); {_reexport(folder)}") from None
+    if not isinstance(files, dict) or any(not isinstance(n, str) or n.startswith("/") or ".." in n.split("/") for n in files):
+        raise BundleError(f"bundle {str(folder)!r}: its {MANIFEST_FILE} has no valid file list; {_reexport(folder)}")
+    return files
+
+
+def _verified_bytes(folder: Path, name: str, listed: dict[str, str], keep: bool = True) -> bytes:
+    """The bytes of one bundle file (b"" unless `keep`), checked against its sha256 in the manifest: the bytes
+    checked are the bytes then used."""
+    import hashlib
+
+    if name not in listed:
+        raise BundleError(f"bundle {str(folder)!r}: {MANIFEST_FILE} does not list {name!r} (the manifest was changed); {_reexport(folder)}")
+    try:
+        data = (folder / name).read_bytes() if keep else b""
+        digest = hashlib.sha256(data).hexdigest() if keep else sha256_file(folder / name)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        raise BundleError(f"bundle {str(folder)!r} is incomplete: file {name!r} is missing; {_reexport(folder)}") from None
+    if digest != listed[name]:
+        raise BundleError(
+            f"bundle {str(folder)!r}: file {name!r} does not match its sha256 in {MANIFEST_FILE} (it changed or was damaged "
+            f"after export); {_reexport(folder)}"
+        )
+    return data
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:

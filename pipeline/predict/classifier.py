@@ -3,6 +3,7 @@
     from pipeline.predict import FewShotClassifier
     clf = FewShotClassifier.load("bundles/demo", backbone="open_clip.pt")    # device "auto", inductive
     clf.fit("my_support/")                     # one folder per class, K >= 1 clips each (or {class: [paths]})
+    clf.skipped                                # entries of the support folder that are not clips (`fsar predict` prints them)
     table = clf.predict(["q1.mp4", "q2.mp4"])  # DataFrame: query, prediction, score:<class>..., error
 
 `fit` decodes every support clip and runs the frozen first L-M vision blocks on it once, and encodes
@@ -31,7 +32,7 @@ import torch
 
 from pipeline.predict.bundle import Bundle, load_bundle
 from pipeline.predict.descriptions import ClassText, resolve_descriptions
-from pipeline.predict.videos import VIDEO_EXTENSIONS, Preprocessing, check_support, query_videos, read_clip, support_videos
+from pipeline.predict.videos import VIDEO_EXTENSIONS, Preprocessing, check_support, query_problem, query_videos, read_clip, support_videos
 from pipeline.stage import StageError
 
 __all__ = ["FewShotClassifier", "TASK_CONTEXTS"]
@@ -68,6 +69,7 @@ class FewShotClassifier:
         self.classes: list[str] = []
         self.texts: dict[str, ClassText] = {}  # class -> its sentences and where they came from
         self.shots: dict[str, int] = {}  # class -> K
+        self.skipped: list[str] = []  # entries of the support folder that are not clips (reported, never silent)
         self._support: torch.Tensor | None = None  # (N*K, T, P+1, D) frozen-prefix states of the supports
         self._labels: torch.Tensor | None = None  # (N*K,)
         self._text: torch.Tensor | None = None  # (N, S, E) adapted prompt features
@@ -96,7 +98,8 @@ class FewShotClassifier:
         artifacts: str | None = None,
     ) -> "FewShotClassifier":
         """Encode the support clips and the classes' prompts once; `support` is a folder or {class: [paths]}."""
-        mapping = support_videos(support) if isinstance(support, (str, os.PathLike)) else dict(support)
+        skipped: list[str] = []
+        mapping = support_videos(support, skipped) if isinstance(support, (str, os.PathLike)) else dict(support)
         mapping = check_support(mapping)
         texts = resolve_descriptions(list(mapping), self.bundle, descriptions, llm_overrides, artifacts)
         clips, labels = [], []
@@ -109,6 +112,7 @@ class FewShotClassifier:
         self._text = self._encode_text([texts[c] for c in mapping])  # (N, S, E)
         self.classes, self.texts = list(mapping), texts
         self.shots = {c: len(p) for c, p in mapping.items()}
+        self.skipped = skipped
         return self
 
     def _support_clip(self, cls: str, path: str) -> torch.Tensor:
@@ -157,6 +161,10 @@ class FewShotClassifier:
         clips: dict[int, torch.Tensor] = {}
         errors: dict[int, str] = {}
         for i, q in enumerate(queries):
+            problem = query_problem(q)  # a folder: the same error row as any other query that cannot be read
+            if problem is not None:
+                errors[i] = f"not a video: {problem}"
+                continue
             try:
                 clips[i] = read_clip(q, self.prep, self._clip_decoder())
             except Exception as exc:  # noqa: BLE001 - one bad query never loses the others

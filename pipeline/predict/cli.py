@@ -70,6 +70,8 @@ def predict_videos(
     clf = FewShotClassifier.load(model, backbone=backbone, device=device, task_context=task_context, batch_size=batch_size, artifacts=artifacts)
     echo(f"[fsar] predict: bundle {model} ({describe_lineage(clf.bundle)}); {clf.device}, task context {task_context}")
     clf.fit(support, descriptions, overrides, artifacts)
+    for note in clf.skipped:
+        echo(f"[fsar] predict: support {note}")
     shots = sorted(set(clf.shots.values()))
     echo(f"[fsar] predict: {len(clf.classes)} classes, {'/'.join(map(str, shots))} support clip(s) per class")
     for cls in clf.classes:

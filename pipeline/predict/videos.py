@@ -4,6 +4,12 @@
     clip = read_clip("/my/clip.mp4", prep)        # float (T, 3, crop, crop); raises VideoFailure when unusable
     support = support_videos("/my/support")       # {class folder name: [clip paths]}
     queries = query_videos(["a.mp4", "more/"])   # paths, folders expanded (sorted)
+    query_problem("more/")                        # why a query path cannot be a clip (a folder), else None
+
+Every query path gets a row: one that cannot be read (missing, not a video, a folder with no videos in it,
+a folder named like a video) gets its error, the others are answered. Entries of the support folder that
+are not used (a file that is not a video, a folder inside a class folder) are listed in `skipped`, never
+dropped without a word; hidden files (`.DS_Store`) are ignored.
 
 A clip goes through exactly what a training/evaluation video goes through: the frames stage's decoding
 (front to back with PyAV, `decode.IsolatedDecoder`: in a child process under the run's
@@ -24,7 +30,7 @@ import torch
 
 from pipeline.stage import StageError
 
-__all__ = ["VIDEO_EXTENSIONS", "Preprocessing", "check_support", "query_videos", "read_clip", "support_videos"]
+__all__ = ["VIDEO_EXTENSIONS", "Preprocessing", "check_support", "query_problem", "query_videos", "read_clip", "support_videos"]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ogv")
 
@@ -87,17 +93,35 @@ def _videos_in(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_file() and _is_video(p)), key=lambda p: p.name)
 
 
-def support_videos(root: str | os.PathLike[str]) -> dict[str, list[str]]:
-    """{class: [clip paths]} from a folder holding one folder per class (the name is the class, any characters)."""
+def _unused(folder: Path) -> list[tuple[str, str]]:
+    """(name, why) of the visible entries of a class folder that are not clips."""
+    out = []
+    for p in sorted(folder.iterdir(), key=lambda p: p.name):
+        if p.name.startswith(".") or (p.is_file() and _is_video(p)):
+            continue
+        why = "a folder, not a video file" if p.is_dir() else f"not a video file ({p.suffix or 'no'} extension)"
+        out.append((p.name, why))
+    return out
+
+
+def support_videos(root: str | os.PathLike[str], skipped: list[str] | None = None) -> dict[str, list[str]]:
+    """{class: [clip paths]} from a folder holding one folder per class (the name is the class, any characters).
+
+    Entries that are not used (a file beside the class folders, a non-video file or a folder inside one) are
+    appended to `skipped` as one line each ("class 'x': skipped 'notes.txt' (not a video file (.txt extension))")."""
     folder = Path(root).expanduser()
     if not folder.is_dir():
         raise StageError(f"--support {str(folder)!r} is not a folder; give a folder with one sub-folder of clips per class")
     classes = sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
     if not classes:
         raise StageError(f"support folder {str(folder)!r} holds no class folders; put each class's clips in a folder named after the class")
+    notes = skipped if skipped is not None else []
+    notes.extend(f"skipped {p.name!r} beside the class folders (a file, not a class folder)"
+                 for p in sorted(folder.iterdir(), key=lambda p: p.name) if not p.is_dir() and not p.name.startswith("."))
     out = {}
     for cls in classes:
         clips = _videos_in(cls)
+        notes.extend(f"class {cls.name!r}: skipped {name!r} ({why})" for name, why in _unused(cls))
         if not clips:
             raise StageError(
                 f"support class {cls.name!r} ({str(cls)!r}) has no clips; add at least one video ({', '.join(VIDEO_EXTENSIONS[:4])}, ...) or remove the folder"
@@ -117,17 +141,29 @@ def check_support(support: dict[str, Sequence[str]]) -> dict[str, list[str]]:
 
 
 def query_videos(paths: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Query paths as given; a folder becomes its video files (sorted by name). Files are kept whatever their name."""
+    """Query paths as given; a folder becomes the entries named like videos in it (sorted by name), and a folder
+    with none stays one entry (its row says so). Files are kept whatever their name."""
     out: list[str] = []
     for raw in paths:
         p = Path(raw).expanduser()
         if p.is_dir():
-            found = _videos_in(p)
-            if not found:
-                raise StageError(f"query folder {str(raw)!r} holds no videos ({', '.join(VIDEO_EXTENSIONS[:4])}, ...)")
-            out.extend(str(Path(raw) / f.name) for f in found)
+            found = sorted((e for e in p.iterdir() if _is_video(e)), key=lambda e: e.name)  # a folder named x.mp4 too
+            if found:
+                out.extend(str(Path(raw) / f.name) for f in found)
+            else:
+                out.append(str(raw))  # one row, whose error says the folder holds no videos
         else:
             out.append(str(raw))
     if not out:
         raise StageError("no queries: give one or more video files or folders with --query")
     return out
+
+
+def query_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a query path cannot be a clip before decoding it (a folder), else None (decoding says the rest)."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        return None
+    if not _videos_in(p):
+        return f"a folder holding no video files ({', '.join(VIDEO_EXTENSIONS[:4])}, ...)"
+    return "a folder (of videos): give its videos, or the folder itself, as --query"

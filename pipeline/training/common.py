@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.artifacts import file_fingerprint
 from pipeline.atomic import atomic_open
 from pipeline.config import Config
 from pipeline.precision import autocast  # re-exported: the one autocast helper (config model.amp)
@@ -130,9 +131,11 @@ def save_checkpoint(path: Path, model: torch.nn.Module, cfg: Config, **extra: An
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's payload; one inside an artifact folder must first match its sha256 in that artifact's manifest."""
     path = Path(path)
     if not path.is_file():
         raise StageError(f"checkpoint {str(path)!r} does not exist; train first or pass an existing file with --checkpoint")
+    file_fingerprint(path)  # the check `evaluate --checkpoint` makes: a damaged checkpoint is an ArtifactError naming the fix
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error

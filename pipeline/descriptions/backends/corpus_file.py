@@ -21,6 +21,7 @@ import yaml
 
 from pipeline.descriptions.backends import Backend, Completion, Request
 from pipeline.descriptions.validate import normalize
+from pipeline.errors import read_text_file
 from pipeline.stage import StageError
 
 __all__ = ["FileBackend", "read_corpus"]
@@ -35,7 +36,7 @@ def read_corpus(path: str | Path, what: str = "backend 'file': corpus", hint: st
     if not p.is_file():
         raise StageError(f"{what} {str(p)!r} does not exist ({hint})")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.safe_load(read_text_file(p, what, StageError))
     except yaml.YAMLError as exc:
         raise StageError(f"{what} {str(p)!r} is neither valid YAML nor JSON ({exc})") from None
     if isinstance(data, list):  # [{label: ..., sub_act_en_li: [...]}, ...]
