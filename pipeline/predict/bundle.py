@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from pipeline.artifacts import ArtifactRef, ArtifactStore, sha256_file
+from pipeline.artifacts import ArtifactRef, ArtifactStore, file_fingerprint, sha256_file
 from pipeline.atomic import atomic_path
 from pipeline.config import Config, section_dict
 from pipeline.secrets import redact, redact_url
@@ -215,7 +215,8 @@ def _backbone(model: dict[str, Any], store: ArtifactStore) -> dict[str, Any]:
     if path.is_file():
         path = path.resolve()
         small = path.stat().st_size <= BACKBONE_COPY_MAX_BYTES
-        out.update(weights="file", file=path.name, sha256=sha256_file(path), artifact_file=_in_store(path, store),
+        digest = file_fingerprint(path).removeprefix("sha256:")  # hashed once per process (planning hashed it already)
+        out.update(weights="file", file=path.name, sha256=digest, artifact_file=_in_store(path, store),
                    path=str(path), bundled=f"{BACKBONE_DIR}/{path.name}" if small else None)
     else:
         out.update(weights="tag", tag=pretrained)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.cli_common import ArtifactsOpt, ConfigOpt, DatasetOpt, PresetOpt, SetOpt, command_config, fail, guarded
+from pipeline.cli_common import ArtifactsOpt, ConfigOpt, DatasetOpt, PresetOpt, SetOpt, VideoListOpt, VideoRootOpt, command_config, fail, guarded
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -99,6 +99,8 @@ def register(app: typer.Typer) -> None:
         preset: PresetOpt = None,
         set_: SetOpt = None,
         artifacts: ArtifactsOpt = None,
+        video_root: VideoRootOpt = None,
+        video_list: VideoListOpt = None,
         config: ConfigOpt = None,
         checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="checkpoint file (default: best of the trained run)")] = None,
     ) -> None:
@@ -108,7 +110,7 @@ def register(app: typer.Typer) -> None:
             from pipeline.artifacts import ArtifactStore
             from pipeline.predict.bundle import export_bundle
 
-            cfg = command_config(dataset, preset, set_, artifacts, config=config)
+            cfg = command_config(dataset, preset, set_, artifacts, video_root, video_list, config)
             path = export_bundle(cfg, ArtifactStore(cfg.artifacts), out, checkpoint)
             typer.echo(f"export: bundle written to {path}")
 
