@@ -11,6 +11,7 @@ tasks through the chosen task runner: threads in-process (default), a Dask clust
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,6 +33,26 @@ __all__ = ["fsar", "ALL_STAGES", "StageFailed", "run_stages"]
 ALL_STAGES = tuple(s.name for s in PIPELINE)
 # Where a retry helps: LLM calls (rate limits, a server that restarts) and I/O.
 RETRIES = {"descriptions": 2, "frames": 1, "embeddings": 1, "train": 0, "prefix": 1, "evaluate": 0}
+
+
+class _FailedRunInOneLine(logging.Filter):
+    """Prefect's engine logs a flow run that ended Failed as "Engine execution exited with unexpected exception"
+    plus the traceback of re-raising that state (FailedRun) -- in a worker's log, 30 lines of Prefect internals
+    under the reason, which the run's state message and the line before already give. For FailedRun only (a run
+    that returned a Failed state: bad input, one line) the record keeps its line and loses the traceback; a
+    flow that raised (a bug) keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "FailedRun" and type(exc).__module__ == "prefect.exceptions":
+            record.msg, record.args = f"{record.getMessage()}: {one_line(exc)}", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_FLOW_RUN_LOGGER = logging.getLogger("prefect.flow_runs")
+if not any(isinstance(f, _FailedRunInOneLine) for f in _FLOW_RUN_LOGGER.filters):
+    _FLOW_RUN_LOGGER.addFilter(_FailedRunInOneLine())
 
 
 class StageFailed(FsarError):

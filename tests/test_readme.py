@@ -205,7 +205,8 @@ def prefect_server(tmp_path):
 @pytest.mark.server
 def test_deployment_with_the_demo_preset_completes_through_a_worker(prefect_server, tiny_presets, tmp_path):
     """make deploy, prefect deployment run fsar/full ... -p preset=demo, make worker-once: COMPLETED, although the
-    LLM's first answer for one class does not parse (the demo preset asks again)."""
+    LLM's first answer for one class does not parse (the demo preset asks again); then a run where a class never
+    gets a usable answer ends Failed with the one-line reason, and the worker's log holds no traceback."""
     import httpx
 
     api, home = prefect_server
@@ -221,13 +222,28 @@ def test_deployment_with_the_demo_preset_completes_through_a_worker(prefect_serv
         run_sequence("run-file", work, env, {README_LLM: llm.url}, upto=1)  # the synthetic videos the README starts from
         out = run_sequence("deployment", work, env, {README_PREFECT: api})
         assert [e["behaviour"] for e in llm.log if e["action"] == "moving up"] == ["malformed", "ok"]
-    assert "fsar/full" in out
-    runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
-    deployed = [r for r in runs if r.get("deployment_id")]
-    assert [r["state"]["type"] for r in deployed] == ["COMPLETED"], [(r["name"], r["state"]) for r in runs]
-    assert deployed[0]["parameters"]["preset"] == "demo"
-    from pipeline import artifacts
+        assert "fsar/full" in out
+        runs = httpx.post(f"{api}/flow_runs/filter", json={}, timeout=10).json()
+        deployed = [r for r in runs if r.get("deployment_id")]
+        assert [r["state"]["type"] for r in deployed] == ["COMPLETED"], [(r["name"], r["state"]) for r in runs]
+        assert deployed[0]["parameters"]["preset"] == "demo" and deployed[0]["parameters"]["video_root"] == str(work / "videos")
+        from pipeline import artifacts
 
-    ev = artifacts.load("evaluate", "synthetic", root=str(work / "deployed"))
-    assert set(ev["method"]) >= {"task_adapter_pp"}
-    assert json.loads(json.dumps(deployed[0]["parameters"]))["video_root"] == str(work / "videos")
+        ev = artifacts.load("evaluate", "synthetic", root=str(work / "deployed"))
+        assert set(ev["method"]) >= {"task_adapter_pp"}
+
+        # A class the LLM never answers usably: the run ends Failed with the one line, and no traceback in the worker's log.
+        llm.script["moving down"] = ["malformed"] * 9
+        env = {**env, "PREFECT_API_URL": api}
+        params = ["-p", "dataset=synthetic", "-p", f"video_root={work / 'videos'}", "-p", f"artifacts={work / 'failing'}", "-p", "preset=demo",
+                  "--param", "overrides=" + json.dumps(["descriptions.max_attempts=2"])]  # fmt: skip
+        for cmd in (["prefect", "deployment", "run", "fsar/full", *params], ["make", "worker-once"]):
+            res = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+            assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+        log = res.stdout + res.stderr
+        assert "Traceback" not in log, log[-6000:]
+        assert "no usable answer for 1 of 24 classes: test/'moving down'" in log
+    runs = httpx.post(f"{api}/flow_runs/filter", json={"sort": "START_TIME_DESC"}, timeout=10).json()
+    failed = [r for r in runs if r.get("deployment_id") and r["state"]["type"] == "FAILED"]
+    assert len(failed) == 1 and failed[0]["state"]["message"].startswith("descriptions: no usable answer for 1 of 24 classes"), runs
+    assert "\n" not in failed[0]["state"]["message"] and "'moving down'" in failed[0]["state"]["message"]

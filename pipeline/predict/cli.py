@@ -1,7 +1,10 @@
 """`fsar export` and `fsar predict` (registered on the main app by `register(app)`).
 
-    fsar export --dataset synthetic --out bundles/demo
-    fsar predict --model bundles/demo --backbone open_clip.pt --support my_support/ --query q1.mp4 q2.mp4 --out predictions.csv
+    fsar export --dataset synthetic --out bundles/demo          # or the run file's settings: fsar export --out bundles/demo
+    fsar predict --model bundles/demo --support my_support/ --query q1.mp4 q2.mp4 --out predictions.csv
+
+Options and the error guard come from `pipeline.cli_common` (this module never imports `pipeline.cli`);
+pandas and the model load inside the commands.
 """
 
 import time  # no `from __future__ import annotations`: typer reads the commands' annotations, defined inside register()
