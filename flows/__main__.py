@@ -1,10 +1,12 @@
 """Run a flow in-process (Prefect's local API; no server to start).
 
-    python -m flows full --dataset D [--preset P] [--video-root DIR] [--artifacts ROOT] [--set k=v ...] [--stages a,b]
-                         [--input STAGE=VERSION ...] [--task-runner local|dask|ray] [--dask-address HOST:PORT]
-    python -m flows demo [--artifacts ROOT] [--set k=v ...]
+    python -m flows full [--config FILE] [--dataset D] [--preset P] [--video-root DIR] [--artifacts ROOT] [--set k=v ...]
+                         [--stages a,b] [--input STAGE=VERSION ...] [--task-runner local|dask|ray] [--dask-address HOST:PORT]
+    python -m flows demo [--config FILE] [--artifacts ROOT] [--set k=v ...]
 
-`make full` and `make demo` call this. A typer app, like the `fsar` CLI.
+`make full` and `make demo` call this. A typer app, like the `fsar` CLI, with its options and error
+guard (`pipeline.cli_common`): settings are preset < run file (`--config`, else ./fsar.yaml) < options, and
+a run that fails on bad input is one `error:` line and exit code 2.
 """
 
 from __future__ import annotations
@@ -16,20 +18,27 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli import APP_SETTINGS
+from pipeline.cli_common import APP_SETTINGS, ArtifactsOpt, ConfigOpt, DatasetOpt, InputOpt, PresetOpt, SetOpt, VideoListOpt, VideoRootOpt, guarded
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(name="python -m flows", help="Run the fsar flow (full) or the offline demo in-process.", **APP_SETTINGS)
-
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="config override key=value (repeatable)")]
-ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", help="artifact root: a local folder or file:// URL")]
 
 
 class TaskRunner(str, Enum):
     local = "local"
     dask = "dask"
     ray = "ray"
+
+
+def _run_file(config: str | None) -> str | None:
+    """The run file the flow reads (checked here, so a wrong path is one line before Prefect starts)."""
+    from pipeline.runfile import find_run_file
+
+    path = find_run_file(config)
+    if path is not None:
+        typer.echo(f"[fsar] settings from run file {path}", err=True)
+    return str(path) if path is not None else None
 
 
 def _prepare(overrides: list[str] | None) -> list[str]:
@@ -44,44 +53,56 @@ def _prepare(overrides: list[str] | None) -> list[str]:
 
 @app.command()
 def full(
-    dataset: Annotated[str, typer.Option("--dataset", help="dataset name")] = "synthetic",
-    preset: Annotated[str | None, typer.Option("--preset", help="preset name or YAML path")] = None,
-    video_root: Annotated[str | None, typer.Option("--video-root", help="folder holding the dataset's videos")] = None,
-    video_list: Annotated[str | None, typer.Option("--video-list", help="custom dataset: CSV with path,label,split")] = None,
+    dataset: DatasetOpt = None,
+    preset: PresetOpt = None,
+    video_root: VideoRootOpt = None,
+    video_list: VideoListOpt = None,
     artifacts: ArtifactsOpt = None,
     set_: SetOpt = None,
     stages: Annotated[str | None, typer.Option("--stages", help="comma-separated subset of the stages")] = None,
     task_runner: Annotated[TaskRunner, typer.Option("--task-runner", help="where the frames units run")] = TaskRunner.local,
     dask_address: Annotated[str | None, typer.Option("--dask-address", help="scheduler of an existing Dask cluster")] = None,
-    input_: Annotated[list[str] | None, typer.Option("--input", help="pin an upstream artifact: STAGE=VERSION (repeatable)")] = None,
+    input_: InputOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Every stage in order as one Prefect flow run; prints each stage's version."""
-    overrides = _prepare(set_)
-    from flows.fsar import fsar
 
-    versions = fsar(
-        dataset=dataset,
-        preset=preset,
-        video_root=os.path.abspath(video_root) if video_root else None,
-        video_list=os.path.abspath(video_list) if video_list else None,
-        artifacts=artifacts,
-        overrides=overrides,
-        stages=stages.split(",") if stages else None,
-        task_runner=task_runner.value,
-        dask_address=dask_address,
-        inputs=list(input_ or []),
-    )
-    for stage, version in versions.items():
-        typer.echo(f"{stage}: {version}")
+    def go() -> None:
+        run_file = _run_file(config)
+        overrides = _prepare(set_)
+        from flows.fsar import fsar
+
+        versions = fsar(
+            dataset=dataset,
+            preset=preset,
+            video_root=os.path.abspath(video_root) if video_root else None,
+            video_list=os.path.abspath(video_list) if video_list else None,
+            artifacts=artifacts,
+            overrides=overrides,
+            stages=stages.split(",") if stages else None,
+            task_runner=task_runner.value,
+            dask_address=dask_address,
+            inputs=list(input_ or []),
+            config=run_file,
+        )
+        for stage, version in versions.items():
+            typer.echo(f"{stage}: {version}")
+
+    guarded(go)
 
 
 @app.command()
-def demo(artifacts: ArtifactsOpt = None, set_: SetOpt = None) -> None:
-    """The offline demo flow (synthetic data, the demo preset)."""
-    overrides = _prepare(set_)
-    from flows.demo import demo as run_demo
+def demo(artifacts: ArtifactsOpt = None, set_: SetOpt = None, config: ConfigOpt = None) -> None:
+    """The offline demo flow (synthetic data, the demo preset; a run file gives its artifact root and --set options)."""
 
-    run_demo(artifacts=artifacts, overrides=overrides)
+    def go() -> None:
+        run_file = _run_file(config)
+        overrides = _prepare(set_)
+        from flows.demo import demo as run_demo
+
+        run_demo(artifacts=artifacts, overrides=overrides, config=run_file)
+
+    guarded(go)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,11 +21,15 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from prefect.states import Failed, State
+
 from flows.fsar import ALL_STAGES, run_stages
 from pipeline.artifacts import ArtifactRef, ArtifactStore
-from pipeline.cli import build_config
-from pipeline.secrets import restore_overrides
+from pipeline.cli_common import one_line
 from pipeline.config import Config
+from pipeline.errors import FsarError
+from pipeline.runfile import build_config, find_run_file
+from pipeline.secrets import restore_overrides
 
 __all__ = ["demo", "CORPORA"]
 
@@ -66,10 +70,20 @@ def combined(store: ArtifactStore, evaluations: dict[str, ArtifactRef]) -> Artif
 
 
 @flow(name="fsar-demo", log_prints=True)
-def demo(artifacts: str | None = None, corpora: list[str] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The offline demo; returns the evaluation summaries by corpus."""
+def demo(artifacts: str | None = None, corpora: list[str] | None = None, overrides: list[str] | None = None,
+         config: str | None = None) -> dict[str, Any] | State:
+    """The offline demo; returns the evaluation summaries by corpus (a run file, `config` or ./fsar.yaml, may give
+    the artifact root and `set:` options; the dataset, preset and video folder are the demo's own)."""
+    try:
+        return _demo(artifacts, corpora, overrides, config)
+    except FsarError as exc:
+        get_run_logger().error("%s", one_line(exc))
+        return Failed(message=one_line(exc))
+
+
+def _demo(artifacts: str | None, corpora: list[str] | None, overrides: list[str] | None, config: str | None) -> dict[str, Any]:
     logger = get_run_logger()
-    base = build_config("synthetic", "demo", restore_overrides(overrides or []), artifacts)
+    base = build_config("synthetic", "demo", restore_overrides(overrides or []), artifacts, run_file=find_run_file(config), strict=True)
     store = ArtifactStore(base.artifacts)
     video_root = synthetic_videos(base, str(Path(store.root) / "synthetic-videos"))
     base = base.override(f"dataset.video_root={video_root}")
@@ -151,7 +165,7 @@ def predict_demo(base: Config, store: ArtifactStore, video_root: str, train: Art
     print(f"[fsar] model bundle of the {corpus} run: {bundle}")
     t0 = time.perf_counter()
     df = predict_videos(bundle, support, [str(q) for q in queries], root / "predict-demo" / "predictions.csv",
-                        backbone=cfg.model.pretrained, device="cpu", artifacts=str(root))
+                        device="cpu", artifacts=str(root))  # the bundle holds its (small) backbone file
     seconds = time.perf_counter() - t0
     right = sum(p == truth[Path(q).parent.name] for q, p in zip(df["query"], df["prediction"]))
     print(f"[fsar] predict on {len(df)} held-out clips of the {len(queries)} test classes ({PREDICT_SHOTS} support clips each): "
@@ -159,7 +173,7 @@ def predict_demo(base: Config, store: ArtifactStore, video_root: str, train: Art
           f"loading and support encoding")
     query_args = " ".join(f"'{q}'" for q in queries)
     print("[fsar] the same from the command line:\n"
-          f"  fsar predict --model {bundle} --backbone {cfg.model.pretrained} --support {support} --query {query_args} "
+          f"  fsar predict --model {bundle} --support {support} --query {query_args} "
           f"--out predictions.csv")
     return {"bundle": str(bundle), "queries": len(df), "correct": int(right), "seconds": seconds}
 

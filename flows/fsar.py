@@ -11,31 +11,69 @@ tasks through the chosen task runner: threads in-process (default), a Dask clust
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect import flow, get_run_logger, task, unmapped
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore
-from pipeline.cli import build_config
+from pipeline.cli_common import one_line
 from pipeline.config import Config
+from pipeline.errors import FsarError
+from pipeline.runfile import find_run_file, resolve
 from pipeline.secrets import restore_overrides
 from pipeline.stages import PIPELINE, parse_pins, resolve_inputs, run_stage
 
-__all__ = ["fsar", "ALL_STAGES", "run_stages"]
+__all__ = ["fsar", "ALL_STAGES", "StageFailed", "run_stages"]
 
 ALL_STAGES = tuple(s.name for s in PIPELINE)
 # Where a retry helps: LLM calls (rate limits, a server that restarts) and I/O.
 RETRIES = {"descriptions": 2, "frames": 1, "embeddings": 1, "train": 0, "prefix": 1, "evaluate": 0}
 
 
+class _FailedRunInOneLine(logging.Filter):
+    """Prefect's engine logs a flow run that ended Failed as "Engine execution exited with unexpected exception"
+    plus the traceback of re-raising that state (FailedRun) -- in a worker's log, 30 lines of Prefect internals
+    under the reason, which the run's state message and the line before already give. For FailedRun only (a run
+    that returned a Failed state: bad input, one line) the record keeps its line and loses the traceback; a
+    flow that raised (a bug) keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ == "FailedRun" and type(exc).__module__ == "prefect.exceptions":
+            record.msg, record.args = f"{record.getMessage()}: {one_line(exc)}", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_FLOW_RUN_LOGGER = logging.getLogger("prefect.flow_runs")
+if not any(isinstance(f, _FailedRunInOneLine) for f in _FLOW_RUN_LOGGER.filters):
+    _FLOW_RUN_LOGGER.addFilter(_FailedRunInOneLine())
+
+
+class StageFailed(FsarError):
+    """A stage task ended Failed on bad input; the message is its one line (the flow ends Failed with it)."""
+
+
+def _retry_unless_refused(task: Any, task_run: Any, state: State) -> bool:
+    """Retry a stage that raised (I/O, a server that restarts), never one that refused its input (it would again)."""
+    return _raised(state)
+
+
 def _stage_task(name: str):
-    @task(name=name, retries=RETRIES[name], retry_delay_seconds=10, cache_policy=NO_CACHE, log_prints=True)
-    def stage_task(cfg: Config, inputs: dict[str, ArtifactRef], **kwargs: Any) -> ArtifactRef:
+    @task(name=name, retries=RETRIES[name], retry_delay_seconds=10, retry_condition_fn=_retry_unless_refused, cache_policy=NO_CACHE,
+          log_prints=True)  # fmt: skip
+    def stage_task(cfg: Config, inputs: dict[str, ArtifactRef], **kwargs: Any) -> ArtifactRef | State:
         logger = get_run_logger()
-        ref = run_stage(name, cfg, inputs, **kwargs)
+        try:
+            ref = run_stage(name, cfg, inputs, **kwargs)
+        except FsarError as exc:  # bad input: one line in the log and the state, no traceback, no retry
+            line = one_line(exc)
+            return Failed(message=line if line.startswith(f"{name}:") else f"{name}: {line}")
         logger.info("%s: %s %s", name, "skipped, artifact exists:" if ref.skipped else "built", ref)
         from flows.stage_artifacts import publish_stage_artifact
 
@@ -67,25 +105,44 @@ def _task_runner(kind: str, dask_address: str | None):
         try:
             from prefect_dask import DaskTaskRunner
         except ImportError:
-            raise RuntimeError("task_runner='dask' needs prefect-dask: pip install 'fsar[dask]'") from None
+            raise StageFailed("task_runner='dask' needs prefect-dask: pip install 'fsar[dask]'") from None
         return DaskTaskRunner(address=dask_address) if dask_address else DaskTaskRunner(cluster_kwargs={"n_workers": 2, "threads_per_worker": 1})
     if kind == "ray":
         try:
             from prefect_ray import RayTaskRunner
         except ImportError:
-            raise RuntimeError("task_runner='ray' needs prefect-ray: pip install 'fsar[ray]'") from None
+            raise StageFailed("task_runner='ray' needs prefect-ray: pip install 'fsar[ray]'") from None
         return RayTaskRunner()
-    raise ValueError(f"unknown task_runner {kind!r}; choose local, dask or ray")
+    raise StageFailed(f"unknown task_runner {kind!r}; choose local, dask or ray")
 
 
 @flow(name="frames-units", log_prints=True)
-def frames_subflow(cfg: Config, inputs: dict[str, ArtifactRef]) -> ArtifactRef:
-    return STAGE_TASKS["frames"](cfg, inputs, map_units=prefect_map_units)
+def frames_subflow(cfg: Config, inputs: dict[str, ArtifactRef]) -> ArtifactRef | State:
+    state = STAGE_TASKS["frames"](cfg, inputs, map_units=prefect_map_units, return_state=True)
+    if state.is_failed() and not _raised(state):
+        return Failed(message=state.message)  # the task's one line, as this subflow's state
+    return state.result()
+
+
+def _result(state: State) -> Any:
+    """A finished task's (or subflow's) result; one that failed on bad input stops the flow with its one-line message."""
+    if state.is_failed() and not _raised(state):
+        raise StageFailed(state.message or "a stage failed")
+    return state.result()
+
+
+def _raised(state: State) -> bool:
+    """Whether a failed state holds an exception (a bug, or I/O: re-raised with its traceback) rather than the
+    one-line message of a stage that refused its input (data None)."""
+    data = state.data
+    if data is None:
+        return False
+    return getattr(data, "result", data) is not None  # a persisted ResultRecord holds the value (the exception)
 
 
 @flow(name="fsar", log_prints=True)
 def fsar(
-    dataset: str = "synthetic",
+    dataset: str | None = None,
     preset: str | None = None,
     video_root: str | None = None,
     video_list: str | None = None,
@@ -95,17 +152,32 @@ def fsar(
     task_runner: str = "local",
     dask_address: str | None = None,
     inputs: list[str] | None = None,
-) -> dict[str, str]:
+    config: str | None = None,
+) -> dict[str, str] | State:
     """Run the pipeline's stages in order for a dataset; returns {stage: artifact version}.
 
-    `overrides` are `key=value` config overrides (secrets in them are masked by `python -m flows`
-    before Prefect stores the parameters, and restored here); `inputs` pins upstream versions."""
+    Settings: the preset < the run file (`config`, else `fsar.yaml` in the flow's working folder when it
+    exists) < these parameters. `overrides` are `key=value` config overrides (secrets in them are masked by
+    `python -m flows` before Prefect stores the parameters, and restored here); `inputs` pins upstream
+    versions. Bad input (a missing upstream, an LLM without a usable answer, ...) ends the run Failed with
+    one line as its state message."""
+    try:
+        return _full(dataset, preset, video_root, video_list, artifacts, overrides, stages, task_runner, dask_address, inputs, config)
+    except FsarError as exc:
+        get_run_logger().error("%s", one_line(exc))
+        return Failed(message=one_line(exc))
+
+
+def _full(dataset, preset, video_root, video_list, artifacts, overrides, stages, task_runner, dask_address, inputs, config) -> dict[str, str]:
     logger = get_run_logger()
-    cfg = build_config(dataset, preset, restore_overrides(overrides or []), artifacts, video_root, video_list)
+    run_file = find_run_file(config)
+    if run_file is not None:
+        logger.info("settings from run file %s", run_file)
+    cfg = resolve(dataset, preset, restore_overrides(overrides or []), artifacts, video_root, video_list, run_file, strict=True).config
     chosen = list(stages or ALL_STAGES)
     unknown = [s for s in chosen if s not in ALL_STAGES]
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; choose from {list(ALL_STAGES)}")
+        raise StageFailed(f"unknown stage(s) {unknown}; choose from {list(ALL_STAGES)}")
     refs = run_stages(cfg, chosen, task_runner, dask_address, parse_pins(inputs))
     store = ArtifactStore(cfg.artifacts)
     _publish_outcome(cfg, refs, store)
@@ -127,9 +199,9 @@ def run_stages(cfg: Config, chosen: Sequence[str], task_runner: str = "local", d
         if name == "frames":
             runner = _task_runner(task_runner, dask_address)
             sub = frames_subflow if runner is None else frames_subflow.with_options(task_runner=runner)
-            refs[name] = sub(cfg, inputs)
+            refs[name] = _result(sub(cfg, inputs, return_state=True))
         else:
-            refs[name] = STAGE_TASKS[name](cfg, inputs)
+            refs[name] = _result(STAGE_TASKS[name](cfg, inputs, return_state=True))
     return refs
 
 

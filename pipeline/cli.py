@@ -1,8 +1,11 @@
-"""`fsar <stage> --dataset NAME [--preset NAME] [--set key=value ...] [--artifacts ROOT]`.
+"""`fsar <stage> [--config FILE] [--dataset NAME] [--preset NAME] [--set key=value ...] [--artifacts ROOT]`.
 
-The Makefile calls this. Every stage command builds a Config and runs the stage through the registry
+The Makefile calls this. Every stage command builds a Config (preset < run file < command line, see
+`pipeline.runfile`; `fsar config` shows each value's origin) and runs the stage through the registry
 (`pipeline.stages`) on exactly the upstream versions that config implies (`fsar plan` shows them;
 `--input STAGE=VERSION` pins one). `fsar verify` checks whole artifacts against their manifests.
+Options, config building and the error guard are shared with `pipeline.predict.cli` through
+`pipeline.cli_common`; heavy modules (torch, pandas, the stages) load inside the commands that use them.
 """
 
 from __future__ import annotations
@@ -10,108 +13,50 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from pipeline.config import Config, ConfigError, list_presets, load_config, parse_overrides
-from pipeline.errors import FsarError, os_error_message
-from pipeline.stage import StageError
-from pipeline.stages import STAGES, parse_pins, plan, resolve_inputs, run_stage
+from pipeline.cli_common import (
+    APP_SETTINGS,
+    ArtifactsOpt,
+    ConfigOpt,
+    DatasetOpt,
+    InputOpt,
+    PresetOpt,
+    SetOpt,
+    VideoListOpt,
+    VideoRootOpt,
+    command_config,
+    command_resolved,
+    fail,
+    guarded,
+)
+from pipeline.runfile import build_config, flag_overrides
 
 __all__ = ["APP_SETTINGS", "app", "build_config", "flag_overrides", "run_stage"]
 
-APP_SETTINGS: dict[str, Any] = {"no_args_is_help": True, "add_completion": False, "pretty_exceptions_enable": False}  # fsar and `python -m flows`
-app = typer.Typer(name="fsar", help="Few-shot action recognition with Task-Adapter++: one command per pipeline stage.", **APP_SETTINGS)
-
-DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="dataset name (see `fsar datasets`)")]
-PresetOpt = Annotated[
-    str | None, typer.Option("--preset", "-p", help="preset in pipeline/configs/ (`fsar presets`; default: the dataset's own, if any) or a YAML path")
-]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="config override key=value (repeatable)")]
-ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", help="artifact root: a local folder or file:// URL")]
-InputOpt = Annotated[
-    list[str] | None, typer.Option("--input", help="pin an upstream artifact: STAGE=VERSION (repeatable; default: what the config implies)")
-]
-VideoRootOpt = Annotated[str | None, typer.Option("--video-root", help="folder holding the dataset's videos")]
-VideoListOpt = Annotated[str | None, typer.Option("--video-list", help="custom dataset: CSV with path,label,split")]
+app = typer.Typer(
+    name="fsar",
+    help="Few-shot action recognition with Task-Adapter++: one command per pipeline stage. "
+    "Settings: preset < run file (--config FILE, default ./fsar.yaml) < command line; `fsar config` shows where each came from.",
+    **APP_SETTINGS,
+)
 
 
-def build_config(
-    dataset: str | None,
-    preset: str | None = None,
-    overrides: list[str] | None = None,
-    artifacts: str | None = None,
-    video_root: str | None = None,
-    video_list: str | None = None,
-) -> Config:
-    """Preset (default: the dataset's own preset if one exists, else the demo for `synthetic`, else defaults) + overrides.
 
-    A flag and a `--set` for the same key must agree (a one-line error otherwise, never a silent winner).
-    """
-    if preset is None and dataset is not None:
-        preset = dataset if dataset in list_presets() else ("demo" if dataset == "synthetic" else None)
-    sets: dict[str, Any] = {}
-    if dataset is not None:
-        sets["dataset.name"] = dataset
-    if video_root is not None:
-        sets["dataset.video_root"] = str(Path(video_root).expanduser().resolve())
-    if video_list is not None:
-        sets["dataset.video_list"] = str(Path(video_list).expanduser().resolve())
-    if artifacts is not None:
-        sets["artifacts"] = artifacts
-    flags = dict(sets)
-    plain = []  # --set items; `flag:key=value` items are a command flag's value (see `flag_overrides`)
-    for item in overrides or []:
-        if item.startswith(_FLAG):
-            flags.update(parse_overrides([item[len(_FLAG):]]))
-        else:
-            plain.append(item)
-    given = parse_overrides(plain)
-    for key, value in flags.items():
-        if key in given and not _same(given[key], value):
-            raise ConfigError(f"the command's flag gives {key}={value!r} but --set gives {key}={given[key]!r}; give one of them")
-    cfg = load_config(preset, overrides=sets).override({k: v for k, v in flags.items() if k not in sets}, *plain)
-    from pipeline.datasets import DatasetError, list_datasets
+def run_stage(name: str, cfg: Any, inputs: Any = None, **kwargs: Any) -> Any:
+    """`pipeline.stages.run_stage` (imported when a stage runs, not when the CLI starts)."""
+    from pipeline.stages import run_stage as run
 
-    if cfg.dataset.name not in list_datasets():
-        raise DatasetError(f"unknown dataset {cfg.dataset.name!r}; choose one of {', '.join(list_datasets())}")
-    return cfg
+    return run(name, cfg, inputs, **kwargs)
 
 
-_FLAG = "flag:"
-
-
-def flag_overrides(pairs: Any) -> list[str]:
-    """Overrides that come from a command's own flags ((key, value) pairs; None values are skipped), marked so
-    `build_config` can tell them from `--set` items and refuse a disagreement."""
-    return [f"{_FLAG}{k}={v}" for k, v in pairs if v is not None]
-
-
-def _same(a: Any, b: Any) -> bool:
-    return a == b or str(a) == str(b)
-
-
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def _guarded(fn: Callable[[], Any]) -> Any:
-    """Run a command body; any FsarError (bad input, broken artifact) or OSError (no space, permission denied,
-    a read-only disk, ...) is one line on stderr and exit 2."""
-    try:
-        return fn()
-    except FsarError as exc:
-        _fail(exc)
-    except OSError as exc:
-        _fail(FsarError(os_error_message(exc)))
-
-
-def _run(name: str, cfg: Config, inputs: list[str] | None) -> Any:
+def _run(name: str, cfg: Any, inputs: list[str] | None) -> Any:
     """Run stage `name` through the registry with `--input` pins; prints and returns its reference."""
+    from pipeline.stages import parse_pins
+
     ref = run_stage(name, cfg, pins=parse_pins(inputs))
     typer.echo(f"{name}: {ref}")
     return ref
@@ -119,18 +64,19 @@ def _run(name: str, cfg: Config, inputs: list[str] | None) -> Any:
 
 def _stage_command(name: str, help_text: str) -> None:
     def command(
-        dataset: DatasetOpt,
+        dataset: DatasetOpt = None,
         preset: PresetOpt = None,
         set_: SetOpt = None,
         artifacts: ArtifactsOpt = None,
         video_root: VideoRootOpt = None,
         video_list: VideoListOpt = None,
         input_: InputOpt = None,
+        config: ConfigOpt = None,
     ) -> None:
         def go() -> None:
-            _run(name, build_config(dataset, preset, set_, artifacts, video_root, video_list), input_)
+            _run(name, command_config(dataset, preset, set_, artifacts, video_root, video_list, config), input_)
 
-        _guarded(go)
+        guarded(go)
 
     command.__doc__ = help_text
     app.command(name=name)(command)
@@ -143,12 +89,13 @@ _stage_command("prefix", "Store the frozen vision-prefix states of every video o
 
 @app.command("descriptions")
 def descriptions_cmd(
-    dataset: DatasetOpt,
+    dataset: DatasetOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     artifacts: ArtifactsOpt = None,
     video_root: VideoRootOpt = None,
     video_list: VideoListOpt = None,
+    config: ConfigOpt = None,
     llm: Annotated[str | None, typer.Option("--llm", help="backend: auto (default: openai if a key or base URL is set, else local) | openai | vllm | local | file")] = None,
     model: Annotated[str | None, typer.Option("--model", help="model name for the backend")] = None,
     base_url: Annotated[str | None, typer.Option("--base-url", help="OpenAI-compatible endpoint URL")] = None,
@@ -157,41 +104,44 @@ def descriptions_cmd(
     """Write ordered sub-action descriptions for every class with an LLM."""
 
     def go() -> None:
-        extra = flag_overrides((f"descriptions.{k}", v) for k, v in (("backend", llm), ("model", model), ("base_url", base_url), ("corpus", corpus)))
-        _run("descriptions", build_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list), None)
+        corpus_file = str(Path(corpus).expanduser().resolve()) if corpus else None
+        extra = flag_overrides((f"descriptions.{k}", v) for k, v in (("backend", llm), ("model", model), ("base_url", base_url), ("corpus", corpus_file)))
+        _run("descriptions", command_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list, config), None)
 
-    _guarded(go)
+    guarded(go)
 
 
 @app.command("train")
 def train_cmd(
-    dataset: DatasetOpt,
+    dataset: DatasetOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     artifacts: ArtifactsOpt = None,
     video_root: VideoRootOpt = None,
     video_list: VideoListOpt = None,
     input_: InputOpt = None,
+    config: ConfigOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue a killed run from its last checkpoint")] = False,
 ) -> None:
     """Train Task-Adapter++ adapters on episodes of the train split."""
 
     def go() -> None:
         extra = flag_overrides([("train.resume", True if resume else None)])
-        _run("train", build_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list), input_)
+        _run("train", command_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list, config), input_)
 
-    _guarded(go)
+    guarded(go)
 
 
 @app.command("evaluate")
 def evaluate_cmd(
-    dataset: DatasetOpt,
+    dataset: DatasetOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     artifacts: ArtifactsOpt = None,
     video_root: VideoRootOpt = None,
     video_list: VideoListOpt = None,
     input_: InputOpt = None,
+    config: ConfigOpt = None,
     checkpoint: Annotated[
         str | None, typer.Option("--checkpoint", help="checkpoint file (default: best.pt of the train artifact this config implies)")
     ] = None,
@@ -201,39 +151,45 @@ def evaluate_cmd(
     """Evaluate on seeded few-shot episodes of the test split."""
 
     def go() -> None:
+        from pipeline.stages import STAGES, parse_pins, resolve_inputs
+
         checkpoint_file = str(Path(checkpoint).expanduser().resolve()) if checkpoint else None
         extra = flag_overrides((f"evaluate.{k}", v) for k, v in (("checkpoint", checkpoint_file), ("episodes", episodes), ("shot", shots)))
-        cfg = build_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list)
+        cfg = command_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list, config)
         pins = parse_pins(input_)
         if STAGES["prefix"].enabled(cfg) and "prefix" not in pins:  # the vision prefix it reads (skipped if it exists)
             ref = run_stage("prefix", cfg, resolve_inputs(cfg, "prefix", pins=pins, needed_by="evaluate"))
             typer.echo(f"prefix: {ref}")
         _run("evaluate", cfg, input_)
 
-    _guarded(go)
+    guarded(go)
 
 
 @app.command("pretrain-backbone")
 def pretrain_backbone_cmd(
-    dataset: DatasetOpt = "synthetic",
+    dataset: DatasetOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     artifacts: ArtifactsOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
-    """Pre-train the demo's tiny CLIP on captioned synthetic frames (offline, a few CPU minutes)."""
+    """Pre-train the demo's tiny CLIP on captioned synthetic frames (offline, a few CPU minutes; dataset default: synthetic)."""
 
     def go() -> None:
         from pipeline.artifacts import ArtifactStore
         from pipeline.backbone import checkpoint_path, run
+        from pipeline.runfile import find_run_file, read_run_file
 
-        cfg = build_config(dataset, preset, set_, artifacts)
+        path = find_run_file(config)
+        name = dataset if dataset is not None or (path is not None and "dataset.name" in read_run_file(path).values) else "synthetic"
+        cfg = command_config(name, preset, set_, artifacts, config=config)
         ref = run(cfg, {}, ArtifactStore(cfg.artifacts))
-        path = checkpoint_path(ref)
+        ckpt = checkpoint_path(ref)
         typer.echo(f"pretrain-backbone: {ref}")
-        typer.echo(f"checkpoint: {path}")
-        typer.echo(f"use it with: --set model.clip={cfg.backbone.clip} --set model.pretrained={path}")
+        typer.echo(f"checkpoint: {ckpt}")
+        typer.echo(f"use it with: --set model.clip={cfg.backbone.clip} --set model.pretrained={ckpt}")
 
-    _guarded(go)
+    guarded(go)
 
 
 @app.command("synthetic")
@@ -257,25 +213,28 @@ def catalog_cmd(artifacts: ArtifactsOpt = None) -> None:
     """List every artifact (a broken one with its problem)."""
     from pipeline.artifacts import catalog
 
-    df = _guarded(lambda: catalog(artifacts))
+    df = guarded(lambda: catalog(artifacts))
     typer.echo(df.to_string(index=False) if len(df) else "no artifacts")
 
 
 @app.command("plan")
 def plan_cmd(
-    dataset: DatasetOpt,
+    dataset: DatasetOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     artifacts: ArtifactsOpt = None,
     video_root: VideoRootOpt = None,
     video_list: VideoListOpt = None,
     input_: InputOpt = None,
+    config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON list instead of a table")] = False,
 ) -> None:
     """Show the pipeline a config implies: each stage's version, its inputs' versions, and exists / build / blocked."""
 
     def go() -> None:
-        cfg = build_config(dataset, preset, set_, artifacts, video_root, video_list)
+        from pipeline.stages import parse_pins, plan
+
+        cfg = command_config(dataset, preset, set_, artifacts, video_root, video_list, config)
         planned = plan(cfg, pins=parse_pins(input_))
         if as_json:
             typer.echo(json.dumps([p.to_dict() for p in planned], indent=2))
@@ -286,7 +245,7 @@ def plan_cmd(
             note = f"  ({p.reason})" if p.reason else ""
             typer.echo(f"{p.stage:<{width}}  {p.version or '?':<12}  {p.status:<7}  inputs: {ins}{note}")
 
-    _guarded(go)
+    guarded(go)
 
 
 @app.command("verify")
@@ -315,7 +274,7 @@ def verify_cmd(
         if broken:
             raise typer.Exit(2)
 
-    _guarded(go)
+    guarded(go)
 
 
 @app.command("datasets")
@@ -329,18 +288,60 @@ def datasets_cmd() -> None:
 @app.command("presets")
 def presets_cmd() -> None:
     """List the config presets."""
+    from pipeline.config import list_presets
+
     typer.echo("\n".join(list_presets()))
 
 
 @app.command("config")
 def config_cmd(
-    dataset: Annotated[str | None, typer.Option("--dataset", "-d")] = None,
+    dataset: DatasetOpt = None,
     preset: PresetOpt = None,
     set_: SetOpt = None,
     artifacts: ArtifactsOpt = None,
+    video_root: VideoRootOpt = None,
+    video_list: VideoListOpt = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the resolved config as JSON (no origins)")] = False,
 ) -> None:
-    """Print the resolved config as JSON."""
-    _guarded(lambda: typer.echo(json.dumps(build_config(dataset, preset, set_, artifacts).dump(), indent=2)))
+    """Print the resolved config, each value with where it came from: default < preset < run file < command line."""
+
+    def go() -> None:
+        resolved = command_resolved(dataset, preset, set_, artifacts, video_root, video_list, config, announce=False, require_dataset=False)
+        if as_json:
+            typer.echo(json.dumps(resolved.config.dump(), indent=2))
+            return
+        typer.echo(_config_listing(resolved))
+
+    guarded(go)
+
+
+def _config_listing(resolved: Any) -> str:
+    """`key = value  # origin` for every field, under a header naming the preset and the run file."""
+    from pipeline.runfile import RUN_FILE
+
+    flat = _flat(resolved.config.dump())
+    rf = resolved.run_file
+    lines = [
+        "# precedence, lowest first: default < preset < run file < command line (flags, --set, make variables)",
+        f"# preset: {resolved.preset or 'none (field defaults)'}",
+        f"# run file: {rf.path if rf else f'none (no --config, no {RUN_FILE} in the working folder)'}",
+    ]
+    width = min(max(len(f"{k} = {json.dumps(v)}") for k, v in flat.items()), 72)
+    for key, value in flat.items():
+        text = f"{key} = {json.dumps(value)}"
+        lines.append(f"{text:<{width}}  # {resolved.origins.get(key, 'default')}")
+    return "\n".join(lines)
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 @app.command("model-info")
@@ -357,13 +358,13 @@ def model_info_cmd(
         from pipeline.model import BackboneError, model_info
 
         extra = flag_overrides([("model.clip", clip), ("model.pretrained", "null" if no_pretrained else None)])
-        cfg = build_config(dataset, preset, [*extra, *(set_ or [])])
+        cfg = build_config(dataset, preset, [*extra, *(set_ or [])], strict=True)
         try:
             typer.echo(json.dumps(model_info(cfg), indent=2))
         except (BackboneError, ValueError) as exc:
-            _fail(exc)
+            fail(exc)
 
-    _guarded(go)
+    guarded(go)
 
 
 importlib.import_module("pipeline.predict.cli").register(app)  # `fsar export`, `fsar predict`

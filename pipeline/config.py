@@ -43,6 +43,7 @@ __all__ = [
     "list_presets",
     "load_config",
     "parse_overrides",
+    "read_preset",
     "section_dict",
 ]
 
@@ -160,7 +161,7 @@ def load_config(
     """
     data: dict[str, Any] = {}
     if preset is not None:
-        data = _read_preset(preset)
+        data = read_preset(preset)
     for name, values in sections.items():
         for key, value in dict(values).items():
             _set_dotted(data, f"{name}.{key}", value)
@@ -177,7 +178,8 @@ def section_dict(cfg: BaseModel, fields: Iterable[str] | None = None) -> dict[st
     return data if fields is None else {f: data[f] for f in fields}
 
 
-def _read_preset(preset: str | os.PathLike[str]) -> dict[str, Any]:
+def read_preset(preset: str | os.PathLike[str]) -> dict[str, Any]:
+    """The raw mapping of a preset (name under `config_dir()`, or a YAML path), with its `preset` name set."""
     path = Path(preset)
     if path.suffix not in (".yaml", ".yml"):
         path = config_dir() / f"{preset}.yaml"

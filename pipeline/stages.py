@@ -224,10 +224,105 @@ def _existing(p: Planned, cfg: Any, store: ArtifactStore, needed_by: str) -> Art
             f"{needed_by} needs the {p.stage} artifact {ref.dataset}/{ref.version} that this config implies, and it is broken "
             f"({p.reason.split(': ', 1)[-1]}): move {ref.path} away or delete it, then run {hint}"
         )
-    raise StageError(
-        f"{needed_by} needs the {p.stage} artifact {cfg.dataset.name}/{p.version} that this config implies, and it does not exist; "
-        f"run {hint} first, or pin an existing one with --input {p.stage}=VERSION"
-    )
+    head = f"{needed_by} needs the {p.stage} artifact {cfg.dataset.name}/{p.version} that this config implies, and it does not exist"
+    others = _other_versions(p, cfg, store)
+    if not others:
+        raise StageError(f"{head}; run {hint} first, or pin an existing one with --input {p.stage}=VERSION")
+    raise StageError("\n".join([f"{head}.", *others, f"Or build it: run {hint}."]))
+
+
+_SHOWN_VERSIONS = 3  # other versions listed in a missing-upstream error
+_SHOWN_FIELDS = 4  # differing fields listed per version
+
+
+def _other_versions(p: Planned, cfg: Any, store: ArtifactStore) -> list[str]:
+    """Lines naming the existing versions of `p.stage` for this dataset (newest first): when each was made,
+    the fields where it differs from this run (there vs here), and the flags that would use it."""
+    try:
+        found = [m for m in store.manifests(p.stage, cfg.dataset.name) if m.get("version") != p.version]
+    except FsarError:
+        return []
+    if not found:
+        return []
+    try:  # what this run's version hashes (cheap: planning computed it already)
+        refs = {u: store.ref(u, cfg.dataset.name, v) for u, v in p.inputs.items()}
+        here = _flat_fields(p.stage, STAGES[p.stage].load().plan_fields(cfg, refs), p.inputs)
+    except Exception:  # noqa: BLE001 - the listing is a hint; never hide the real error behind another
+        here = None
+    lines = [f"Other {p.stage} versions of {cfg.dataset.name} exist under {store.root} (newest first; differences: that version vs this run):"]
+    newest = sorted(found, key=lambda m: (m.get("created", ""), m.get("version", "")), reverse=True)
+    for m in newest[:_SHOWN_VERSIONS]:
+        version, made = m.get("version", "?"), str(m.get("created", "?"))[:16].replace("T", " ")
+        there = _flat_fields(p.stage, m.get("config", {}), {k: v.get("version") for k, v in m.get("inputs", {}).items()})
+        diff = _differences(there, here) if here is not None else []
+        shown = "; ".join(f"{k}: {_short(a)} vs {_short(b)}" for k, a, b in diff[:_SHOWN_FIELDS])
+        more = f"; and {len(diff) - _SHOWN_FIELDS} more" if len(diff) > _SHOWN_FIELDS else ""
+        lines.append(f"  {version}  made {made} UTC  differs in: {shown or 'nothing this run can compare'}{more}")
+        settings = [(k, a) for k, a, _ in diff if _is_config_key(k) and not isinstance(a, (dict, list))]
+        url = (m.get("run") or {}).get("base_url")  # not hashed, but needed to reach the same server
+        if p.stage == "descriptions" and url and url != cfg.descriptions.base_url and any(k == "descriptions.backend" for k, _ in settings):
+            settings.append(("descriptions.base_url", url))
+        sets = " ".join(f"--set {k}={_value(a)}" for k, a in settings)
+        use = f"    use it: --input {p.stage}={version} (make: INPUT={p.stage}={version})"
+        lines.append(use + (f", or give the settings it was made with: {sets}" if sets else ""))
+    if len(newest) > _SHOWN_VERSIONS:
+        lines.append(f"  ... and {len(newest) - _SHOWN_VERSIONS} older (`fsar catalog` lists them)")
+    return lines
+
+
+def _flat_fields(stage: str, fields: Mapping[str, Any], inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """A version's hashed fields as dotted keys (config sections keep their name; the stage's own flat fields get
+    its name as prefix, as in `descriptions.backend`), plus `inputs.<stage>` versions."""
+    import json
+
+    from pipeline.config import Config
+
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = value
+
+    for key, value in json.loads(json.dumps(dict(fields), default=str)).items():
+        walk(key if key in Config.model_fields and isinstance(value, Mapping) else f"{stage}.{key}", value)
+    for name, version in inputs.items():
+        out[f"inputs.{name}"] = version
+    return out
+
+
+def _differences(there: Mapping[str, Any], here: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    keys = list(dict.fromkeys([*there, *here]))
+    missing = object()
+    diff = [(k, there.get(k, missing), here.get(k, missing)) for k in keys if there.get(k, missing) != here.get(k, missing)]
+    # the fields a user sets first (backend, model, ...), then the rest; inputs last
+    diff.sort(key=lambda d: (d[0].startswith("inputs."), not _is_config_key(d[0])))
+    return [(k, "(absent)" if a is missing else a, "(absent)" if b is missing else b) for k, a, b in diff]
+
+
+def _is_config_key(key: str) -> bool:
+    from pydantic import BaseModel
+
+    from pipeline.config import Config
+
+    model: Any = Config
+    for part in key.split("."):
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return False
+        model = fields[part].annotation
+    return not (isinstance(model, type) and issubclass(model, BaseModel))
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = "None" if value is None else str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _value(value: Any) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def run_stage(name: str, cfg: Any, inputs: Mapping[str, ArtifactRef] | None = None, *, pins: Mapping[str, str] | None = None,

@@ -25,6 +25,17 @@ def _refused(args: list[str], *needles: str, env: dict[str, str] | None = None) 
     return errors[0]
 
 
+def _without(args: list[str], key: str) -> list[str]:
+    """`args` less its `--set key=...` pair (a key may be given once: a second value is an error)."""
+    out: list[str] = []
+    for a in args:
+        if a.startswith(f"{key}=") and out and out[-1] == "--set":
+            out.pop()
+        else:
+            out.append(a)
+    return out
+
+
 def _published(root: Path, stage: str) -> list[Path]:
     folder = root / stage
     return [p for p in folder.rglob("manifest.json")] if folder.is_dir() else []
@@ -80,7 +91,7 @@ def test_unwritable_artifact_root(synthetic_root: Path, tiny_overrides: list[str
 
 def test_unknown_clip_model(built: tuple[list[str], Path]) -> None:
     common, root = built
-    _refused(["embeddings", *common, "--set", "model.clip=nope"], "unknown clip 'nope'")
+    _refused(["embeddings", *_without(common, "model.clip"), "--set", "model.clip=nope"], "unknown clip 'nope'")
     assert len(_published(root, "embeddings")) == 1  # only the fixture's
 
 

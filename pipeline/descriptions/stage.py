@@ -411,21 +411,36 @@ def _listing(items: Sequence[ClassItem], idx: Sequence[int], why: Mapping[int, s
     return "; ".join(shown) + more
 
 
+def no_usable_answer(items: Sequence[ClassItem], attempts: list[list[Attempt]], missing: Sequence[int], cfg: DescriptionsConfig,
+                     max_attempts: int, candidates: int, shown: int = 3) -> str:  # fmt: skip
+    """One line: the classes without any usable answer, each with its last answer and why, and what helps."""
+    parts = []
+    for i in missing[:shown]:
+        tries = [a for c in range(candidates) for a in attempts[i * candidates + c]]
+        last = tries[-1] if tries else None
+        if last is None:
+            parts.append(f"{items[i].split}/{items[i].name!r} (never asked)")
+            continue
+        why = last.completion.error or ", ".join(last.flags) or "no sentence"
+        text = " ".join(str(last.completion.text or "").split())
+        answer = f"{text[:100]!r}{'...' if len(text) > 100 else ''}" if text else "nothing"
+        parts.append(f"{items[i].split}/{items[i].name!r} after {len(tries)} answer(s), the last {answer} ({why})")
+    more = f"; and {len(missing) - shown} more" if len(missing) > shown else ""
+    return (
+        f"descriptions: no usable answer for {len(missing)} of {len(items)} classes: {'; '.join(parts)}{more}. "
+        f"What helps: a bigger model (--set descriptions.local_model=qwen2.5-coder-1.5b, or LLM=openai MODEL=...), "
+        f"more attempts (--set descriptions.max_attempts={max(2 * max_attempts, max_attempts + 2)}; now {max_attempts}), "
+        f"or your own sentences (LLM=file CORPUS=FILE, the layout of corpus.yaml). "
+        f"Answers received so far are cached: a re-run asks only for these classes"
+    )
+
+
 def _check(items: Sequence[ClassItem], attempts: list[list[Attempt]], choices: Sequence[Choice | None], cfg: DescriptionsConfig,
            max_attempts: int, candidates: int) -> list[int]:  # fmt: skip
     """Fail on classes without a usable answer (always) or without a valid one (strict); the flagged ones."""
     missing = [i for i, ch in enumerate(choices) if ch is None]
     if missing:
-        why = {}
-        for i in missing:
-            tries = [a for c in range(candidates) for a in attempts[i * candidates + c]]
-            last = tries[-1] if tries else None
-            why[i] = (last.completion.error or ", ".join(last.flags)) if last else "never asked"
-        asked = sum(len(attempts[missing[0] * candidates + c]) for c in range(candidates))
-        raise StageError(
-            f"descriptions: no usable answer for {len(missing)} of {len(items)} classes after {asked} attempt(s): "
-            f"{_listing(items, missing, why)}. Answers received so far are cached: re-running asks only for these"
-        )
+        raise StageError(no_usable_answer(items, attempts, missing, cfg, max_attempts, candidates))
     flagged = [i for i, ch in enumerate(choices) if ch is not None and not ch.valid]
     why = {i: ", ".join(choices[i].flags) for i in flagged}  # type: ignore[union-attr]
     if flagged and cfg.strict:

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
-from open_clip.transformer import ResidualAttentionBlock, TextTransformer, VisionTransformer
 from torch import nn
 
 from pipeline.errors import FsarError
+from pipeline.model.startup import import_open_clip, no_weight_init
+
+open_clip = import_open_clip()  # without torch._dynamo and timm, which fsar never uses (see startup.py)
+from open_clip.transformer import ResidualAttentionBlock, TextTransformer, VisionTransformer  # noqa: E402
 
 __all__ = ["Backbone", "BackboneError", "CLIP_CONFIG_DIR", "load_backbone", "register_clip_configs", "text_module"]
 
@@ -144,6 +146,11 @@ def _architecture(name: str) -> dict[str, Any]:
         raise BackboneError(
             f"unknown clip {name!r}; use an open_clip model name (e.g. ViT-B-16, ViT-B-32, ViT-L-14) or one registered here: {registered}"
         )
+    if arch["vision_cfg"].get("timm_model_name") or arch["text_cfg"].get("hf_model_name"):
+        raise BackboneError(
+            f"clip {name!r} has a timm or Hugging Face tower; Task-Adapter++ here adapts open_clip's own ViT and text "
+            "transformer blocks: use e.g. ViT-B-16, ViT-B-32 or ViT-L-14"
+        )
     return arch
 
 
@@ -220,7 +227,10 @@ def _create(name: str, pretrained: str | None, image_size: int, quick_gelu: bool
         with torch.device("meta"):
             return open_clip.create_model(name, **kwargs)
     try:
-        return open_clip.create_model(name, **kwargs)
+        if pretrained is None:
+            return open_clip.create_model(name, **kwargs)
+        with no_weight_init():  # every weight comes from the checkpoint (open_clip loads it with strict=True)
+            return open_clip.create_model(name, **kwargs)
     except RuntimeError as exc:
         hint = "" if is_file else " Offline, download them elsewhere and set model.pretrained to the local checkpoint file."
         raise BackboneError(f"could not load the {pretrained!r} weights of clip {name!r}: {str(exc).rstrip('.')}.{hint}") from exc

@@ -4,20 +4,26 @@
     bundle = load_bundle("bundles/demo", backbone="open_clip.pt")
     model = bundle.build_model(device="cpu", task_context="inductive")
 
-Layout (every file deterministic for the same run: sorted JSON, no times, no absolute paths):
+Layout (every file deterministic for the same run and backbone file: sorted JSON, no times; the one absolute
+path is where the backbone file was at export):
 - `bundle.json`: format_version, the resolved model and protocol config, the backbone's identity
-  (open_clip name, weights: tag or file name + sha256, activation, image size), the preprocessing
+  (open_clip name, weights: tag or file name + sha256 + the absolute path it had at export + the copy in
+  the bundle, activation, image size), the preprocessing
   (frames stage decode settings, T, eval sampling, centre crop, mean/std), the prompt templates,
   the descriptions settings and the lineage (train, embeddings, descriptions, frames versions).
 - `weights.safetensors`: the trainable parameters only (never the frozen CLIP weights).
 - `descriptions.json`: the sub-action descriptions of every class the run's descriptions artifact
   holds ({class: {display_name, split, sentences}}), so these classes need no LLM.
+- `backbone/<file>`: a copy of the backbone checkpoint file when it is at most BACKBONE_COPY_MAX_BYTES
+  (64 MiB: the demo's tiny CLIP, not ViT-B-16), so the bundle alone is enough.
 - `manifest.json` (written last): the sha256 and size of every other file of the bundle, `bundle.json`
-  included. Loading checks the bytes it uses against it and refuses a bundle whose bytes changed after
-  export (or that has no manifest), naming the file and the fix (export it again).
+  and a copied backbone included. Loading checks the bytes it uses against it and refuses a bundle whose
+  bytes changed after export (or that has no manifest), naming the file and the fix (export it again).
 
-A backbone from a file is named by its file name and sha256; loading needs that file (`backbone=`,
-else the artifact it came from under the artifact root) and refuses any other checksum.
+A backbone from a file is named by its file name and sha256. Loading takes, in order, `backbone=` (the
+`--backbone FILE` of `fsar predict`), the copy in the bundle, the file where it was at export, the
+artifact it came from under the artifact root; the first that exists must have that sha256 (another
+checksum is refused, naming the file and the fix), so a bundle works from any working folder.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from typing import Any
 
 import torch
 
-from pipeline.artifacts import ArtifactRef, ArtifactStore, sha256_file
+from pipeline.artifacts import ArtifactRef, ArtifactStore, file_fingerprint, sha256_file
 from pipeline.atomic import atomic_path
 from pipeline.config import Config, section_dict
 from pipeline.secrets import redact, redact_url
@@ -43,6 +49,8 @@ BUNDLE_FILE = "bundle.json"
 WEIGHTS_FILE = "weights.safetensors"
 DESCRIPTIONS_FILE = "descriptions.json"
 MANIFEST_FILE = "manifest.json"  # sha256 + size of every other file (bundle.json's own content included)
+BACKBONE_DIR = "backbone"  # a copy of a small backbone checkpoint file
+BACKBONE_COPY_MAX_BYTES = 64 * 1024 * 1024
 SAMPLING = "eval: the centre frame of each of T equal segments over the stored frames; centre crop; no flip"
 
 
@@ -133,7 +141,8 @@ def export_bundle(
     meta["preprocessing"]["mean"] = [float(v) for v in model.image_mean]
     meta["preprocessing"]["std"] = [float(v) for v in model.image_std]
     meta["backbone"]["quick_gelu"] = bool(model.quick_gelu)  # the activation the frozen blocks ran with
-    return _write(Path(out).expanduser(), meta, model.trainable_state_dict(), descriptions)
+    copies = {meta["backbone"]["bundled"]: Path(meta["backbone"]["path"])} if meta["backbone"].get("bundled") else {}
+    return _write(Path(out).expanduser(), meta, model.trainable_state_dict(), descriptions, copies)
 
 
 def _trained_config(ckpt: dict[str, Any], cfg: Config) -> Config:
@@ -208,7 +217,11 @@ def _backbone(model: dict[str, Any], store: ArtifactStore) -> dict[str, Any]:
         return out
     path = Path(pretrained).expanduser()
     if path.is_file():
-        out.update(weights="file", file=path.name, sha256=sha256_file(path), artifact_file=_in_store(path, store))
+        path = path.resolve()
+        small = path.stat().st_size <= BACKBONE_COPY_MAX_BYTES
+        digest = file_fingerprint(path).removeprefix("sha256:")  # hashed once per process (planning hashed it already)
+        out.update(weights="file", file=path.name, sha256=digest, artifact_file=_in_store(path, store),
+                   path=str(path), bundled=f"{BACKBONE_DIR}/{path.name}" if small else None)
     else:
         out.update(weights="tag", tag=pretrained)
     return out
@@ -272,8 +285,12 @@ def _checked_model(trained: Config, state: dict[str, torch.Tensor]):
     return model
 
 
-def _write(out: Path, meta: dict[str, Any], weights: dict[str, torch.Tensor], descriptions: dict[str, Any]) -> Path:
-    """Write into a temporary sibling folder, then rename into place (an existing bundle there is replaced)."""
+def _write(out: Path, meta: dict[str, Any], weights: dict[str, torch.Tensor], descriptions: dict[str, Any],
+           copies: dict[str, Path] | None = None) -> Path:  # fmt: skip
+    """Write into a temporary sibling folder, then rename into place (an existing bundle there is replaced);
+    `copies`: {path in the bundle: file to copy there} (a small backbone checkpoint)."""
+    import shutil
+
     from safetensors.torch import save
 
     if out.exists() and not (out / BUNDLE_FILE).is_file() and (not out.is_dir() or any(out.iterdir())):
@@ -284,6 +301,9 @@ def _write(out: Path, meta: dict[str, Any], weights: dict[str, torch.Tensor], de
         # written like the other files (save_file would create it 0600 where they are 0644 under the usual umask)
         (tmp / WEIGHTS_FILE).write_bytes(save({k: v.detach().cpu().contiguous() for k, v in sorted(weights.items())}))
         _dump_json(tmp / DESCRIPTIONS_FILE, descriptions)
+        for rel, source in (copies or {}).items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, tmp / rel)
         _dump_json(tmp / BUNDLE_FILE, meta)  # a folder without it is not a bundle
         _write_manifest(tmp)  # last: the checksums of everything above
     return out
@@ -378,7 +398,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 
 
 def _pretrained(identity: dict[str, Any], folder: Path, backbone: str | os.PathLike[str] | None, artifacts: str | None) -> str | None:
-    """The value for model.pretrained: the tag, or a backbone file whose sha256 is the bundle's."""
+    """The value for model.pretrained: the tag, or a backbone file whose sha256 is the bundle's (see the module doc)."""
     if identity.get("weights") == "tag":
         return str(identity["tag"])
     if identity.get("weights") == "random":
@@ -388,19 +408,34 @@ def _pretrained(identity: dict[str, Any], folder: Path, backbone: str | os.PathL
         path = Path(backbone).expanduser()
         if not path.is_file():
             raise BundleError(f"backbone file {str(path)!r} does not exist; pass the {name!r} this bundle was trained with (--backbone FILE)")
-    else:
-        path = _from_artifacts(identity, artifacts)
-        if path is None:
+        got = sha256_file(path)
+        if got != want:
             raise BundleError(
-                f"bundle {str(folder)!r} needs its backbone file {name!r} (sha256 {want[:12]}...), which is not under the artifact root; "
-                f"pass it with --backbone FILE"
+                f"backbone file {str(path)!r} has sha256 {got[:12]}..., the bundle was trained with {want[:12]}... ({name}); pass that file with --backbone"
             )
-    got = sha256_file(path)
-    if got != want:
-        raise BundleError(
-            f"backbone file {str(path)!r} has sha256 {got[:12]}..., the bundle was trained with {want[:12]}... ({name}); pass that file with --backbone"
-        )
-    return str(path)
+        return str(path)
+    tried = []
+    places = [
+        ("in the bundle", folder / identity["bundled"] if identity.get("bundled") else None),
+        ("where it was at export", Path(identity["path"]) if identity.get("path") else None),
+        ("under the artifact root", _from_artifacts(identity, artifacts)),
+    ]
+    for where, path in places:
+        if path is None:
+            continue
+        if not path.is_file():
+            tried.append(f"{where} ({path}) it is missing")
+            continue
+        got = sha256_file(path)
+        if got == want:
+            return str(path)
+        tried.append(f"{where} ({path}) it has changed (sha256 {got[:12]}...)")
+    seen = "; ".join(tried) if tried else "the bundle holds no copy and names no place for it"
+    raise BundleError(
+        f"bundle {str(folder)!r} needs its backbone file {name!r} (sha256 {want[:12]}...): {seen}; "
+        f"pass that file with --backbone FILE (or re-export the bundle: a backbone file up to "
+        f"{BACKBONE_COPY_MAX_BYTES // 2**20} MiB is copied into it)"
+    )
 
 
 def _from_artifacts(identity: dict[str, Any], artifacts: str | None) -> Path | None:

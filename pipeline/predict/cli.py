@@ -1,25 +1,30 @@
 """`fsar export` and `fsar predict` (registered on the main app by `register(app)`).
 
-    fsar export --dataset synthetic --out bundles/demo
-    fsar predict --model bundles/demo --backbone open_clip.pt --support my_support/ --query q1.mp4 q2.mp4 --out predictions.csv
+    fsar export --dataset synthetic --out bundles/demo          # or the run file's settings: fsar export --out bundles/demo
+    fsar predict --model bundles/demo --support my_support/ --query q1.mp4 q2.mp4 --out predictions.csv
+
+Options and the error guard come from `pipeline.cli_common` (this module never imports `pipeline.cli`);
+pandas and the model load inside the commands.
 """
 
 import time  # no `from __future__ import annotations`: typer reads the commands' annotations, defined inside register()
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 
-from pipeline.stage import StageError
+from pipeline.cli_common import ArtifactsOpt, ConfigOpt, DatasetOpt, PresetOpt, SetOpt, VideoListOpt, VideoRootOpt, command_config, fail, guarded
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["format_table", "predict_videos", "register", "write_table"]
 
 OUT_FORMATS = (".csv", ".parquet", ".pq")
 
 
-def write_table(df: pd.DataFrame, out: str | Path) -> Path:
+def write_table(df: "pd.DataFrame", out: str | Path) -> Path:
     """The prediction table as CSV, or Parquet by extension."""
     path = Path(out).expanduser()
     _check_out(path)
@@ -32,12 +37,16 @@ def write_table(df: pd.DataFrame, out: str | Path) -> Path:
 
 
 def _check_out(path: Path) -> None:
+    from pipeline.stage import StageError
+
     if path.suffix.lower() not in OUT_FORMATS:
         raise StageError(f"--out {str(path)!r}: write .csv or .parquet (got {path.suffix or 'no extension'!r})")
 
 
-def format_table(df: pd.DataFrame, classes: Sequence[str]) -> str:
+def format_table(df: "pd.DataFrame", classes: Sequence[str]) -> str:
     """What `fsar predict` prints: query, prediction, vis x sem per class, the single-factor winners (and errors)."""
+    import pandas as pd
+
     cols = ["query", "prediction", *[f"score:{c}" for c in classes], "visual_only", "semantic_only"]
     if df["error"].notna().any():
         cols.append("error")
@@ -60,7 +69,7 @@ def predict_videos(
     overrides: Sequence[str] = (),
     artifacts: str | None = None,
     echo=print,
-) -> pd.DataFrame:
+) -> "pd.DataFrame":
     """Everything `fsar predict` does, printing with `echo`; returns the table (bad queries carry an `error`)."""
     from pipeline.predict.bundle import describe_lineage
     from pipeline.predict.classifier import FewShotClassifier
@@ -88,15 +97,16 @@ def predict_videos(
 
 def register(app: typer.Typer) -> None:
     """Add the `export` and `predict` commands to the fsar app."""
-    from pipeline.cli import ArtifactsOpt, DatasetOpt, PresetOpt, SetOpt, _fail, _guarded, build_config
-
     @app.command("export")
     def export_cmd(
-        dataset: DatasetOpt,
         out: Annotated[Path, typer.Option("--out", help="bundle folder to write (replaced when it is a bundle)")],
+        dataset: DatasetOpt = None,
         preset: PresetOpt = None,
         set_: SetOpt = None,
         artifacts: ArtifactsOpt = None,
+        video_root: VideoRootOpt = None,
+        video_list: VideoListOpt = None,
+        config: ConfigOpt = None,
         checkpoint: Annotated[str | None, typer.Option("--checkpoint", help="checkpoint file (default: best of the trained run)")] = None,
     ) -> None:
         """Write a self-contained model bundle of a trained run (trainable weights, config, backbone identity, preprocessing)."""
@@ -105,11 +115,11 @@ def register(app: typer.Typer) -> None:
             from pipeline.artifacts import ArtifactStore
             from pipeline.predict.bundle import export_bundle
 
-            cfg = build_config(dataset, preset, set_, artifacts)
+            cfg = command_config(dataset, preset, set_, artifacts, video_root, video_list, config)
             path = export_bundle(cfg, ArtifactStore(cfg.artifacts), out, checkpoint)
             typer.echo(f"export: bundle written to {path}")
 
-        _guarded(go)
+        guarded(go)
 
     @app.command("predict")
     def predict_cmd(
@@ -140,9 +150,11 @@ def register(app: typer.Typer) -> None:
                 model, support, [*query, *(more or [])], out, descriptions, backbone, device, task_context, batch_size,
                 set_ or [], artifacts, echo=typer.echo,
             )  # fmt: skip
+            from pipeline.stage import StageError
+
             bad = int(df["error"].notna().sum())
             if bad:
                 first = df[df["error"].notna()].iloc[0]
-                _fail(StageError(f"{bad} of {len(df)} queries could not be classified (first: {first['query']}: {first['error']}); the others are answered above"))
+                fail(StageError(f"{bad} of {len(df)} queries could not be classified (first: {first['query']}: {first['error']}); the others are answered above"))
 
-        _guarded(go)
+        guarded(go)

@@ -199,11 +199,30 @@ def test_missing_class_is_an_error_naming_it(store, tiny_list):
         msg = str(err.value)
         assert "val/'jump'" in msg and "HTTP 500" in msg and "train/'clap'" in msg and "unparseable" in msg
         assert "'catch'" not in msg and store.catalog().empty
+        assert "\n" not in msg and "after 2 answer(s)" in msg  # one line, the attempts made
+        assert "the last '{\"sub_actions\": [\"The person reaches out\", \"and then'" in msg  # clap's last answer, as received
+        for option in ("descriptions.local_model=", "LLM=openai", "descriptions.max_attempts=4; now 2", "LLM=file CORPUS="):
+            assert option in msg, option
         assert llm.calls("jump") == 4  # 2 attempts x (1 + 1 retry)
     with FakeLLM() as healthy:  # the other classes' answers are cached: only the two are asked
         ref = run(config(store, video_list=tiny_list, base_url=healthy.url, model="m", max_retries=1, max_attempts=2), {}, store)
         assert sorted({e["action"] for e in healthy.log}) == ["clap", "jump"]
     check_artifact(ref, all_classes(cfg))
+
+
+def test_the_demo_preset_asks_again_until_an_answer_parses(store, tiny_list):
+    """The demo preset (one candidate per class) re-asks an unparseable answer with another seed, so a weak
+    model's broken answer does not stop `make full PRESET=demo` or a deployment (issue 22)."""
+    demo = load_config("demo")
+    assert demo.descriptions.max_attempts >= 3 and demo.descriptions.candidates == 1
+    with FakeLLM(script={"clap": ["malformed", "garbage"], "kick": ["refusal"]}) as llm:
+        over = {"dataset.name": "custom", "dataset.video_list": str(tiny_list), "artifacts": store.root, "descriptions.backend": "openai",
+                "descriptions.base_url": llm.url, "descriptions.model": "m", "descriptions.max_retries": 0}  # fmt: skip
+        ref = run(load_config("demo", overrides=over), {}, store)
+        clap = [e for e in llm.log if e["action"] == "clap"]
+        assert [e["behaviour"] for e in clap] == ["malformed", "garbage", "ok"] and len({e["seed"] for e in clap}) == 3  # another seed each time
+    df = table(ref)
+    assert df[df["class"] == "clap"]["valid"].all() and df[df["class"] == "kick"]["valid"].all()
 
 
 def test_benchmark_preset_without_llm_stops_before_work(store):

@@ -40,12 +40,39 @@ def test_full_passes_every_option(calls, tmp_path, capsys):
     assert "frames: abc123" in capsys.readouterr().out
 
 
-def test_defaults_and_demo(calls):
+def test_defaults_and_demo(calls, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no fsar.yaml here: nothing but the options reaches the flow
     assert cli.main(["full"]) == 0
     kw = calls["full"]
-    assert kw["dataset"] == "synthetic" and kw["task_runner"] == "local" and kw["stages"] is None and kw["overrides"] == []
+    assert kw["dataset"] is None and kw["task_runner"] == "local" and kw["stages"] is None and kw["overrides"] == []  # the run file may name it
+    assert kw["config"] is None
     assert cli.main(["demo", "--artifacts", "a", "--set", "train.steps=1"]) == 0
-    assert calls["demo"] == {"artifacts": "a", "overrides": ["train.steps=1"]}
+    assert calls["demo"] == {"artifacts": "a", "overrides": ["train.steps=1"], "config": None}
+
+
+def test_the_run_file_reaches_the_flows(calls, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fsar.yaml").write_text("dataset: hmdb51\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("dataset: ucf101\n")
+    assert cli.main(["full"]) == 0 and calls.pop("full")["config"] == str(tmp_path / "fsar.yaml")  # the default file
+    assert cli.main(["full", "--config", str(other)]) == 0 and calls.pop("full")["config"] == str(other)
+    assert cli.main(["demo", "--config", str(other)]) == 0 and calls["demo"]["config"] == str(other)
+    assert cli.main(["full", "--config", str(tmp_path / "missing.yaml")]) == 2 and "full" not in calls
+
+
+def test_a_failed_flow_run_is_one_line(monkeypatch, capsys):
+    """A flow that ended Failed on bad input: `python -m flows` prints its one-line state message, exit 2."""
+    import flows.fsar
+    from prefect.exceptions import FailedRun
+
+    def failed(**kw):
+        raise FailedRun("descriptions: no usable answer for 1 of 24 classes: train/'x' ...")
+
+    monkeypatch.setattr(flows.fsar, "fsar", failed)
+    assert cli.main(["full", "--dataset", "synthetic"]) == 2
+    err = capsys.readouterr().err
+    assert "error: descriptions: no usable answer" in err and "Traceback" not in err
 
 
 def test_bad_options_exit_2(calls):

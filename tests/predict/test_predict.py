@@ -45,14 +45,15 @@ def test_bundle_holds_trainable_weights_and_identity_not_clip(bundle_dir, traine
     assert meta["format_version"] == 1
     assert meta["backbone"] == {
         "clip": "fsar-micro", "image_size": 32, "weights": "file", "file": "micro.pt", "sha256": sha256_file(backbone_file),
-        "artifact_file": None, "quick_gelu": False,
+        "artifact_file": None, "quick_gelu": False, "path": str(backbone_file.resolve()), "bundled": "backbone/micro.pt",
     }  # fmt: skip
-    assert meta["model"]["pretrained"] is None  # no machine-specific path
+    assert (bundle_dir / "backbone" / "micro.pt").read_bytes() == backbone_file.read_bytes()  # small: copied into the bundle
+    assert meta["model"]["pretrained"] is None  # the backbone section names the file
     assert meta["preprocessing"]["num_frames"] == cfg.protocol.num_frames == 4
     assert meta["preprocessing"]["storage_size"] == 40 and meta["preprocessing"]["crop_size"] == 32
     assert meta["lineage"] == {k: str(refs[k]) for k in ("train", "frames", "embeddings", "descriptions")}
     text = (bundle_dir / BUNDLE_FILE).read_text() + (bundle_dir / "descriptions.json").read_text()
-    assert str(trained[1].root) not in text and str(backbone_file.parent) not in text
+    assert str(trained[1].root) not in text and text.count(str(backbone_file.parent)) == 1  # only where the backbone was
 
 
 def test_export_is_deterministic(trained, tmp_path, bundle_dir):

@@ -45,7 +45,8 @@ def _one_line_error(out, *words: str) -> None:
 def test_export_then_predict_writes_the_csv(trained, tiny_overrides, backbone_file, support_dir, queries, tmp_path, test_videos):
     cfg, store, _ = trained
     bundle = tmp_path / "bundle"
-    sets = [a for o in [f"dataset.video_root={cfg.dataset.video_root}", *tiny_overrides, *_tiny_sets(cfg)] for a in ("--set", o)]
+    given = {o.split("=", 1)[0]: o for o in [f"dataset.video_root={cfg.dataset.video_root}", *tiny_overrides, *_tiny_sets(cfg)]}  # last wins here
+    sets = [a for o in given.values() for a in ("--set", o)]
     out = runner.invoke(app, ["export", "--dataset", "synthetic", "--preset", "demo", "--artifacts", str(store.root), *sets, "--out", str(bundle)])
     assert out.exit_code == 0, out.output
     assert (bundle / "bundle.json").is_file()
@@ -125,8 +126,12 @@ def test_bundle_and_backbone_errors(bundle_dir, backbone_file, support_dir, quer
     data = backbone_file.read_bytes()
     wrong.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     _one_line_error(_predict(bundle_dir, wrong, support_dir, queries[0]), "sha256", "micro.pt")
-    out = runner.invoke(app, ["predict", "--model", str(bundle_dir), "--support", str(support_dir), "--query", queries[0]])
-    _one_line_error(out, "micro.pt", "--backbone")
+    bare = tmp_path / "bare"  # a bundle without its copy, whose recorded backbone file is gone
+    shutil.copytree(bundle_dir, bare, ignore=shutil.ignore_patterns("backbone"))
+    meta = json.loads((bare / "bundle.json").read_text())
+    (bare / "bundle.json").write_text(json.dumps({**meta, "backbone": {**meta["backbone"], "path": str(tmp_path / "moved.pt")}}))
+    out = runner.invoke(app, ["predict", "--model", str(bare), "--support", str(support_dir), "--query", queries[0]])
+    _one_line_error(out, "micro.pt", "in the bundle", "moved.pt) it is missing", "--backbone FILE")
     _one_line_error(_predict(bundle_dir, backbone_file, support_dir, queries[0], extra=("--out", str(tmp_path / "x.xlsx"))), ".csv or .parquet")
     _one_line_error(_predict(bundle_dir, backbone_file, support_dir, queries[0], extra=("--task-context", "psychic")), "psychic")
 
@@ -140,3 +145,35 @@ def test_export_errors(trained, tmp_path):
     out = runner.invoke(app, ["export", "--dataset", "synthetic", "--artifacts", str(store.root), "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "taken")])
     _one_line_error(out, "none.pt")
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+def test_predict_from_any_folder_with_only_the_bundle(trained, backbone_file, support_dir, queries, tmp_path, monkeypatch):
+    """The bundle holds a small backbone's copy, else uses the file where it was at export, from any working folder;
+    a moved or changed file is refused with the fix (issue 22)."""
+    import pipeline.predict.bundle as bundle_module
+    from pipeline.predict import export_bundle
+
+    cfg, store, _ = trained
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no artifacts/ here, no fsar.yaml
+    copied = export_bundle(cfg, store, tmp_path / "copied")
+    out = runner.invoke(app, ["predict", "--model", str(copied), "--support", str(support_dir), "--query", queries[0]])
+    assert out.exit_code == 0, out.output
+    own = tmp_path / "own.pt"  # a backbone file of its own, so it can be moved and changed here
+    shutil.copyfile(backbone_file, own)
+    monkeypatch.setattr(bundle_module, "BACKBONE_COPY_MAX_BYTES", 0)  # as for a ViT-B-16 file: not copied
+    linked = export_bundle(cfg.override(f"model.pretrained={own}"), store, tmp_path / "linked")
+    assert not (linked / "backbone").exists()
+    assert json.loads((linked / "bundle.json").read_text())["backbone"]["path"] == str(own)
+    out = runner.invoke(app, ["predict", "--model", str(linked), "--support", str(support_dir), "--query", queries[0]])
+    assert out.exit_code == 0, out.output
+    own.rename(tmp_path / "away.pt")
+    out = runner.invoke(app, ["predict", "--model", str(linked), "--support", str(support_dir), "--query", queries[0]])
+    _one_line_error(out, "own.pt", "where it was at export", "it is missing", "--backbone FILE")
+    out = runner.invoke(app, ["predict", "--model", str(linked), "--backbone", str(tmp_path / "away.pt"), "--support", str(support_dir), "--query", queries[0]])
+    assert out.exit_code == 0, out.output
+    data = (tmp_path / "away.pt").read_bytes()
+    own.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))  # back in place, but changed
+    out = runner.invoke(app, ["predict", "--model", str(linked), "--support", str(support_dir), "--query", queries[0]])
+    _one_line_error(out, "it has changed (sha256", "--backbone FILE")
