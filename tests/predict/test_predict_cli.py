@@ -115,10 +115,13 @@ def test_support_errors(bundle_dir, backbone_file, tmp_path, queries, test_video
 
 
 def test_bundle_and_backbone_errors(bundle_dir, backbone_file, support_dir, queries, tmp_path):
+    from pipeline.predict.bundle import _write_manifest
+
     other = tmp_path / "v99"
     shutil.copytree(bundle_dir, other)
     meta = json.loads((other / "bundle.json").read_text())
     (other / "bundle.json").write_text(json.dumps({**meta, "format_version": 99}))
+    _write_manifest(other)  # as a future fsar would have written it
     _one_line_error(_predict(other, backbone_file, support_dir, queries[0]), "format version 99", "re-export")
     _one_line_error(_predict(tmp_path, backbone_file, support_dir, queries[0]), "not a fsar model bundle")
     _one_line_error(_predict(bundle_dir, tmp_path / "missing.pt", support_dir, queries[0]), "missing.pt", "does not exist")
@@ -130,6 +133,7 @@ def test_bundle_and_backbone_errors(bundle_dir, backbone_file, support_dir, quer
     shutil.copytree(bundle_dir, bare, ignore=shutil.ignore_patterns("backbone"))
     meta = json.loads((bare / "bundle.json").read_text())
     (bare / "bundle.json").write_text(json.dumps({**meta, "backbone": {**meta["backbone"], "path": str(tmp_path / "moved.pt")}}))
+    _write_manifest(bare)  # as exported with a large backbone (not copied) that was then moved
     out = runner.invoke(app, ["predict", "--model", str(bare), "--support", str(support_dir), "--query", queries[0]])
     _one_line_error(out, "micro.pt", "in the bundle", "moved.pt) it is missing", "--backbone FILE")
     _one_line_error(_predict(bundle_dir, backbone_file, support_dir, queries[0], extra=("--out", str(tmp_path / "x.xlsx"))), ".csv or .parquet")
