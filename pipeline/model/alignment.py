@@ -81,12 +81,18 @@ def window_weights(num_frames: int, num_stages: int, device: torch.device | None
     return weights
 
 
+def _onehot(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """(...) labels -> (..., num_classes) 0/1 of `dtype`: F.one_hot's values, without its value checks (a host
+    synchronisation on a GPU, which a CUDA graph cannot hold)."""
+    return (labels[..., None] == torch.arange(num_classes, device=labels.device)).to(dtype)
+
+
 def class_prototypes(support: Tensor, labels: Tensor, num_classes: int, check: bool = True) -> Tensor:
     """(N*K, T, E) support features, (N*K,) labels in 0..N-1 -> (N, T, E) per-class mean.
 
     `check=False` skips the test that every class has a support (it reads values: a host synchronisation on a GPU).
     """
-    onehot = F.one_hot(labels, num_classes).to(support.dtype)  # (N*K, N)
+    onehot = _onehot(labels, num_classes, support.dtype)  # (N*K, N)
     counts = onehot.sum(dim=0)  # (N,)
     if check and bool((counts == 0).any()):
         missing = torch.nonzero(counts == 0).flatten().tolist()
@@ -130,7 +136,7 @@ def semantic_scores(transitions: Tensor, text: Tensor, weights: Tensor) -> Tenso
 
 def batched_class_prototypes(support: Tensor, labels: Tensor, num_classes: int, check: bool = True) -> Tensor:
     """(B, N*K, T, E) support features, (B, N*K) labels in 0..N-1 -> (B, N, T, E) per-episode class means."""
-    onehot = F.one_hot(labels, num_classes).to(support.dtype)  # (B, N*K, N)
+    onehot = _onehot(labels, num_classes, support.dtype)  # (B, N*K, N)
     counts = onehot.sum(dim=1)  # (B, N)
     if check and bool((counts == 0).any()):
         episode, cls = (int(i) for i in torch.nonzero(counts == 0)[0])

@@ -135,6 +135,7 @@ class Trainer:
         self.val_episodes = EpisodeSampler(val_vids, p.way, p.shot, p.query, cfg.train.seed + 1, split="val").take(cfg.train.val_episodes)
         self.optimizer = make_optimizer(cfg, self.params)
         self.workers = workers_for(cfg.train.loader_workers, self.device)
+        self._setup_speed_options()
         self.state: dict[str, Any] = {"step": 0, "best": None, "metrics": [], "validation": [], "seconds": 0.0}
         self.monitor: TrainMonitor | None = None  # rank 0 only, made in fit()
 
@@ -199,6 +200,42 @@ class Trainer:
         batches = [self.loader.batch(self.sampler.episode(i), "train", train_rng(self.cfg.train.seed, i)) for i in self.episode_indices(step)]
         return self.metrics(self.train_step(batches))
 
+    # ----------------------------------------------------------- speed options
+    def _setup_speed_options(self) -> None:
+        """`train.compile` / `train.cuda_graphs`: the same step with fixed shapes (the text runs to the longest prompt of
+        the cache, which changes no output: positions after a prompt's pooled token never reach it)."""
+        t = self.cfg.train
+        self._graph: CapturedPass | None = None
+        self._fixed_keep: int | None = None
+        self._compiled = None
+        if not (t.compile or t.cuda_graphs):
+            return
+        if t.cuda_graphs and self.device.type != "cuda":
+            raise StageError(f"train.cuda_graphs=true needs a CUDA device, but training runs on {self.device}; drop it or use train.device=cuda")
+        if t.cuda_graphs and t.episodes_per_pass not in (None, t.episodes_per_step):
+            raise StageError(f"train.cuda_graphs=true captures a whole step in one pass, but train.episodes_per_pass="
+                             f"{t.episodes_per_pass} splits the {t.episodes_per_step} episodes of a step; drop train.episodes_per_pass")
+        self._fixed_keep = self.model.text_keep(self.loader.text.tokens)
+        if t.compile:
+            self._compiled = torch.compile(self._pass_losses, dynamic=False)
+
+    def _pass_losses(self, support: torch.Tensor, support_labels: torch.Tensor, query: torch.Tensor, query_labels: torch.Tensor,
+                     text_tokens: torch.Tensor, text_prefix: torch.Tensor, batched: bool, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(losses (B,) of B stacked episodes, or (1,) of one, correct queries): what the speed options compile or capture."""
+        with autocast(self.device, self.cfg.model.amp):
+            if batched:
+                scores = self.model.forward_batch(support, support_labels, query, text_tokens, text_prefix=text_prefix, text_keep=keep,
+                                                  validate=False)
+                losses = self.model.episode_losses(scores, query_labels)
+            else:
+                scores = self.model(support, support_labels, query, text_tokens, text_prefix=text_prefix, text_keep=keep, validate=False)
+                losses = self.model.loss(scores, query_labels)[None]
+        return losses, (scores.logits.argmax(-1) == query_labels).sum()
+
+    def _fast_pass(self, b: EpisodeBatch, batched: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        fn = self._compiled or self._pass_losses
+        return fn(b.support, b.support_labels, b.query, b.query_labels, b.text_tokens, b.text_prefix, batched, self._fixed_keep)
+
     def train_step(self, batches: Sequence[EpisodeBatch]) -> torch.Tensor:
         """One optimiser step over this rank's episode batches (on the device).
 
@@ -207,20 +244,19 @@ class Trainer:
         time run as one batched forward and backward, one episode at a time as `forward`.
         """
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
         E = len(batches)
-        per_pass = self.cfg.train.episodes_per_pass or E
         stats = torch.zeros(3, dtype=torch.float64, device=self.device)
-        for first in range(0, E, per_pass):
-            chunk = batches[first : first + per_pass]
-            if len(chunk) == 1:
-                loss, correct = self._episode_loss(chunk[0])
-                (loss / E).backward()
-                losses = loss.detach()[None]
-            else:
-                losses, correct = self._episodes_loss(stack_batches(chunk))
-                (losses.sum() / E).backward()
-                losses = losses.detach()
+        if self.cfg.train.cuda_graphs:  # the whole step's forward and backward replayed from one CUDA graph
+            b = batches[0] if E == 1 else stack_batches(batches)
+            if self._graph is None:
+                self.optimizer.zero_grad(set_to_none=True)
+                self._graph = CapturedPass(lambda x: self._fast_pass(x, E > 1), b, E, self.params)
+            losses, correct = self._graph(b)
+            passes = [(batches, losses, correct)]
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            passes = self._passes(batches)
+        for chunk, losses, correct in passes:
             for x in losses:  # one by one: the same float64 sums as adding the episodes' losses in order
                 stats[0] += x.double()
             stats[1] += correct.double()
@@ -234,6 +270,26 @@ class Trainer:
             torch.distributed.all_reduce(stats)
         self.optimizer.step()
         return stats
+
+    def _passes(self, batches: Sequence[EpisodeBatch]) -> list[tuple[Sequence[EpisodeBatch], torch.Tensor, torch.Tensor]]:
+        """Forward and backward of the step's episodes, `train.episodes_per_pass` at a time: (episodes, losses, correct) per pass."""
+        E = len(batches)
+        per_pass = self.cfg.train.episodes_per_pass or E
+        out = []
+        for first in range(0, E, per_pass):
+            chunk = batches[first : first + per_pass]
+            if self._fixed_keep is not None:  # train.compile
+                losses, correct = self._fast_pass(chunk[0] if len(chunk) == 1 else stack_batches(chunk), len(chunk) > 1)
+                (losses.sum() / E).backward()
+            elif len(chunk) == 1:
+                loss, correct = self._episode_loss(chunk[0])
+                (loss / E).backward()
+                losses = loss[None]
+            else:
+                losses, correct = self._episodes_loss(stack_batches(chunk))
+                (losses.sum() / E).backward()
+            out.append((chunk, losses.detach(), correct))
+        return out
 
     def _episode_loss(self, b: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, correct queries) of one episode, both on the device."""
@@ -371,3 +427,43 @@ class Trainer:
                 "excluded_videos": self.excluded,
                 "final_loss": float(metrics["loss"].tail(50).mean()) if len(metrics) else None,
             }
+
+
+class CapturedPass:
+    """A training step's forward and backward (`fn(batch)` -> (losses, correct), then `losses.sum() / E` backward)
+    captured once in a CUDA graph and replayed for every later step (`train.cuda_graphs`).
+
+    The graph reads its inputs from fixed buffers (each step's batch is copied in) and writes the gradients into the
+    tensors the capture allocated, which the parameters keep as `.grad` (the optimiser steps on them; they are never
+    zeroed again: each replay overwrites them). Capture follows torch.cuda.graph's rules: warm-up iterations on a
+    side stream first, no host synchronisation inside (labels are not read, the text length is fixed), autocast
+    without its cast cache.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, fn, example: EpisodeBatch, episodes: int, params: Sequence[torch.nn.Parameter]):
+        from dataclasses import replace
+
+        self.static = replace(example, **{k: v.clone() for k, v in example.tensors().items()})
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP):
+                losses, _ = fn(self.static)
+                (losses.sum() / episodes).backward()
+        torch.cuda.current_stream().wait_stream(side)
+        for q in params:
+            q.grad = None
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            losses, correct = fn(self.static)
+            (losses.sum() / episodes).backward()
+        self.losses, self.correct = losses.detach(), correct
+
+    def __call__(self, batch: EpisodeBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replay on `batch` (same shapes as the example); the outputs live in the graph's buffers until the next replay."""
+        for name, value in batch.tensors().items():
+            getattr(self.static, name).copy_(value, non_blocking=True)
+        self.graph.replay()
+        return self.losses, self.correct
