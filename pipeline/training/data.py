@@ -145,7 +145,7 @@ class EpisodeLoader:
 
     def host_clips(self, video_ids: Sequence[str], mode: str, rng: np.random.Generator | None) -> torch.Tensor:
         """(B, T, 3, H, W) on the CPU, clips drawn in order (one generator: the order is part of the sampling)."""
-        return torch.stack([self.clip(v, mode, rng) for v in video_ids])
+        return _stack([self.clip(v, mode, rng) for v in video_ids])
 
     def clips(self, video_ids: Sequence[str], mode: str, rng: np.random.Generator | None) -> torch.Tensor:
         """(B, T, 3, H, W) on the loader's device."""
@@ -278,6 +278,15 @@ class Prefetcher(Generic[T]):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """torch.stack; for CPU tensors through numpy, which copies in the calling thread. A data worker thread must not
+    start OpenMP teams of its own: with more OpenMP threads than cores, libgomp stops spin-waiting in every team of
+    the process, which changes the speed of the step's own parallel kernels (on a busy CPU several fold)."""
+    if all(t.device.type == "cpu" for t in tensors):
+        return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
+    return torch.stack(list(tensors))
 
 
 def _tree(x: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:

@@ -338,7 +338,7 @@ def _batch_scores(scorer: EpisodeScorer, batch: Sequence[Episode], baselines: bo
     return scores
 
 
-class _Fetch:
+class HostScores:
     """Device scores copied to the host without waiting: `get()` waits for that copy only (not for later work)."""
 
     def __init__(self, scores: dict[str, torch.Tensor]):
@@ -366,16 +366,16 @@ def score_episodes(
     scorer.precompute(episodes, baselines)
     rows: list[dict[str, Any]] = []
     progress = tqdm(total=len(episodes), desc=desc, unit="ep", mininterval=2.0)
-    pending: tuple[list[Episode], _Fetch] | None = None
+    pending: tuple[list[Episode], HostScores] | None = None
 
-    def emit(batch: list[Episode], fetch: _Fetch) -> None:
+    def emit(batch: list[Episode], fetch: HostScores) -> None:
         scores = fetch.get()
         progress.update(len(batch))
         for b, ep in enumerate(batch):
             rows.extend(_episode_rows(ep, {method: m[b] for method, m in scores.items()}, pairs))
 
     for batch in episode_batches(episodes, scorer.episodes_per_batch):
-        fetch = _Fetch(_batch_scores(scorer, batch, baselines))
+        fetch = HostScores(_batch_scores(scorer, batch, baselines))
         if pending is not None:
             emit(*pending)
         pending = (batch, fetch)
