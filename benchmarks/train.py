@@ -41,7 +41,7 @@ from pipeline.artifacts import ArtifactStore  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.stages import run_stage  # noqa: E402
 from pipeline.training import train  # noqa: E402
-from pipeline.training.data import train_rng  # noqa: E402
+from pipeline.training.data import Prefetcher, train_rng  # noqa: E402
 
 MIB = 2**20
 
@@ -60,6 +60,8 @@ def _parse() -> argparse.Namespace:
     p.add_argument("--options", action="store_true", help="also time the step per speed option (CUDA)")
     p.add_argument("--option-steps", type=int, default=20, help="timed steps per option")
     p.add_argument("--no-compile", action="store_true", help="with --options: leave torch.compile out (its compile time)")
+    p.add_argument("--options-only", action="store_true", help="only the speed options (no loop/step comparison, no loop_ratio line)")
+    p.add_argument("--only", action="append", default=None, help="with --options-only: just these options (plain is always timed)")
     return p.parse_args()
 
 
@@ -117,9 +119,13 @@ def _loop(trainer: train.Trainer, start: Start, out: Path) -> tuple[float, list[
     return trainer.state["loop_seconds"], [m["loss"] for m in trainer.state["metrics"]]
 
 
-def _load_all(trainer: train.Trainer) -> list[list]:
-    return [[trainer.loader.batch(trainer.sampler.episode(i), "train", train_rng(trainer.cfg.train.seed, i)) for i in trainer.episode_indices(s)]
-            for s in range(trainer.total_steps)]
+def _load_all(trainer: train.Trainer, steps: int | None = None) -> list[list]:
+    """Every step's episode batches on the device (the data workers' batches: the synchronous loader's, tested)."""
+    steps = trainer.total_steps if steps is None else steps
+    E = trainer.cfg.train.episodes_per_step
+    with Prefetcher(trainer.host_episode, [i for s in range(steps) for i in trainer.episode_indices(s)], trainer.workers, trainer.device) as it:
+        flat = list(it)
+    return [flat[s * E : (s + 1) * E] for s in range(steps)]
 
 
 def _steps(trainer: train.Trainer, start: Start, out: Path, batches: list[list]) -> tuple[float, list[float]]:
@@ -178,6 +184,9 @@ def run(args: argparse.Namespace, cfg, refs: dict, tmp: Path) -> None:
           f"{cfg.train.optimizer}, {cfg.train.episodes_per_step} episode(s) per step, {trainer.workers} data worker(s); "
           f"trainer built in {time.perf_counter() - t0:.1f} s", flush=True)
     start = Start(trainer)
+    if args.options_only:
+        _options(trainer, start, cfg, refs, args, tmp)
+        return
     for s in range(min(2, trainer.total_steps)):  # warm-up (kernels, allocator, open files), then back to the start
         trainer.step(s)
     _sync(device)
@@ -218,13 +227,16 @@ def _load() -> tuple[float, ...]:
 # ---- speed options (CUDA) ---------------------------------------------------------------------------------------
 
 def _options(trainer: train.Trainer, start: Start, cfg, refs: dict, args: argparse.Namespace, tmp: Path) -> None:
-    """Step time per speed option (same episodes; E=4 counted per episode) after an fp32 check against the plain step."""
+    """Step time per speed option (same episodes; E=4 counted per episode) after an fp32 check against the plain step;
+    the step's peak memory is the allocated growth over the warm-up steps (a CUDA graph keeps what its capture took)."""
     options = [("plain", ()), ("cuda_graphs", ("train.cuda_graphs=true",)), ("E4", ("train.episodes_per_step=4",)),
                ("E4+cuda_graphs", ("train.episodes_per_step=4", "train.cuda_graphs=true"))]
     if not args.no_compile:
         options.append(("compile", ("train.compile=true",)))
     if trainer.device.type != "cuda":
         options = [o for o in options if "cuda_graphs" not in o[0]]
+    if args.only:
+        options = [o for o in options if o[0] == "plain" or o[0] in args.only]
     rates: dict[str, float] = {}
     for name, extra in options:
         t0 = time.perf_counter()
@@ -236,14 +248,15 @@ def _options(trainer: train.Trainer, start: Start, cfg, refs: dict, args: argpar
             continue
         rates[name] = rate
         agreed = "" if check is None else f"; fp32 check vs plain: max relative loss difference {check[0]:.1e}, gradients {check[1]:.1e}"
-        print(f"option {name}: {rate:.2f} episodes/s in the step alone ({rate / rates.get('plain', rate):.2f}x plain), step peak "
-              f"{peak:.0f} MiB{agreed} ({time.perf_counter() - t0:.0f} s with set-up)", flush=True)
+        memory = f", step peak {peak:.0f} MiB" if trainer.device.type == "cuda" else ""
+        print(f"option {name}: {rate:.2f} episodes/s in the step alone ({rate / rates.get('plain', rate):.2f}x plain){memory}{agreed} "
+              f"({time.perf_counter() - t0:.0f} s with set-up)", flush=True)
     same_semantics = {k: v for k, v in rates.items() if not k.startswith("E4")}  # E=4 changes the optimiser's steps
     if same_semantics:
         best = max(same_semantics, key=same_semantics.get)
         flags = {"plain": "", "cuda_graphs": "--set train.cuda_graphs=true", "compile": "--set train.compile=true"}[best]
         print(f"fastest step with the paper's one episode per step: {best}", flush=True)
-        print(f"recommend: {flags}", flush=True)
+        print(f"recommend: {flags}".rstrip(), flush=True)
 
 
 def _time_option(trainer: train.Trainer, start: Start, cfg, extra: tuple[str, ...], steps: int, out: Path) -> tuple[float, float]:
@@ -253,19 +266,17 @@ def _time_option(trainer: train.Trainer, start: Start, cfg, extra: tuple[str, ..
     trainer._setup_speed_options()
     try:
         E = option_cfg.train.episodes_per_step
-        batches = [[trainer.loader.batch(trainer.sampler.episode(i), "train", train_rng(cfg.train.seed, i)) for i in range(s * E, (s + 1) * E)]
-                   for s in range(steps + 3)]
-        for b in batches[:3]:  # warm-up: kernels, capture, compilation
-            trainer.train_step(b)
+        batches = _load_all(trainer, steps + 3)
         peak = 0.0
-        if trainer.device.type == "cuda":
+        if trainer.device.type == "cuda":  # over the warm-up: a CUDA graph's memory is taken when it is captured
             _sync(trainer.device)
             base = torch.cuda.memory_allocated(trainer.device)
             torch.cuda.reset_peak_memory_stats(trainer.device)
-            trainer.train_step(batches[3])
-            _sync(trainer.device)
-            peak = (torch.cuda.max_memory_allocated(trainer.device) - base) / MIB
+        for b in batches[:3]:  # warm-up: kernels, capture, compilation
+            trainer.train_step(b)
         _sync(trainer.device)
+        if trainer.device.type == "cuda":
+            peak = (torch.cuda.max_memory_allocated(trainer.device) - base) / MIB
         t0 = time.perf_counter()
         for b in batches[3:]:
             trainer.train_step(b)

@@ -421,7 +421,7 @@ def descriptions_label(cfg: Config, embeddings: ArtifactRef | None) -> str:
 
 def upstream_for(cfg: Config) -> tuple[str, ...]:
     """The stages evaluate reads: frames, embeddings, train unless `evaluate.checkpoint` names a file, and the
-    vision prefix when `evaluate.prefix` (with `evaluate.cache`)."""
+    vision prefix when it lives in an artifact (`prefix.enabled`: `evaluate.prefix`, with `evaluate.cache`)."""
     from pipeline import prefix
 
     ups = ("frames", "embeddings") if cfg.evaluate.checkpoint else ("frames", "embeddings", "train")
