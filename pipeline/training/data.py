@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import os
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -122,7 +123,7 @@ class EpisodeLoader:
         self.text_keep = text_keep
         self._owner = threading.get_ident()
         self._local = threading.local()
-        self._copies: list[Any] = []
+        self._copies: weakref.WeakSet[Any] = weakref.WeakSet()  # a thread's copy goes (files closed) when the thread ends
         self._lock = threading.Lock()
 
     # ---- frames -------------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ class EpisodeLoader:
         if mine is None:
             mine = self._local.frames = copy.copy(self.frames)  # FrameStore: the same index, its own open files
             with self._lock:
-                self._copies.append(mine)
+                self._copies.add(mine)
         return mine
 
     def clip(self, video_id: str, mode: str, rng: np.random.Generator | None) -> torch.Tensor:
@@ -187,9 +188,9 @@ class EpisodeLoader:
         return to_device(self.host_batch(ep, mode, rng), self.device)
 
     def close(self) -> None:
-        """Close the worker threads' frame store copies (their open files)."""
+        """Close the frame store copies of worker threads still alive (their open files)."""
         with self._lock:
-            copies, self._copies = self._copies, []
+            copies, self._copies = list(self._copies), weakref.WeakSet()
         for fs in copies:
             close = getattr(fs, "close", None)
             if close is not None:
