@@ -159,7 +159,8 @@ class EpisodeLoader:
         """
         ids = list(video_ids)
         chunks = [ids[i : i + batch] for i in range(0, len(ids), batch)]
-        return Prefetcher(lambda chunk: (chunk, self.host_clips(chunk, mode, None)), chunks, workers, self.device)
+        # at most one chunk per worker ahead (+1): a chunk of 128 clips at 224 px is 0.6 GB, pinned and on the device
+        return Prefetcher(lambda chunk: (chunk, self.host_clips(chunk, mode, None)), chunks, workers, self.device, depth=workers + 1)
 
     # ---- text -------------------------------------------------------------------------------------------
     def host_text(self, classes: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
