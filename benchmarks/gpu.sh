@@ -3,7 +3,8 @@
 # Its GPU figures are unknown until it runs there once; `--cpu-smoke` runs the same commands at tiny sizes on CPU.
 #
 #   bash benchmarks/gpu.sh --fetch-wheels   # where PyPI is reachable, once: wheels the GPU image lacks, into .whl/ (ignored)
-#   bash benchmarks/gpu.sh                  # on the GPU machine: under 8 minutes (step limits 435 s, + 60 s when time is left)
+#   bash benchmarks/gpu.sh                  # on the GPU machine: about 5-6 minutes expected (not measured); at most 8: set-up
+#                                           # (wheels, versions) under 60 s, step limits 425 s, step 8 only when it ends by 470 s
 #   bash benchmarks/gpu.sh --cpu-smoke      # here: the same commands, tiny sizes, CPU; ends with "all steps passed"
 #
 # On the device tool (one call; .whl must be carried, the tree plus .whl stays under 64 MiB):
@@ -66,7 +67,7 @@ use_wheels() {  # install the wheels of the modules $PY cannot import into /tmp/
     local pair name module file missing=()
     for pair in "${WHEELS[@]}"; do
         name=${pair%%:*}; module=${pair##*:}
-        if ! "$PY" -c "import $module" 2>/dev/null; then
+        if ! timeout 60 "$PY" -c "import $module" 2>/dev/null; then
             file=$(ls .whl/"${name//-/_}"-*.whl .whl/"$name"-*.whl 2>/dev/null | head -n 1)
             if [ -z "$file" ]; then
                 echo "module $module is missing for $PY and .whl/ has no $name wheel: run 'bash benchmarks/gpu.sh --fetch-wheels'" \
@@ -78,7 +79,7 @@ use_wheels() {  # install the wheels of the modules $PY cannot import into /tmp/
     done
     if [ "${#missing[@]}" -eq 0 ]; then echo "wheels: none needed"; return 0; fi
     echo "wheels installed into /tmp/fsar-site: ${missing[*]##*/}"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/fsar-site "${missing[@]}" || return 1
+    timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/fsar-site "${missing[@]}" || return 1
     export PYTHONPATH=/tmp/fsar-site${PYTHONPATH:+:$PYTHONPATH}
 }
 
@@ -113,7 +114,7 @@ if [ "$mode" = gpu ]; then
     TRAIN_EPISODES=400 VAL_EVERY=200 VAL_EPISODES=40 EVAL_EPISODES=1000 QUERIES=10
     BENCH=(--episodes 60 --rounds 1) OPTIONS=(--option-steps 15)
     EVAL=(--device cuda --amp --clip ViT-B-16 --image-size 224 --classes 10 --videos-per-class 129 --episodes 10000 --uncached-episodes 200)
-    LIMITS=(70 60 60 80 40 45 80 60)
+    LIMITS=(70 60 60 75 40 45 75 60)
 else
     export OMP_NUM_THREADS=1
     DEVICE=cpu CLIP=fsar-micro SIZE=32 STORE=40 FRAMES=4 M=1 MT=1 PER_CLASS=3 VIDEO_FRAMES=16
@@ -132,7 +133,7 @@ STAGE=(--dataset synthetic --preset demo --artifacts "$ART")
 TRAIN_SETS=(--set train.epochs=1 --set "train.episodes_per_epoch=$TRAIN_EPISODES" --set train.warmup_epochs=0
             --set "train.val_every=$VAL_EVERY" --set "train.val_episodes=$VAL_EPISODES" --set train.checkpoint_every=200)
 
-"$PY" - "$mode" <<'EOF' || exit 1
+timeout 60 "$PY" - "$mode" <<'EOF' || exit 1
 import sys
 
 import torch
@@ -230,7 +231,8 @@ echo "== summary ($mode, $((SECONDS - T_START)) s)"
 grep -h "^loop_ratio=\|^evaluate benchmark: \|^predictions of the \|^option \|^recommend: \|^\[fsar\] evaluate: .* episodes in\|^\[fsar\] predict: .* queries in\|^predict command:\|^train step peak" \
     "$logs"/*.log 2>/dev/null || true
 target "train stage end to end (loading, validation, checkpoints included${RECOMMEND:+; $RECOMMEND})" "$train_rate" ">=" 25 "episodes/s"
-target "10,000 HMDB51-sized test episodes, prefix included" "$eval_s" "<" 15 "s"
+if [ "$mode" = gpu ]; then what="10,000 HMDB51-sized test episodes, prefix included"; else what="8 tiny test episodes (for 10,000 HMDB51-sized), prefix included"; fi
+target "$what" "$eval_s" "<" 15 "s"
 if [ "$mode" = gpu ]; then
     target "train step peak memory" "$peak" "<=" 4247 "MiB"
 else
