@@ -143,6 +143,14 @@ import av, open_clip, pydantic, typer  # noqa: E401 - what the GPU image lacked 
 where = torch.cuda.get_device_name(0) if sys.argv[1] == "gpu" and torch.cuda.is_available() else "cpu"
 print(f"python {sys.version.split()[0]}, torch {torch.__version__} (cuda {torch.version.cuda}), open_clip {open_clip.__version__}, "
       f"pydantic {pydantic.__version__}, av {av.__version__}, typer {typer.__version__}; {where}; {torch.get_num_threads()} CPU threads")
+import importlib
+
+for name in ("torchvision", "PIL", "matplotlib", "pyarrow", "pandas", "yaml", "fsspec"):  # the image's own (no wheels carried)
+    try:
+        print(f"{name} {getattr(importlib.import_module(name), '__version__', '?')}", end="; ")
+    except ImportError as exc:
+        print(f"{name} MISSING ({exc}): the steps that need it will fail", end="; ")
+print()
 if sys.argv[1] == "gpu" and not torch.cuda.is_available():
     sys.exit("no GPU is visible to torch; run with --cpu-smoke on a machine without one")
 EOF
