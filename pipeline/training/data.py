@@ -17,11 +17,13 @@ step s gets the batches a straight run had from step s on (tests). `workers=0` p
 the calling thread when it is taken (no threads: the synchronous loop).
 
 Worker threads read frames through their own copy of the frame store (its own open files: reads seek
-and read shared handles, which threads must not share).
+and read shared handles, which threads must not share), each item in a copy of the taking thread's
+context (`contextvars`: the artifact reads a stage records include the workers' reads).
 """
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import os
 import threading
@@ -243,7 +245,8 @@ class Prefetcher(Generic[T]):
             except StopIteration:
                 self._done = True
                 return
-            self._queue.append(self._pool.submit(self._prepare, item))  # type: ignore[union-attr]
+            # in the taker's context: what it tracks (the artifact files a stage reads) sees the workers' reads too
+            self._queue.append(self._pool.submit(contextvars.copy_context().run, self._prepare, item))  # type: ignore[union-attr]
 
     def __iter__(self) -> Iterator[T]:
         return self

@@ -136,3 +136,18 @@ def test_batched_episodes_give_the_gradients_of_one_at_a_time(tiny, tmp_path, dt
         for name, g in ref_grads.items():
             torch.testing.assert_close(grads[name], g, **tol, msg=lambda m, name=name: f"{per_pass} per pass, {name}: {m}")
         torch.testing.assert_close(stats, ref_stats, **tol)  # the same loss sum, correct and total counts
+
+
+def test_prefetcher_workers_run_in_the_takers_context():
+    """What a stage tracks in a context variable (the artifact files it reads) sees the workers' reads too."""
+    import contextvars
+
+    seen: contextvars.ContextVar[set | None] = contextvars.ContextVar("seen", default=None)
+    reads: set[int] = set()
+    token = seen.set(reads)
+    try:
+        with Prefetcher(lambda i: seen.get().add(i) or i, range(6), workers=2) as p:
+            assert list(p) == list(range(6))
+    finally:
+        seen.reset(token)
+    assert reads == set(range(6))
