@@ -169,8 +169,7 @@ class EpisodeLoader:
         return self.text.for_classes(list(classes))
 
     def text_for(self, classes: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, states = self.host_text(classes)
-        return tokens.to(self.device), states.to(self.device)
+        return to_device(self.host_text(classes), self.device)
 
     # ---- episodes ---------------------------------------------------------------------------------------
     def host_batch(self, ep: Episode, mode: str, rng: np.random.Generator | None) -> EpisodeBatch:
