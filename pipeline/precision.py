@@ -19,5 +19,6 @@ __all__ = ["autocast"]
 def autocast(device: torch.device | str, enabled: bool) -> contextlib.AbstractContextManager:
     """bf16 autocast on a CUDA `device` when `enabled` (config `model.amp`); a no-op (fp32) otherwise."""
     if enabled and torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        # no cast cache while a CUDA graph is being captured (torch.cuda.graph's rule for autocast)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not torch.cuda.is_current_stream_capturing())
     return contextlib.nullcontext()

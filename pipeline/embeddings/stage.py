@@ -136,5 +136,6 @@ class TextCache:
     def for_classes(self, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens [N, S, ctx], states [N, S, ctx, D_t]) of the classes' description prompts."""
         self._check(classes)
-        rows = torch.as_tensor(np.stack([self._rows[c] for c in classes]))  # (N, S)
-        return self.tokens[rows], self.states[rows]
+        rows = np.stack([self._rows[c] for c in classes])  # (N, S)
+        # numpy's gather runs in the calling thread (a data worker: see pipeline.training.data._stack)
+        return torch.from_numpy(self.tokens.numpy()[rows]), torch.from_numpy(self.states.numpy()[rows])

@@ -81,11 +81,20 @@ def window_weights(num_frames: int, num_stages: int, device: torch.device | None
     return weights
 
 
-def class_prototypes(support: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """(N*K, T, E) support features, (N*K,) labels in 0..N-1 -> (N, T, E) per-class mean."""
-    onehot = F.one_hot(labels, num_classes).to(support.dtype)  # (N*K, N)
+def _onehot(labels: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """(...) labels -> (..., num_classes) 0/1 of `dtype`: F.one_hot's values, without its value checks (a host
+    synchronisation on a GPU, which a CUDA graph cannot hold)."""
+    return (labels[..., None] == torch.arange(num_classes, device=labels.device)).to(dtype)
+
+
+def class_prototypes(support: Tensor, labels: Tensor, num_classes: int, check: bool = True) -> Tensor:
+    """(N*K, T, E) support features, (N*K,) labels in 0..N-1 -> (N, T, E) per-class mean.
+
+    `check=False` skips the test that every class has a support (it reads values: a host synchronisation on a GPU).
+    """
+    onehot = _onehot(labels, num_classes, support.dtype)  # (N*K, N)
     counts = onehot.sum(dim=0)  # (N,)
-    if bool((counts == 0).any()):
+    if check and bool((counts == 0).any()):
         missing = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"classes {missing} have no support video (labels must cover 0..{num_classes - 1})")
     return torch.einsum("vn,vte->nte", onehot / counts, support)  # (N, T, E)
@@ -125,11 +134,11 @@ def semantic_scores(transitions: Tensor, text: Tensor, weights: Tensor) -> Tenso
 # ---- B episodes of one layout at once: the functions above with a leading episode axis ---------------------------
 
 
-def batched_class_prototypes(support: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+def batched_class_prototypes(support: Tensor, labels: Tensor, num_classes: int, check: bool = True) -> Tensor:
     """(B, N*K, T, E) support features, (B, N*K) labels in 0..N-1 -> (B, N, T, E) per-episode class means."""
-    onehot = F.one_hot(labels, num_classes).to(support.dtype)  # (B, N*K, N)
+    onehot = _onehot(labels, num_classes, support.dtype)  # (B, N*K, N)
     counts = onehot.sum(dim=1)  # (B, N)
-    if bool((counts == 0).any()):
+    if check and bool((counts == 0).any()):
         episode, cls = (int(i) for i in torch.nonzero(counts == 0)[0])
         raise ValueError(f"episode {episode}: class {cls} has no support video (labels must cover 0..{num_classes - 1})")
     return torch.einsum("bvn,bvte->bnte", onehot / counts[:, None, :], support)  # (B, N, T, E)

@@ -42,7 +42,7 @@ from pipeline.model.alignment import (
 )
 from pipeline.model.backbone import Backbone, load_backbone, text_module
 from pipeline.model.layers import as_float
-from pipeline.model.text import AdaptedText, format_prompt
+from pipeline.model.text import AdaptedText, format_prompt, pooled_length
 from pipeline.model.vision import AdaptedVision
 from pipeline.precision import autocast
 from pipeline.settings.datasets import ProtocolConfig
@@ -197,10 +197,17 @@ class TaskAdapterPP(nn.Module):
         with self._precision():
             return self.text.prefix(text_module(self.clip), tokens)
 
-    def encode_text(self, tokens: Tensor, prefix: Tensor | None = None) -> Tensor:
-        """(N, S, ctx) tokens [+ (N, S, ctx, D_t) cached prefix] -> (N, S, E) prompt features (fp32)."""
+    def encode_text(self, tokens: Tensor, prefix: Tensor | None = None, keep: int | None = None) -> Tensor:
+        """(N, S, ctx) tokens [+ (N, S, ctx, D_t) cached prefix] -> (N, S, E) prompt features (fp32).
+
+        `keep`: `text_keep(tokens)` computed beforehand from CPU tokens (None: computed here from `tokens`).
+        """
         with self._precision():
-            return as_float(self.text.encode(text_module(self.clip), tokens, prefix))
+            return as_float(self.text.encode(text_module(self.clip), tokens, prefix, keep))
+
+    def text_keep(self, tokens: Tensor) -> int:
+        """The token positions (of ctx) the pooled outputs of (..., ctx) `tokens` depend on; pass CPU tokens (no sync)."""
+        return pooled_length(text_module(self.clip), tokens)
 
     # ---- vision -----------------------------------------------------------------------------------------------------
 
@@ -277,6 +284,8 @@ class TaskAdapterPP(nn.Module):
         support_is_prefix: bool = False,
         query_is_prefix: bool = False,
         text_features: Tensor | None = None,
+        text_keep: int | None = None,
+        validate: bool = True,
     ) -> EpisodeScores:
         """Score every query against the N classes of one episode.
 
@@ -284,15 +293,17 @@ class TaskAdapterPP(nn.Module):
         support_labels: (N*K,) in 0..N-1, any order; query: (Q_total, T, 3, H, W) or prefix states;
         text_tokens: (N, S, ctx), row c = class c; text_prefix: optional (N, S, ctx, D_t) cache;
         text_features: optional (N, S, E) output of `encode_text` (a class's features depend on that class alone,
-        so evaluation computes them once per class).
+        so evaluation computes them once per class); text_keep: `text_keep(text_tokens)` computed from CPU tokens;
+        validate=False skips the checks that read label values (a host synchronisation on a GPU: for callers whose
+        labels come from the episode sampler).
         """
         if text_tokens is None and text_features is None:
             raise ValueError("forward needs text_tokens (N, S, ctx) or text_features (N, S, E)")
         num_classes = (text_features if text_features is not None else text_tokens).shape[0]
-        _check_labels(support_labels, support.shape[0], num_classes)
+        _check_labels(support_labels, support.shape[0], num_classes, values=validate)
         z_s, z_q = self.encode_videos(support, query, support_is_prefix, query_is_prefix)  # (N*K, T, E), (Q, T, E)
-        text = self.encode_text(text_tokens, text_prefix) if text_features is None else text_features  # (N, S, E)
-        vis = visual_scores(z_q, class_prototypes(z_s, support_labels, num_classes))  # (Q, N)
+        text = self.encode_text(text_tokens, text_prefix, text_keep) if text_features is None else text_features  # (N, S, E)
+        vis = visual_scores(z_q, class_prototypes(z_s, support_labels, num_classes, check=validate))  # (Q, N)
         mask = task_mask(z_s.shape[0], z_q.shape[0], self.cfg.task_context, device=z_s.device)  # (V, V)
         transitions = transition_features(torch.cat([z_s, z_q]), z_s.shape[0], mask, self.ca_norm)  # (Q, T-1, E)
         sem = semantic_scores(transitions, text, self.windows)  # (Q, N)
@@ -309,28 +320,31 @@ class TaskAdapterPP(nn.Module):
         query_is_prefix: bool = False,
         text_features: Tensor | None = None,
         video_states: bool = False,
+        text_keep: int | None = None,
+        validate: bool = True,
     ) -> EpisodeScores:
         """`forward` for B episodes of one layout (same N, K, Q) in one pass; scores (B, Q_total, N).
 
         Every argument of `forward` gains a leading episode axis B: support (B, N*K, T, 3, H, W) or prefix
         states (B, N*K, T, P+1, D); support_labels (B, N*K); query (B, Q_total, ...); text_tokens (B, N, S, ctx);
         text_prefix (B, N, S, ctx, D_t); text_features (B, N, S, E); `video_states`: support and query are
-        `vision_video_states` output (the batched evaluation cache). Episode b's scores equal
-        `forward(support[b], support_labels[b], ...)` within fp32 rounding (no attention crosses episodes).
+        `vision_video_states` output (the batched evaluation cache); `text_keep`, `validate`: as in `forward`.
+        Episode b's scores equal `forward(support[b], support_labels[b], ...)` within fp32 rounding (no attention
+        crosses episodes), and so do the gradients of a loss over the B episodes (training: `train.episodes_per_pass`).
         """
         if text_tokens is None and text_features is None:
             raise ValueError("forward_batch needs text_tokens (B, N, S, ctx) or text_features (B, N, S, E)")
         batch, num_classes = (text_features if text_features is not None else text_tokens).shape[:2]
         if support.shape[0] != batch or support_labels.shape[0] != batch:
             raise ValueError(f"text holds {batch} episodes but support {support.shape[0]} and support_labels {support_labels.shape[0]}")
-        _check_labels(support_labels.flatten(), support_labels.numel(), num_classes)  # every episode's labels at once
+        _check_labels(support_labels.flatten(), support_labels.numel(), num_classes, values=validate)  # every episode's labels at once
         if support_labels.shape != support.shape[:2]:
             raise ValueError(f"support_labels must have shape {tuple(support.shape[:2])}, got {tuple(support_labels.shape)}")
         z_s, z_q = self.encode_videos_batch(support, query, support_is_prefix, query_is_prefix, video_states)  # (B, N*K|Q, T, E)
         if text_features is None:
             prefix = None if text_prefix is None else text_prefix.flatten(0, 1)  # (B*N, S, ctx, D_t)
-            text_features = self.encode_text(text_tokens.flatten(0, 1), prefix).unflatten(0, (batch, num_classes))
-        vis = batched_visual_scores(z_q, batched_class_prototypes(z_s, support_labels, num_classes))  # (B, Q, N)
+            text_features = self.encode_text(text_tokens.flatten(0, 1), prefix, text_keep).unflatten(0, (batch, num_classes))
+        vis = batched_visual_scores(z_q, batched_class_prototypes(z_s, support_labels, num_classes, check=validate))  # (B, Q, N)
         mask = task_mask(z_s.shape[1], z_q.shape[1], self.cfg.task_context, device=z_s.device)  # (V, V)
         transitions = batched_transition_features(torch.cat([z_s, z_q], dim=1), z_s.shape[1], mask, self.ca_norm)  # (B, Q, T-1, E)
         sem = batched_semantic_scores(transitions, text_features, self.windows)  # (B, Q, N)
@@ -339,6 +353,11 @@ class TaskAdapterPP(nn.Module):
     def loss(self, scores: EpisodeScores, query_labels: Tensor) -> Tensor:
         """Cross-entropy of the logits (tau * vis * sem) over the N classes."""
         return F.cross_entropy(scores.logits, query_labels)
+
+    def episode_losses(self, scores: EpisodeScores, query_labels: Tensor) -> Tensor:
+        """`loss` of each of B episodes of batched scores (B, Q, N), (B, Q) -> (B,)."""
+        per_query = F.cross_entropy(scores.logits.flatten(0, 1), query_labels.flatten(), reduction="none")  # (B*Q,)
+        return per_query.view(query_labels.shape).mean(dim=1)
 
     # ---- helpers ----------------------------------------------------------------------------------------------------
 
@@ -360,12 +379,13 @@ def _per_video(fn, clips: Tensor) -> Tensor:
     return fn(clips.flatten(0, 1)).unflatten(0, clips.shape[:2])
 
 
-def _check_labels(labels: Tensor, num_support: int, num_classes: int) -> None:
+def _check_labels(labels: Tensor, num_support: int, num_classes: int, values: bool = True) -> None:
+    """Shape and dtype; with `values` also the range (reads the labels: a host synchronisation on a GPU)."""
     if labels.shape != (num_support,):
         raise ValueError(f"support_labels must have shape ({num_support},), got {tuple(labels.shape)}")
     if labels.dtype != torch.long:
         raise ValueError(f"support_labels must be a LongTensor, got {labels.dtype}")
-    if num_support and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+    if values and num_support and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"support_labels must lie in 0..{num_classes - 1} (one row of text_tokens per class)")
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from pipeline.model.layers import Adapter, as_float, attend, attend_along, frozen_block
 
-__all__ = ["AdaptedText", "OrderAdapterBlock", "format_prompt"]
+__all__ = ["AdaptedText", "OrderAdapterBlock", "format_prompt", "pooled_length"]
 
 PROMPT_AXIS = 1  # axis of the S prompts in the (N, S, L, D) hidden states
 
@@ -67,8 +67,12 @@ class AdaptedText(nn.Module):
             x = frozen_block(block, x, causal=True)
         return x
 
-    def encode(self, text: nn.Module, tokens: Tensor, prefix: Tensor | None = None) -> Tensor:
-        """(N, S, L) token ids (+ their cached (N, S, L, D_t) prefix) -> (N, S, E) prompt features."""
+    def encode(self, text: nn.Module, tokens: Tensor, prefix: Tensor | None = None, keep: int | None = None) -> Tensor:
+        """(N, S, L) token ids (+ their cached (N, S, L, D_t) prefix) -> (N, S, E) prompt features.
+
+        `keep`: the positions to run, at least `pooled_length(text, tokens)` (computed from `tokens` when None:
+        a host synchronisation when they are on a GPU); positions after the pooled tokens never reach them.
+        """
         classes, prompts, length = tokens.shape
         if prompts != self.num_sub_actions:
             raise ValueError(f"text tokens hold {prompts} prompts per class but the model was built for S={self.num_sub_actions}")
@@ -76,7 +80,10 @@ class AdaptedText(nn.Module):
             raise ValueError(f"text prefix of shape {tuple(prefix.shape)} does not match tokens of shape {tuple(tokens.shape)}")
         if prefix is None:  # at full length, so that the numbers equal those of a cached prefix
             prefix = self.prefix(text, tokens.flatten(0, 1)).unflatten(0, (classes, prompts))  # (N, S, L, D_t)
-        keep = _pooled_length(text, tokens)  # positions after the pooled token never reach it (causal attention)
+        if keep is None:
+            keep = _pooled_length(text, tokens)  # positions after the pooled token never reach it (causal attention)
+        elif not 1 <= keep <= length:
+            raise ValueError(f"text keep {keep} is outside 1..{length} (the token positions)")
         tokens = tokens[..., :keep]  # (N, S, L')
         x = as_float(prefix[..., :keep, :])  # (N, S, L', D_t); a cache may be stored in half precision, the stream runs in fp32
         if self.subaction_embedding is not None:
@@ -101,6 +108,11 @@ def _pool_settings(text: nn.Module) -> tuple[str, int | None]:
     pool_type = getattr(text, "text_pool_type", None) or getattr(text, "pool_type", "argmax")
     eos_id = getattr(text, "text_eos_id", None) if hasattr(text, "text_pool_type") else getattr(text, "eos_id", None)
     return pool_type, eos_id
+
+
+def pooled_length(text: nn.Module, tokens: Tensor) -> int:
+    """Token positions the pooled output of `tokens` (..., L) depends on (see `_pooled_length`); CPU tokens: no sync."""
+    return _pooled_length(text, tokens)
 
 
 def _pooled_length(text: nn.Module, tokens: Tensor) -> int:

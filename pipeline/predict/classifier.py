@@ -139,9 +139,11 @@ class FewShotClassifier:
     @torch.inference_mode()
     def _prefix(self, clips: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, T, 3, H, W) clips -> (B, T, P+1, D) frozen-prefix states, `batch_size` videos at a time (fp32)."""
+        from pipeline.training.data import to_device
+
         out = []
         for i in range(0, len(clips), self.batch_size):
-            batch = torch.stack(list(clips[i : i + self.batch_size])).to(self.device)  # (b, T, 3, H, W)
+            batch = to_device(torch.stack(list(clips[i : i + self.batch_size])), self.device)  # (b, T, 3, H, W), pinned + non-blocking on CUDA
             out.append(self.model.vision_prefix(batch).float())
         return torch.cat(out)
 

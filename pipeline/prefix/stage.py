@@ -37,19 +37,36 @@ from pipeline.settings.model import model_fields
 from pipeline.stage import StageError, build_once
 
 __all__ = [
-    "FORMAT_VERSION", "PREFIX_MODEL_FIELDS", "PrefixStates", "enabled", "plan_fields", "run", "upstream_for", "videos_table",
+    "FORMAT_VERSION", "PREFIX_MODEL_FIELDS", "PrefixStates", "enabled", "mode", "plan_fields", "run", "upstream_for", "videos_table",
     "write_states",
 ]
 
 FORMAT_VERSION = 1
-BATCH = 16  # videos per pass through the frozen blocks
+BATCH = 16  # videos per pass through the frozen blocks on CPU (`evaluate.videos_per_pass`: 128 on CUDA)
 # The model fields the frozen prefix depends on (the adapters of the last M blocks do not enter it).
 PREFIX_MODEL_FIELDS = ("clip", "pretrained", "init_seed", "image_size", "vision_adapted_layers", "temporal_embedding_at", "amp")
 
 
+def mode(cfg: Config) -> str:
+    """Where evaluation keeps the frozen prefix: "artifact" or "memory" (`evaluate.prefix`, with "auto" decided here).
+
+    auto: memory when evaluation runs on a GPU and the trained temporal embedding enters the prefix
+    (`model.temporal_embedding_at=input`: the artifact would serve that one checkpoint, and on a GPU computing the
+    prefix takes about a second where writing, checksumming and re-reading its gigabytes take many); else artifact.
+    """
+    setting = cfg.evaluate.prefix
+    if setting is True or setting == "artifact":
+        return "artifact"
+    if setting is False or setting == "memory":
+        return "memory"
+    device = cfg.evaluate.device
+    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    return "memory" if on_gpu and needs_checkpoint(cfg) else "artifact"
+
+
 def enabled(cfg: Config) -> bool:
-    """The stage runs when evaluation caches per video and is asked to read the prefix from an artifact."""
-    return bool(cfg.evaluate.cache and cfg.evaluate.prefix)
+    """The stage runs when evaluation caches per video and keeps the prefix in an artifact (`mode`)."""
+    return bool(cfg.evaluate.cache) and mode(cfg) == "artifact"
 
 
 def needs_checkpoint(cfg: Config) -> bool:
@@ -96,7 +113,10 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
 def _build(staging: Staging, cfg: Config, inputs: Mapping[str, ArtifactRef]) -> None:
     from pipeline.frames import FrameStore
     from pipeline.model import build_model
-    from pipeline.training.common import EpisodeLoader, pick_device, videos_by_class
+    from pipeline.training.common import pick_device
+    from pipeline.training.data import EpisodeLoader, workers_for
+    from pipeline.training.episodes import videos_by_class
+    from pipeline.training.evaluate import videos_per_pass_for
 
     device = pick_device(cfg.evaluate.device, "evaluate.device")
     frames = FrameStore.open(inputs["frames"].dataset, inputs["frames"].version, root=inputs["frames"].root)
@@ -109,7 +129,8 @@ def _build(staging: Staging, cfg: Config, inputs: Mapping[str, ArtifactRef]) -> 
     if table.empty:
         raise StageError(f"split {cfg.evaluate.split!r} of the frames artifact {inputs['frames']} has no usable video; "
                          f"check the frames stage's log (failed or short videos)")
-    write_states(staging, model, loader, table, cfg.evaluate.prefix_dtype, cfg.model.amp)
+    write_states(staging, model, loader, table, cfg.evaluate.prefix_dtype, cfg.model.amp, videos_per_pass_for(cfg.evaluate.videos_per_pass, device),
+                 workers_for(cfg.evaluate.loader_workers, device))
     staging.extra["summary"] = {"videos": len(table), "split": cfg.evaluate.split, "dtype": cfg.evaluate.prefix_dtype}
     print(f"[fsar] prefix: {len(table)} videos of split {cfg.evaluate.split} through the frozen blocks "
           f"1..{model.vision.num_frozen} ({cfg.evaluate.prefix_dtype})", flush=True)
@@ -126,23 +147,26 @@ def videos_table(by_class: Mapping[str, Sequence[str]], split: str) -> pd.DataFr
 
 
 def write_states(staging: Staging, model: torch.nn.Module, loader: Any, table: pd.DataFrame, dtype: str, amp: bool,
-                 batch: int = BATCH) -> None:
+                 batch: int = BATCH, workers: int = 0) -> None:
     """Write a prefix artifact's files into `staging`: states.npy, the frozen prefix of every video of `table` in
     row order (eval sampling, `batch` videos per pass, stored in `dtype`), and `table` as videos.parquet.
 
-    `loader` is anything with `clips(ids, "eval", None)` -> (B, T, 3, H, W) on its `device` (an EpisodeLoader).
+    `loader` is an EpisodeLoader (or anything with `clip_batches(ids, batch, workers)` yielding (ids, clips on its
+    `device`)); `workers` threads load the next passes' clips while one runs.
     """
     ids = table["video_id"].tolist()
     if not ids:
         raise StageError("the prefix artifact needs at least one video; the videos table is empty")
     out = None
-    with torch.inference_mode():
-        for i in range(0, len(ids), batch):
+    i = 0
+    with torch.inference_mode(), loader.clip_batches(ids, batch, workers) as chunks:
+        for _, clips in chunks:
             with autocast(loader.device, amp):
-                states = model.vision_prefix(loader.clips(ids[i : i + batch], "eval", None)).float().cpu().numpy()  # (b, T, P+1, D)
+                states = model.vision_prefix(clips).to(torch.float32 if dtype == "float32" else torch.float16).cpu().numpy()  # (b, T, P+1, D)
             if out is None:  # written in place: the split's states never need to fit in memory at once
                 out = np.lib.format.open_memmap(staging.path("states.npy"), mode="w+", dtype=dtype, shape=(len(ids), *states.shape[1:]))
             out[i : i + len(states)] = states
+            i += len(states)
     out.flush()
     del out
     staging.write_parquet("videos.parquet", table)

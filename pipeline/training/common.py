@@ -1,24 +1,26 @@
-"""What training and evaluation share: the device, usable videos, episode batches, checkpoints."""
+"""What training and evaluation share: the device, the model and its data (`prepare`), checkpoints.
+
+Episodes and their tensors live in `pipeline.training.episodes` and `pipeline.training.data`; the names
+`EpisodeBatch`, `EpisodeLoader` and `videos_by_class` are re-exported here for older imports.
+"""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import torch
 
-from pipeline.artifacts import file_fingerprint
+from pipeline.artifacts import ArtifactRef, file_fingerprint
 from pipeline.atomic import atomic_open
 from pipeline.config import Config
 from pipeline.precision import autocast  # re-exported: the one autocast helper (config model.amp)
 from pipeline.settings.model import model_fields
 from pipeline.stage import StageError
-from pipeline.training.episodes import Episode
+from pipeline.training.data import EpisodeBatch, EpisodeLoader  # re-exported (older imports)
+from pipeline.training.episodes import videos_by_class  # re-exported (older imports)
 
 __all__ = [
     "EpisodeBatch",
@@ -29,6 +31,7 @@ __all__ = [
     "load_checkpoint",
     "model_identity",
     "pick_device",
+    "prepare",
     "save_checkpoint",
     "videos_by_class",
 ]
@@ -64,58 +67,27 @@ def dist_info() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def videos_by_class(index: pd.DataFrame, split: str, min_frames: int) -> tuple[dict[str, list[str]], dict[str, int]]:
-    """Usable videos of a split by class, and the count of excluded ones by reason."""
-    part = index[index["split"] == split]
-    failed = part["status"] != "ok"
-    short = ~failed & (part["stored_indices"].map(len) < min_frames)
-    ok = part[~failed & ~short]
-    out: dict[str, list[str]] = {}
-    for cls, vid in zip(ok["class"], ok["video_id"]):
-        out.setdefault(cls, []).append(vid)
-    excluded = {"failed": int(failed.sum()), f"fewer than {min_frames} stored frames": int(short.sum())}
-    return out, {k: v for k, v in excluded.items() if v}
+def prepare(cfg: Config, inputs: Mapping[str, ArtifactRef], device: torch.device):
+    """(model, loader, frame store) for a config and its frames/embeddings inputs: what train and evaluate start from."""
+    from pipeline.embeddings import TextCache
+    from pipeline.frames import FrameStore
+    from pipeline.model import build_model
+
+    frames = FrameStore.open(inputs["frames"].dataset, inputs["frames"].version, root=inputs["frames"].root)
+    text = TextCache(inputs["embeddings"])
+    check_text_cache(cfg, text)
+    model = build_model(cfg.model, cfg.protocol, device=device)
+    loader = EpisodeLoader(frames, text, cfg, model.image_mean, model.image_std, device, text_keep=model.text_keep)
+    return model, loader, frames
 
 
-@dataclass
-class EpisodeBatch:
-    support: torch.Tensor  # (N*K, T, 3, H, W) clips or (N*K, T, P+1, D) prefix states
-    support_labels: torch.Tensor  # (N*K,)
-    query: torch.Tensor  # (N*Q, T, 3, H, W) or prefix states
-    query_labels: torch.Tensor  # (N*Q,)
-    text_tokens: torch.Tensor  # (N, S, ctx)
-    text_prefix: torch.Tensor  # (N, S, ctx, D_t)
-
-
-class EpisodeLoader:
-    """Turns an Episode into tensors: clips from the frame store, text states from the cache."""
-
-    def __init__(self, frames: Any, text: Any, cfg: Config, image_mean: Sequence[float], image_std: Sequence[float], device: torch.device):
-        self.frames, self.text, self.cfg, self.device = frames, text, cfg, device
-        self.mean, self.std = tuple(image_mean), tuple(image_std)
-
-    def clip(self, video_id: str, mode: str, rng: np.random.Generator | None) -> torch.Tensor:
-        return self.frames.clip(
-            video_id, self.cfg.protocol.num_frames, mode, self.cfg.model.image_size, self.mean, self.std, rng=rng
-        )  # (T, 3, H, W)
-
-    def clips(self, video_ids: Sequence[str], mode: str, rng: np.random.Generator | None) -> torch.Tensor:
-        return torch.stack([self.clip(v, mode, rng) for v in video_ids]).to(self.device)  # (B, T, 3, H, W)
-
-    def text_for(self, classes: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        tokens, states = self.text.for_classes(list(classes))
-        return tokens.to(self.device), states.to(self.device)
-
-    def batch(self, ep: Episode, mode: str, rng: np.random.Generator | None) -> EpisodeBatch:
-        tokens, states = self.text_for(ep.classes)
-        return EpisodeBatch(
-            support=self.clips(ep.support, mode, rng),
-            support_labels=torch.as_tensor(ep.support_labels, device=self.device),
-            query=self.clips(ep.query, mode, rng),
-            query_labels=torch.as_tensor(ep.query_labels, device=self.device),
-            text_tokens=tokens,
-            text_prefix=states,
-        )
+def check_text_cache(cfg: Config, text: Any) -> None:
+    """The embeddings artifact was made for this config's text model, else a one-line error."""
+    got = text.config.get("model", {})
+    want = model_fields(cfg.model, ["clip", "pretrained", "init_seed", "text_adapted_layers"])
+    diffs = [f"{k}: cache {got.get(k)!r} vs config {v!r}" for k, v in want.items() if got.get(k) != v]
+    if diffs:
+        raise StageError(f"the embeddings artifact was made for another text model ({'; '.join(diffs)}); re-run `fsar embeddings` with this config")
 
 
 def model_identity(cfg: Config) -> dict[str, Any]:

@@ -18,7 +18,10 @@ import pandas as pd
 
 from pipeline.stage import StageError
 
-__all__ = ["Episode", "EpisodeError", "EpisodeSampler", "check_splits", "episodes_from_frame", "episodes_to_frame", "usable_classes"]
+__all__ = [
+    "Episode", "EpisodeError", "EpisodeSampler", "check_splits", "episodes_from_frame", "episodes_to_frame", "usable_classes",
+    "videos_by_class",
+]
 
 log = logging.getLogger("fsar")
 
@@ -52,6 +55,19 @@ class Episode:
         return [c for c in range(self.way) for _ in range(self.queries_per_class)]
 
 
+def videos_by_class(index: pd.DataFrame, split: str, min_frames: int) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """Usable videos of a split of a frames index by class, and the count of excluded ones by reason."""
+    part = index[index["split"] == split]
+    failed = part["status"] != "ok"
+    short = ~failed & (part["stored_indices"].map(len) < min_frames)
+    ok = part[~failed & ~short]
+    out: dict[str, list[str]] = {}
+    for cls, vid in zip(ok["class"], ok["video_id"]):
+        out.setdefault(cls, []).append(vid)
+    excluded = {"failed": int(failed.sum()), f"fewer than {min_frames} stored frames": int(short.sum())}
+    return out, {k: v for k, v in excluded.items() if v}
+
+
 def usable_classes(videos_by_class: Mapping[str, Sequence[str]], way: int, shot: int, query: int, split: str = "") -> dict[str, list[str]]:
     """Classes with at least K+Q videos (others excluded with a warning); `EpisodeError` if fewer than N remain."""
     need = shot + query
@@ -77,7 +93,6 @@ def check_splits(frames_ref: object, protocol: object, shots: Mapping[str, int])
     """Refuse, before a model is built or a staging folder made, a protocol that a split of the frames
     artifact cannot hold: `shots` is {split: K} (evaluation: K at test); raises `EpisodeError`."""
     from pipeline.frames import FrameStore
-    from pipeline.training.common import videos_by_class
 
     ref: Any = frames_ref
     index = FrameStore.open(ref.dataset, ref.version, root=ref.root).index

@@ -46,72 +46,163 @@ from pipeline.training.common import (
     check_checkpoint,
     load_checkpoint,
     pick_device,
-    videos_by_class,
+    prepare,
 )
-from pipeline.training.episodes import Episode, EpisodeSampler, check_splits, episodes_to_frame
+from pipeline.training.data import to_device, workers_for
+from pipeline.training.episodes import Episode, EpisodeSampler, check_splits, episodes_to_frame, videos_by_class
 from pipeline.training.report import collect_lineage, confusion, summarise, table_markdown, write_plots, write_report
 
 __all__ = [
     "EpisodeScorer", "FORMAT_VERSION", "METHODS", "checkpoint_fingerprint", "checkpoint_path", "combine", "descriptions_label", "episodes_per_batch_for", "plan_fields", "run",
-    "score_episodes", "upstream_for",
+    "score_episodes", "upstream_for", "videos_per_pass_for",
 ]
 
 FORMAT_VERSION = 2  # 2: the train input is hashed by version, an explicit checkpoint by content
 METHODS = ("task_adapter_pp", "visual_only", "semantic_only", "clip_prototype")  # `untrained` too with evaluate.untrained
 AUTO_EPISODES_PER_BATCH = {"cpu": 1, "cuda": 64}  # evaluate.episodes_per_batch "auto", by device type (else 1)
 # CPU: one episode already fills the matrix products; on the demo config (fsar-tiny, 150 episodes, 2 threads)
-# best of 3: 1 -> 19.0 episodes/s, 2 -> 15.8, 4 -> 11.8, 8 -> 10.9. CUDA: one episode at a time is latency-bound.
+# best of 3: 1 -> 19.0 episodes/s, 2 -> 15.8, 4 -> 11.8, 8 -> 10.9. CUDA: one episode at a time is latency-bound;
+# "auto" there is 64, or fewer when an estimate of a batch's activations would not fit in half the free memory.
+AUTO_VIDEOS_PER_PASS = {"cpu": 16, "cuda": 128}  # videos per pass through the frozen prefix, by device type (else 16)
 
 
-def episodes_per_batch_for(setting: int | str, device: torch.device) -> int:
-    """Episodes per forward pass: `setting` when a number, else the device's "auto" default."""
-    return setting if isinstance(setting, int) else AUTO_EPISODES_PER_BATCH.get(device.type, 1)
+def episodes_per_batch_for(setting: int | str, device: torch.device, model: torch.nn.Module | None = None,
+                           videos: int | None = None) -> int:
+    """Episodes per forward pass: `setting` when a number, else the device's "auto" default (on CUDA capped by memory
+    when the model and the videos per episode are given)."""
+    if isinstance(setting, int):
+        return setting
+    size = AUTO_EPISODES_PER_BATCH.get(device.type, 1)
+    if device.type == "cuda" and model is not None and videos:
+        size = min(size, _fits_in_memory(model, videos, device))
+    return size
+
+
+def _fits_in_memory(model: torch.nn.Module, videos: int, device: torch.device) -> int:
+    """Episodes of `videos` videos whose adapted-block activations (an estimate, ~40 bytes per hidden value) fit in
+    half the free device memory; at least 1."""
+    visual = model.clip.visual
+    tokens = model.protocol.num_frames * (int(visual.positional_embedding.shape[0]))
+    per_episode = videos * tokens * visual.transformer.width * 40
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, int(free // 2 // per_episode))
+
+
+def videos_per_pass_for(setting: int | None, device: torch.device) -> int:
+    """Videos per pass through the frozen prefix: `setting`, else 16 on CPU and 128 on CUDA."""
+    return setting if setting else AUTO_VIDEOS_PER_PASS.get(device.type, 16)
+
+
+class _Rows:
+    """Per-key tensors (a video's states, a class's text features) kept as the rows of one tensor on a device:
+    added once, gathered by key with one index (no per-key copies). Grows by doubling; `reserve` avoids that."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.index: dict[str, int] = {}
+        self.data: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.index
+
+    def missing(self, keys: Sequence[str]) -> list[str]:
+        return [k for k in dict.fromkeys(keys) if k not in self.index]
+
+    def _grow(self, need: int, like: torch.Tensor) -> None:
+        have = 0 if self.data is None else self.data.shape[0]
+        if need <= have:
+            return
+        size = max(need, 2 * have)
+        data = torch.empty((size, *like.shape[1:]), dtype=like.dtype, device=self.device)
+        if self.data is not None:
+            data[: len(self.index)] = self.data[: len(self.index)]
+        self.data = data
+
+    def reserve(self, count: int, like: torch.Tensor) -> None:
+        """Room for `count` more rows shaped like `like`'s rows."""
+        self._grow(len(self.index) + count, like)
+
+    def add(self, keys: Sequence[str], values: torch.Tensor) -> None:
+        first = len(self.index)
+        self._grow(first + len(keys), values)
+        self.data[first : first + len(keys)] = values  # type: ignore[index]
+        self.index.update((k, first + i) for i, k in enumerate(keys))
+
+    def get(self, keys: Sequence[str]) -> torch.Tensor:
+        """(len(keys), ...) rows in the order of keys."""
+        rows = torch.as_tensor([self.index[k] for k in keys], dtype=torch.long)
+        return self.data.index_select(0, to_device(rows, self.device))  # type: ignore[union-attr]
 
 
 class EpisodeScorer:
     """Scores episodes with a fixed model; with `cache=True` the frozen vision prefix runs once per video.
 
-    `batch`: videos per pass through the frozen prefix; `episodes_per_batch`: episodes per pass through the
-    adapted blocks in `scores_batch` (int, or "auto" for the device's default).
+    `batch`: videos per pass through the frozen prefix (None: 16 on CPU, 128 on CUDA); `episodes_per_batch`: episodes
+    per pass through the adapted blocks in `scores_batch` (int, or "auto" for the device's default); `workers`: data
+    threads loading clips ahead of the passes ("auto": `data.workers_for`). `precompute(episodes)` runs the prefix of
+    every video of the episodes in passes of `batch` videos before scoring (`score_episodes` calls it).
     """
 
     def __init__(
-        self, model: torch.nn.Module, loader: EpisodeLoader, cache: bool, amp: bool = True, batch: int = 16,
-        episodes_per_batch: int | str = "auto", prefix: Any | None = None,
+        self, model: torch.nn.Module, loader: EpisodeLoader, cache: bool, amp: bool = True, batch: int | None = None,
+        episodes_per_batch: int | str = "auto", prefix: Any | None = None, workers: int | str = "auto",
     ):
-        self.model, self.loader, self.cache, self.amp, self.batch = model, loader, cache, amp, batch
+        device = loader.device
+        self.model, self.loader, self.cache, self.amp = model, loader, cache, amp
+        self.batch = videos_per_pass_for(batch, device)
         self.prefix = prefix  # a `pipeline.prefix.PrefixStates` (the prefix artifact) or None: computed here
-        self.episodes_per_batch = episodes_per_batch_for(episodes_per_batch, loader.device)
-        self._prefix: dict[str, torch.Tensor] = {}  # frozen prefix per video (`scores`)
-        self._video: dict[str, torch.Tensor] = {}  # `vision_video_states` per video (`scores_batch`)
-        self._frozen: dict[str, torch.Tensor] = {}
-        self._text: dict[str, torch.Tensor] = {}
+        self.workers = workers_for(workers, device)
+        videos = model.protocol.way * (model.protocol.shot + model.protocol.query)
+        self.episodes_per_batch = episodes_per_batch_for(episodes_per_batch, device, model, videos)
+        self._prefix = _Rows(device)  # frozen prefix per video (`scores`)
+        self._video = _Rows(device)  # `vision_video_states` per video (`scores_batch`)
+        self._frozen = _Rows(device)  # frozen CLIP frame features per video (the prototype baseline)
+        self._text = _Rows(device)  # adapted text features per class
 
-    def _fill(self, store: dict[str, torch.Tensor], ids: Sequence[str], fn) -> None:
-        todo = [v for v in dict.fromkeys(ids) if v not in store]
-        for i in range(0, len(todo), self.batch):
-            chunk = todo[i : i + self.batch]
-            with autocast(self.loader.device, self.amp):
-                out = fn(chunk).float()
-            for vid, x in zip(chunk, out):
-                store[vid] = x
+    def _fill(self, rows: _Rows, ids: Sequence[str], from_clips, from_prefix=None) -> None:
+        """Add the missing videos of `ids` to `rows`, `batch` videos per pass: `from_prefix(prefix states)` when a prefix
+        artifact is given and `from_prefix` is, else `from_clips(clips)`; clips are loaded ahead by the data workers."""
+        todo = rows.missing(ids)
+        if not todo:
+            return
+        if self.prefix is not None and from_prefix is not None:
+            chunks = ((chunk, self.prefix.get(chunk)) for chunk in (todo[i : i + self.batch] for i in range(0, len(todo), self.batch)))
+            fn = from_prefix
+        else:
+            chunks, fn = self.loader.clip_batches(todo, self.batch, self.workers), from_clips
+        try:
+            for chunk, x in chunks:
+                with autocast(self.loader.device, self.amp):
+                    out = fn(x).float()
+                if rows.data is None:
+                    rows.reserve(len(todo), out)
+                rows.add(chunk, out)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def precompute(self, episodes: Sequence[Episode], baselines: bool = False) -> None:
+        """The per-video states `scores_batch` reads (and with `baselines` the frozen features) of every video of the
+        episodes, computed now in passes of `batch` videos (otherwise: when an episode first needs them)."""
+        ids = [v for ep in episodes for v in (*ep.support, *ep.query)]
+        if self.cache:
+            self._fill(self._video, ids, self._video_states_of_clips, self.model.vision_video_states)
+        if baselines:
+            self._fill(self._frozen, ids, self.model.frozen_frame_features)
+
+    def _video_states_of_clips(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.model.vision_video_states(self.model.vision_prefix(clips))
 
     def videos(self, ids: Sequence[str]) -> tuple[torch.Tensor, bool]:
         """Model input for videos: cached prefix states (is_prefix=True) or clips."""
         if not self.cache:
             return self.loader.clips(ids, "eval", None), False
-        self._fill(self._prefix, ids, self._prefix_of)
-        return torch.stack([self._prefix[v] for v in ids]), True  # (B, T, P+1, D)
-
-    def _prefix_of(self, ids: Sequence[str]) -> torch.Tensor:
-        """(B, T, P+1, D) frozen prefix states of videos: read from the prefix artifact when given, else computed."""
-        if self.prefix is not None:
-            return self.prefix.get(ids)
-        return self.model.vision_prefix(self.loader.clips(ids, "eval", None))
-
-    def _video_states(self, ids: Sequence[str]) -> torch.Tensor:
-        """(B, T, P+1, D): frozen prefix + the per-video steps of the first adapted block."""
-        return self.model.vision_video_states(self._prefix_of(ids))
+        self._fill(self._prefix, ids, self.model.vision_prefix, lambda states: states)
+        return self._prefix.get(ids), True  # (B, T, P+1, D)
 
     def videos_batch(self, ids: Sequence[Sequence[str]]) -> torch.Tensor:
         """(B, V, T, P+1, D) states of B episodes' videos.
@@ -121,31 +212,35 @@ class EpisodeScorer:
         """
         flat = [v for episode in ids for v in episode]
         if self.cache:
-            self._fill(self._video, flat, self._video_states)
-            states = torch.stack([self._video[v] for v in flat])  # (B*V, T, P+1, D)
+            self._fill(self._video, flat, self._video_states_of_clips, self.model.vision_video_states)
+            states = self._video.get(flat)  # (B*V, T, P+1, D)
         else:
             parts = []
-            for i in range(0, len(flat), self.batch):
-                with autocast(self.loader.device, self.amp):
-                    parts.append(self.model.vision_prefix(self.loader.clips(flat[i : i + self.batch], "eval", None)).float())
+            with self.loader.clip_batches(flat, self.batch, self.workers) as chunks:
+                for _, clips in chunks:
+                    with autocast(self.loader.device, self.amp):
+                        parts.append(self.model.vision_prefix(clips).float())
             states = torch.cat(parts)  # (B*V, T, P+1, D)
         return states.unflatten(0, (len(ids), -1))
 
     def frozen_features(self, ids: Sequence[str]) -> torch.Tensor:
-        self._fill(self._frozen, ids, lambda chunk: self.model.frozen_frame_features(self.loader.clips(chunk, "eval", None)))
-        return torch.stack([self._frozen[v] for v in ids])  # (B, T, E)
+        self._fill(self._frozen, ids, self.model.frozen_frame_features)
+        return self._frozen.get(ids)  # (B, T, E)
 
     def text(self, classes: Sequence[str]) -> torch.Tensor | None:
         """Adapted text features per class, computed once per class when caching (a class's depend on it alone)."""
         if not self.cache:
             return None
-        todo = [c for c in classes if c not in self._text]
+        todo = self._text.missing(classes)
         if todo:
             tokens, states = self.loader.text_for(todo)
             with autocast(self.loader.device, self.amp):
                 feats = self.model.encode_text(tokens, states).float()  # (n, S, E)
-            self._text.update(zip(todo, feats))
-        return torch.stack([self._text[c] for c in classes])  # (N, S, E)
+            self._text.add(todo, feats)
+        return self._text.get(classes)  # (N, S, E)
+
+    def _labels(self, labels: Sequence[int] | Sequence[Sequence[int]]) -> torch.Tensor:
+        return to_device(torch.as_tensor(labels, dtype=torch.long), self.loader.device)
 
     @torch.inference_mode()
     def scores(self, ep: Episode):
@@ -153,11 +248,11 @@ class EpisodeScorer:
         query, q_prefix = self.videos(ep.query)
         features = self.text(ep.classes)  # (N, S, E) once per class when caching, else None
         tokens, states = self.loader.text_for(ep.classes) if features is None else (None, None)
-        labels = torch.as_tensor(ep.support_labels, device=self.loader.device)
+        labels = self._labels(ep.support_labels)
         with autocast(self.loader.device, self.amp):
             return self.model(
                 support, labels, query, tokens, text_prefix=states, support_is_prefix=s_prefix, query_is_prefix=q_prefix,
-                text_features=features,
+                text_features=features, validate=False,  # sampled episodes: labels valid by construction
             )
 
     @torch.inference_mode()
@@ -166,26 +261,28 @@ class EpisodeScorer:
         _check_layout(episodes)
         support = self.videos_batch([ep.support for ep in episodes])  # (B, N*K, T, P+1, D)
         query = self.videos_batch([ep.query for ep in episodes])  # (B, Q, T, P+1, D)
-        labels = torch.as_tensor([ep.support_labels for ep in episodes], device=self.loader.device)  # (B, N*K)
+        labels = self._labels([ep.support_labels for ep in episodes])  # (B, N*K)
         tokens = states = features = None
         if self.cache:
-            features = torch.stack([self.text(ep.classes) for ep in episodes])  # (B, N, S, E)
+            self.text([c for ep in episodes for c in ep.classes])  # every new class of the batch in one pass
+            features = self._text.get([c for ep in episodes for c in ep.classes]).unflatten(0, (len(episodes), -1))  # (B, N, S, E)
         else:
             texts = [self.loader.text_for(ep.classes) for ep in episodes]
             tokens, states = torch.stack([t for t, _ in texts]), torch.stack([s for _, s in texts])  # (B, N, S, ctx), (B, N, S, ctx, D_t)
         with autocast(self.loader.device, self.amp):
             return self.model.forward_batch(
                 support, labels, query, tokens, text_prefix=states, support_is_prefix=True, query_is_prefix=True,
-                text_features=features, video_states=self.cache,
+                text_features=features, video_states=self.cache, validate=False,
             )
 
     @torch.inference_mode()
     def prototype_scores_batch(self, episodes: Sequence[Episode]) -> torch.Tensor:
         """`prototype_scores` of episodes of one layout: (B, N*Q, N)."""
         _check_layout(episodes)
-        s = F.normalize(torch.stack([self.frozen_features(ep.support) for ep in episodes]).mean(2), dim=-1)  # (B, N*K, E)
-        q = F.normalize(torch.stack([self.frozen_features(ep.query) for ep in episodes]).mean(2), dim=-1)  # (B, N*Q, E)
-        labels = torch.as_tensor([ep.support_labels for ep in episodes], device=s.device)  # (B, N*K)
+        batch = len(episodes)
+        s = F.normalize(self.frozen_features([v for ep in episodes for v in ep.support]).unflatten(0, (batch, -1)).mean(2), dim=-1)  # (B, N*K, E)
+        q = F.normalize(self.frozen_features([v for ep in episodes for v in ep.query]).unflatten(0, (batch, -1)).mean(2), dim=-1)  # (B, N*Q, E)
+        labels = self._labels([ep.support_labels for ep in episodes])  # (B, N*K)
         onehot = F.one_hot(labels, episodes[0].way).to(s.dtype)  # (B, N*K, N)
         protos = torch.einsum("bvn,bve->bne", onehot / onehot.sum(1, keepdim=True), s)  # (B, N, E) mean of each class's supports
         return q @ F.normalize(protos, dim=-1).transpose(1, 2)  # (B, N*Q, N)
@@ -232,13 +329,29 @@ def episode_batches(episodes: Sequence[Episode], size: int) -> list[list[Episode
     return batches
 
 
-def _batch_scores(scorer: EpisodeScorer, batch: Sequence[Episode], baselines: bool) -> dict[str, np.ndarray]:
-    """method -> (B, N*Q, N) scores of a batch of episodes, on the CPU in fp32."""
+def _batch_scores(scorer: EpisodeScorer, batch: Sequence[Episode], baselines: bool) -> dict[str, torch.Tensor]:
+    """method -> (B, N*Q, N) scores of a batch of episodes, on the scorer's device (not read yet)."""
     sc = scorer.scores_batch(batch)
     scores = {"task_adapter_pp": sc.logits}
     if baselines:
         scores.update(visual_only=sc.vis, semantic_only=sc.sem, clip_prototype=scorer.prototype_scores_batch(batch))
-    return {method: m.float().cpu().numpy() for method, m in scores.items()}
+    return scores
+
+
+class HostScores:
+    """Device scores copied to the host without waiting: `get()` waits for that copy only (not for later work)."""
+
+    def __init__(self, scores: dict[str, torch.Tensor]):
+        self.scores = {m: v.float().to("cpu", non_blocking=True) for m, v in scores.items()}
+        self.event = None
+        if any(v.is_cuda for v in scores.values()):
+            self.event = torch.cuda.Event()
+            self.event.record()
+
+    def get(self) -> dict[str, np.ndarray]:
+        if self.event is not None:
+            self.event.synchronize()
+        return {m: v.numpy() for m, v in self.scores.items()}
 
 
 def score_episodes(
@@ -246,15 +359,28 @@ def score_episodes(
 ) -> list[dict[str, Any]]:
     """One row per (episode, method): accuracy, labels, predictions (+ order-pair outcomes where pairs are known).
 
-    Episodes are scored `scorer.episodes_per_batch` at a time; the rows are the same as one at a time.
+    The per-video states of every video are computed first (`EpisodeScorer.precompute`: passes of `scorer.batch`
+    videos), then episodes are scored `scorer.episodes_per_batch` at a time; a batch's scores are read while the next
+    batch runs. The rows are the same as one episode at a time.
     """
+    scorer.precompute(episodes, baselines)
     rows: list[dict[str, Any]] = []
     progress = tqdm(total=len(episodes), desc=desc, unit="ep", mininterval=2.0)
-    for batch in episode_batches(episodes, scorer.episodes_per_batch):
-        scores = _batch_scores(scorer, batch, baselines)
+    pending: tuple[list[Episode], HostScores] | None = None
+
+    def emit(batch: list[Episode], fetch: HostScores) -> None:
+        scores = fetch.get()
         progress.update(len(batch))
         for b, ep in enumerate(batch):
             rows.extend(_episode_rows(ep, {method: m[b] for method, m in scores.items()}, pairs))
+
+    for batch in episode_batches(episodes, scorer.episodes_per_batch):
+        fetch = HostScores(_batch_scores(scorer, batch, baselines))
+        if pending is not None:
+            emit(*pending)
+        pending = (batch, fetch)
+    if pending is not None:
+        emit(*pending)
     progress.close()
     return rows
 
@@ -295,7 +421,7 @@ def descriptions_label(cfg: Config, embeddings: ArtifactRef | None) -> str:
 
 def upstream_for(cfg: Config) -> tuple[str, ...]:
     """The stages evaluate reads: frames, embeddings, train unless `evaluate.checkpoint` names a file, and the
-    vision prefix when `evaluate.prefix` (with `evaluate.cache`)."""
+    vision prefix when it lives in an artifact (`prefix.enabled`: `evaluate.prefix`, with `evaluate.cache`)."""
     from pipeline import prefix
 
     ups = ("frames", "embeddings") if cfg.evaluate.checkpoint else ("frames", "embeddings", "train")
@@ -363,20 +489,6 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
     )
 
 
-def prepare(cfg: Config, inputs: dict[str, ArtifactRef], device: torch.device):
-    """(model, loader, frame store) for a config and its frames/embeddings inputs."""
-    from pipeline.embeddings import TextCache
-    from pipeline.frames import FrameStore
-    from pipeline.model import build_model
-
-    frames = FrameStore.open(inputs["frames"].dataset, inputs["frames"].version, root=inputs["frames"].root)
-    text = TextCache(inputs["embeddings"])
-    _check_text_cache(cfg, text)
-    model = build_model(cfg.model, cfg.protocol, device=device)
-    loader = EpisodeLoader(frames, text, cfg, model.image_mean, model.image_std, device)
-    return model, loader, frames
-
-
 def open_prefix(cfg: Config, inputs: Mapping[str, ArtifactRef], device: torch.device) -> Any | None:
     """The prefix artifact's states when evaluate reads one (checked against this config and checkpoint), else None."""
     if "prefix" not in inputs:
@@ -390,14 +502,6 @@ def open_prefix(cfg: Config, inputs: Mapping[str, ArtifactRef], device: torch.de
         raise StageError(f"the prefix artifact {inputs['prefix']} holds the temporal embedding of train/{made_from}, but evaluate scores "
                          f"train/{inputs['train'].version}; run `fsar prefix` for that checkpoint or drop the --input prefix=... pin")
     return prefix
-
-
-def _check_text_cache(cfg: Config, text: Any) -> None:
-    got = text.config.get("model", {})
-    want = model_fields(cfg.model, ["clip", "pretrained", "init_seed", "text_adapted_layers"])
-    diffs = [f"{k}: cache {got.get(k)!r} vs config {v!r}" for k, v in want.items() if got.get(k) != v]
-    if diffs:
-        raise StageError(f"the embeddings artifact was made for another text model ({'; '.join(diffs)}); re-run `fsar embeddings` with this config")
 
 
 def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef], ckpt: dict[str, Any], label: str) -> None:
@@ -415,7 +519,7 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
     episodes = sampler.take(cfg.evaluate.episodes)
     prefix = open_prefix(cfg, inputs, device)
     scorer = EpisodeScorer(model, loader, cache=cfg.evaluate.cache, amp=cfg.model.amp, episodes_per_batch=cfg.evaluate.episodes_per_batch,
-                           prefix=prefix)
+                           prefix=prefix, batch=cfg.evaluate.videos_per_pass, workers=cfg.evaluate.loader_workers)
     t0 = time.perf_counter()
     from pipeline.datasets import get_dataset
 
@@ -426,7 +530,7 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
         fresh = build_model(cfg.model, cfg.protocol, device=device).eval()
         fresh_prefix = prefix if prefix is not None and prefix.checkpoint_free else None  # else the trained embedding is in it
         fresh_scorer = EpisodeScorer(fresh, loader, cache=cfg.evaluate.cache, amp=cfg.model.amp, episodes_per_batch=scorer.episodes_per_batch,
-                                     prefix=fresh_prefix)
+                                     prefix=fresh_prefix, batch=scorer.batch, workers=scorer.workers)
         for row in score_episodes(fresh_scorer, episodes, False, pairs, "untrained"):
             rows.append({**row, "method": "untrained"})
     seconds = time.perf_counter() - t0

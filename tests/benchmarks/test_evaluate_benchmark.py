@@ -35,3 +35,19 @@ def test_prefix_artifact_benchmark_agrees_and_prints_the_last_line(tmp_path) -> 
     assert f"states.npy (10, 4, 17, 64) {dtype}" in built  # V=10 videos, T=4, (32/8)^2+1 tokens, width 64
     assert "scoring from the prefix artifact (4 episodes per batch)" in run.stdout
     assert not list(tmp_path.glob("fsar-benchmark-prefix-*"))  # the temporary artifact root was removed
+
+
+def test_agreement_separates_real_disagreements_from_near_ties() -> None:
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("benchmark_evaluate", REPO / "benchmarks" / "evaluate.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    reference = [torch.tensor([[3.0, 1.0, 0.0], [2.00, 1.95, 0.0], [0.0, 5.0, 4.0]])]  # margins 2.0, 0.05, 1.0
+    other = [torch.tensor([[2.9, 1.1, 0.0], [1.98, 1.99, 0.0], [0.0, 4.0, 4.5]])]  # query 1 flips within 0.1, query 2 beyond it
+    counts = bench.agreement(reference, other, tol=0.1)
+    assert (counts["queries"], counts["same"], counts["near_ties"], counts["disagreements"]) == (3, 1, 1, 1)
+    assert counts["min_margin"] == pytest.approx(0.05) and counts["max_diff"] == pytest.approx(1.0)
+    assert bench.agreement(reference, other, tol=1.5)["disagreements"] == 0  # both flips are within a wide tolerance

@@ -92,6 +92,26 @@ def test_same_seed_same_episodes_and_other_shots(trained):
     assert df.groupby("method")["episode"].apply(list).map(tuple).nunique() == 1  # same episodes for every method
 
 
+def test_prefix_in_memory_equals_the_prefix_artifact_and_auto_picks_by_device(trained, monkeypatch):
+    from pipeline import prefix
+
+    cfg, store, refs = trained
+    artifact = evaluate.run(cfg.override("evaluate.prefix=artifact"), refs, store)
+    memory = evaluate.run(cfg.override("evaluate.prefix=memory"), refs, store)
+    assert "prefix" in store.manifest(artifact)["inputs"] and "prefix" not in store.manifest(memory)["inputs"]
+    rows = [store.load("evaluate", "synthetic", r.version) for r in (artifact, memory)]
+    assert rows[0]["predictions"].map(len).sum() > 0
+    pd.testing.assert_frame_equal(*rows)  # the same predictions, accuracies and order-pair outcomes
+    assert prefix.mode(cfg) == "artifact" and cfg.evaluate.prefix == "auto"  # auto on CPU: the artifact
+    assert prefix.mode(cfg.override("evaluate.prefix=true")) == "artifact" and prefix.mode(cfg.override("evaluate.prefix=false")) == "memory"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU is visible:
+    assert prefix.mode(cfg.override("evaluate.device=auto")) == "memory"  # the faithful prefix depends on the checkpoint
+    assert not prefix.enabled(cfg.override("evaluate.device=auto"))
+    assert prefix.mode(cfg.override("evaluate.device=cuda")) == "memory"
+    assert prefix.mode(cfg.override("evaluate.device=auto", "model.temporal_embedding_at=first_adapted")) == "artifact"  # shared
+    assert prefix.mode(cfg.override("evaluate.device=cpu")) == "artifact"
+
+
 def test_combine_stacks_evaluations_of_the_same_episodes(trained):
     cfg, store, refs = trained
     a = evaluate.run(cfg.override("evaluate.descriptions_label=script"), refs, store)

@@ -40,20 +40,20 @@ def test_resume_after_a_kill_continues_from_the_checkpoint(tiny, tmp_path, monke
     expected = clean.load("train", "synthetic")
 
     killed = ArtifactStore(tmp_path / "killed")
-    real_step = train.Trainer.step
+    real_step = train.Trainer.train_step
 
-    def dying_step(self, step):
-        if step == 2:
+    def dying_step(self, batches):
+        if self.state["step"] == 2:
             raise KeyboardInterrupt("simulated kill")
-        return real_step(self, step)
+        return real_step(self, batches)
 
-    monkeypatch.setattr(train.Trainer, "step", dying_step)
+    monkeypatch.setattr(train.Trainer, "train_step", dying_step)
     with pytest.raises(KeyboardInterrupt):
         train.run(cfg, refs, killed)
     assert killed.catalog().empty  # nothing half-written is visible
-    monkeypatch.setattr(train.Trainer, "step", real_step)
+    monkeypatch.setattr(train.Trainer, "train_step", real_step)
     calls = []
-    monkeypatch.setattr(train.Trainer, "step", lambda self, step: calls.append(step) or real_step(self, step))
+    monkeypatch.setattr(train.Trainer, "train_step", lambda self, batches: calls.append(self.state["step"]) or real_step(self, batches))
     train.run(cfg.override("train.resume=true"), refs, killed)
     assert calls == [2, 3]  # only the steps after the checkpoint ran
     got = killed.load("train", "synthetic")
