@@ -26,7 +26,9 @@
 #  6. `fsar export` + `fsar predict`: 5 support classes of 1 clip, 10 query clips; latency per query;
 #  7. benchmarks/evaluate.py at HMDB51's test-split size: 10 classes x 129 videos, 10,000 episodes (prefix in memory,
 #     batched; prefix and scoring timed together) against 200 episodes one at a time uncached; bf16 agreement;
-#  8. (when time is left) the step alone under torch.compile.
+#  8. (when time is left) the step alone under torch.compile;
+#  9. (when time is left) benchmarks/frames.py --decode-only: the frames stage on HMDB51-like clips (320x240 MPEG-4 Part 2
+#     with B-frames in AVI, 100-200 frames) with a worker per core, its clips/s and its ratio to a bare sequential decode.
 # Targets (issue 23): train stage end to end >= 25 episodes/s; 10,000 HMDB51-sized test episodes < 15 s prefix
 # included; train step peak memory <= 4,247 MiB (the issue's figure).
 set -uo pipefail
@@ -114,7 +116,8 @@ if [ "$mode" = gpu ]; then
     TRAIN_EPISODES=400 VAL_EVERY=200 VAL_EPISODES=40 EVAL_EPISODES=1000 QUERIES=10
     BENCH=(--episodes 60 --rounds 1) OPTIONS=(--option-steps 15)
     EVAL=(--device cuda --amp --clip ViT-B-16 --image-size 224 --classes 10 --videos-per-class 129 --episodes 10000 --uncached-episodes 200)
-    LIMITS=(70 60 60 75 40 45 75 60)
+    LIMITS=(70 60 60 75 40 45 75 60 60)
+    FRAMES_BENCH=(--hmdb-videos 96 --videos 2 --seconds 4)
 else
     export OMP_NUM_THREADS=1
     DEVICE=cpu CLIP=fsar-micro SIZE=32 STORE=40 FRAMES=4 M=1 MT=1 PER_CLASS=3 VIDEO_FRAMES=16
@@ -122,7 +125,8 @@ else
     BENCH=(--episodes 3 --rounds 1 --threads 1) OPTIONS=(--option-steps 1 --threads 1)
     EVAL=(--device cpu --threads 1 --clip fsar-micro --image-size 32 --frames 4 --classes 5 --videos-per-class 2 --episodes 8
           --uncached-episodes 2 --episodes-per-batch 4)
-    LIMITS=(180 120 120 120 90 90 60 0)
+    LIMITS=(180 120 120 120 90 90 60 0 120)
+    FRAMES_BENCH=(--hmdb-videos 4 --videos 1 --seconds 2)
 fi
 SETS=(--set "dataset.video_root=$VID" --set "model.clip=$CLIP" --set "model.pretrained=$BACKBONE" --set model.quick_gelu=false --set "model.image_size=$SIZE"
       --set "model.vision_adapted_layers=$M" --set "model.text_adapted_layers=$MT" --set "protocol.num_frames=$FRAMES"
@@ -221,6 +225,12 @@ else
     echo "== train-compile: skipped ($mode, $((SECONDS - T_START)) s into the run)"
 fi
 
+if [ "$mode" != gpu ] || [ $((SECONDS - T_START + LIMITS[8])) -le 530 ]; then
+    step frames-benchmark "${LIMITS[8]}" "$PY" benchmarks/frames.py --decode-only "${FRAMES_BENCH[@]}" --out "$WORK/frames-bench"
+else
+    echo "== frames-benchmark: skipped ($((SECONDS - T_START)) s into the run)"
+fi
+
 # ---- targets ------------------------------------------------------------------------------------------------------
 target() {  # target DESCRIPTION VALUE OP LIMIT UNIT
     local what=$1 value=$2 op=$3 limit=$4 unit=$5 verdict
@@ -236,7 +246,7 @@ eval_s=$(sed -n 's/^batched + cached .*: 10000 episodes in \([0-9.]*\) s.*/\1/p'
 peak=$(sed -n 's/^train step peak memory .*: \([0-9.]*\) MiB/\1/p' "$logs/train-benchmark.log" 2>/dev/null | tail -n 1)
 [ "$mode" = gpu ] || TARGET_NOTE=" (cpu-smoke: tiny sizes on CPU, the targets are the GPU's)"
 echo "== summary ($mode, $((SECONDS - T_START)) s)"
-grep -h "^loop_ratio=\|^evaluate benchmark: \|^predictions of the \|^option \|^recommend: \|^\[fsar\] evaluate: .* episodes in\|^\[fsar\] predict: .* queries in\|^predict command:\|^train step peak" \
+grep -h "^frames stage, HMDB51-like\|^stage / bare sequential\|^HMDB51 (6766\|^loop_ratio=\|^evaluate benchmark: \|^predictions of the \|^option \|^recommend: \|^\[fsar\] evaluate: .* episodes in\|^\[fsar\] predict: .* queries in\|^predict command:\|^train step peak" \
     "$logs"/*.log 2>/dev/null || true
 target "train stage end to end (loading, validation, checkpoints included${RECOMMEND:+; $RECOMMEND})" "$train_rate" ">=" 25 "episodes/s"
 if [ "$mode" = gpu ]; then what="10,000 HMDB51-sized test episodes, prefix included"; else what="8 tiny test episodes (for 10,000 HMDB51-sized), prefix included"; fi
