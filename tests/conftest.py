@@ -65,3 +65,48 @@ def tiny_overrides(synthetic_root: Path) -> list[str]:
         "train.warmup_epochs=0",
         "evaluate.episodes=3",
     ]
+
+
+@pytest.fixture()
+def prefect_server_env(tmp_path: Path):
+    """A real `prefect server` on a free 127.0.0.1 port with a private PREFECT_HOME, stopped afterwards; yields the
+    environment that reaches it (no inherited PREFECT_* setting, analytics off, PREFECT_API_URL set)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_API_HOST": "127.0.0.1",
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}  # fmt: skip
+    log_path = tmp_path / "server.log"
+    log = open(log_path, "w")
+    prefect = Path(sys.executable).parent / "prefect"
+    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"prefect server exited early:\n{log_path.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("prefect server did not become healthy within 180 s")
+            time.sleep(1)
+        yield env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
