@@ -37,7 +37,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.artifacts import ArtifactStore  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.stages import run_stage  # noqa: E402
 from pipeline.training import train  # noqa: E402
@@ -70,7 +69,7 @@ def _config(args: argparse.Namespace, root: Path, videos: Path):
         f"artifacts={root}", f"dataset.video_root={videos}", "descriptions.backend=file", f"descriptions.corpus={videos / 'scripts.yaml'}",
         "model.pretrained=null", f"train.device={args.device}", f"evaluate.device={args.device}", "frames.decoder=pyav",
         *args.overrides,
-        f"train.epochs=1", f"train.episodes_per_epoch={args.episodes}", "train.warmup_epochs=1",  # no validation: both sides run the same steps
+        "train.epochs=1", f"train.episodes_per_epoch={args.episodes}", "train.warmup_epochs=1",  # no validation: both sides run the same steps
     ]
     return load_config("demo", overrides=overrides)
 
