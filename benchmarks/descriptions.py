@@ -25,7 +25,8 @@ from fake_openai_server import FakeLLM  # noqa: E402
 
 from pipeline.artifacts import ArtifactStore  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.descriptions import DescriptionsConfig, run  # noqa: E402
+from pipeline.descriptions import run  # noqa: E402
+from pipeline.settings.descriptions import DescriptionsConfig  # noqa: E402
 
 
 def timed_run(url: str, dataset: str, concurrency: int | None, root: Path) -> tuple[float, int]:

@@ -68,13 +68,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.artifacts import ArtifactStore, Staging  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
+from pipeline.contract import build_once  # noqa: E402
+from pipeline.fewshot.episodes import EpisodeSampler  # noqa: E402
+from pipeline.fewshot.loader import EpisodeLoader  # noqa: E402
 from pipeline.model import build_model  # noqa: E402
 from pipeline.prefix import FORMAT_VERSION, PrefixStates, plan_fields  # noqa: E402
 from pipeline.prefix.stage import videos_table, write_states  # noqa: E402
-from pipeline.stage import build_once  # noqa: E402
-from pipeline.training.data import EpisodeLoader  # noqa: E402
-from pipeline.training.episodes import EpisodeSampler  # noqa: E402
-from pipeline.training.evaluate import AUTO_EPISODES_PER_BATCH, EpisodeScorer, HostScores, episode_batches, videos_per_pass_for  # noqa: E402
+from pipeline.fewshot.scoring import AUTO_EPISODES_PER_BATCH, EpisodeScorer, HostScores, episode_batches, videos_per_pass_for  # noqa: E402
 
 
 class RandomFrames:

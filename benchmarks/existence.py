@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline import artifacts  # noqa: E402
 from pipeline.artifacts import ArtifactStore  # noqa: E402
-from pipeline.stage import build_once  # noqa: E402
+from pipeline.contract import build_once  # noqa: E402
 
 
 def build(root: Path, gib: float, files: int) -> tuple[ArtifactStore, artifacts.ArtifactRef]:

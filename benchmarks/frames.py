@@ -195,7 +195,7 @@ def _folder_sample(folder: str, rng: np.random.Generator | None, mean, std):  # 
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    from pipeline.frames.decode import mp_context
+    from pipeline.frames.isolation import mp_context
 
     return ProcessPoolExecutor(max_workers=workers, mp_context=mp_context())  # the stage's own choice
 

@@ -43,13 +43,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.datasets.config import ProtocolConfig  # noqa: E402
 from pipeline.model import build_model  # noqa: E402
 from pipeline.model.alignment import class_prototypes, semantic_scores, task_mask, transition_features, visual_scores  # noqa: E402
 from pipeline.model.backbone import text_module  # noqa: E402
-from pipeline.model.config import ModelConfig  # noqa: E402
 from pipeline.model.vision import patch_tokens  # noqa: E402
 from pipeline.precision import autocast  # noqa: E402
+from pipeline.settings.datasets import ProtocolConfig  # noqa: E402
+from pipeline.settings.model import ModelConfig  # noqa: E402
 
 MIB = 2**20
 

@@ -50,7 +50,7 @@ def build(root: Path, clip: str, image_size: int) -> tuple[Path, Path, list[str]
     from pipeline.model import load_backbone
     from pipeline.predict import export_bundle
     from pipeline.runfile import build_config
-    from pipeline.stages import PIPELINE, run_stage
+    from pipeline.registry import PIPELINE, run_stage
 
     videos = generate(root / "videos", 3, seed=0, num_frames=24, size=64)
     torch.manual_seed(0)

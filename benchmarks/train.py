@@ -38,9 +38,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import load_config  # noqa: E402
-from pipeline.stages import run_stage  # noqa: E402
-from pipeline.training import train  # noqa: E402
-from pipeline.training.data import Prefetcher, train_rng  # noqa: E402
+from pipeline.fewshot.loader import Prefetcher, train_rng  # noqa: E402
+from pipeline.registry import run_stage  # noqa: E402
+from pipeline.train.trainer import Trainer, make_optimizer  # noqa: E402
 
 MIB = 2**20
 
@@ -92,13 +92,13 @@ def _inputs(cfg, videos: Path, per_class: int) -> dict:
 class Start:
     """The trainer's initial weights and optimiser state, to start every run from."""
 
-    def __init__(self, trainer: train.Trainer):
+    def __init__(self, trainer: Trainer):
         self.weights = {k: v.clone() for k, v in trainer.model.trainable_state_dict().items()}
         self.optimizer = {"state": {}, "param_groups": [dict(g) for g in trainer.optimizer.state_dict()["param_groups"]]}
 
-    def restore(self, trainer: train.Trainer, out: Path) -> None:
+    def restore(self, trainer: Trainer, out: Path) -> None:
         trainer.model.load_trainable_state_dict(self.weights)
-        trainer.optimizer = train.make_optimizer(trainer.cfg, trainer.params)
+        trainer.optimizer = make_optimizer(trainer.cfg, trainer.params)
         trainer.state = {"step": 0, "best": None, "metrics": [], "validation": [], "seconds": 0.0}
         trainer.out = out
         out.mkdir(parents=True, exist_ok=True)
@@ -112,13 +112,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _loop(trainer: train.Trainer, start: Start, out: Path) -> tuple[float, list[float]]:
+def _loop(trainer: Trainer, start: Start, out: Path) -> tuple[float, list[float]]:
     start.restore(trainer, out)
     trainer.fit(None)
     return trainer.state["loop_seconds"], [m["loss"] for m in trainer.state["metrics"]]
 
 
-def _load_all(trainer: train.Trainer, steps: int | None = None) -> list[list]:
+def _load_all(trainer: Trainer, steps: int | None = None) -> list[list]:
     """Every step's episode batches on the device (the data workers' batches: the synchronous loader's, tested)."""
     steps = trainer.total_steps if steps is None else steps
     E = trainer.cfg.train.episodes_per_step
@@ -127,7 +127,7 @@ def _load_all(trainer: train.Trainer, steps: int | None = None) -> list[list]:
     return [flat[s * E : (s + 1) * E] for s in range(steps)]
 
 
-def _steps(trainer: train.Trainer, start: Start, out: Path, batches: list[list]) -> tuple[float, list[float]]:
+def _steps(trainer: Trainer, start: Start, out: Path, batches: list[list]) -> tuple[float, list[float]]:
     start.restore(trainer, out)
     _sync(trainer.device)
     t0 = time.perf_counter()
@@ -137,7 +137,7 @@ def _steps(trainer: train.Trainer, start: Start, out: Path, batches: list[list])
     return seconds, [trainer._metrics_of(v)["loss"] for v in values]
 
 
-def _step_peak_mib(trainer: train.Trainer, batches: list) -> float:
+def _step_peak_mib(trainer: Trainer, batches: list) -> float:
     """CUDA allocated-memory growth of one step over the weights and its loaded inputs (benchmarks/model.py's measure)."""
     for q in trainer.params:
         q.grad = None
@@ -172,7 +172,7 @@ def main() -> None:
 def run(args: argparse.Namespace, cfg, refs: dict, tmp: Path) -> None:
     t0 = time.perf_counter()
     torch.manual_seed(cfg.train.seed)
-    trainer = train.Trainer(cfg, refs, tmp / "warm")
+    trainer = Trainer(cfg, refs, tmp / "warm")
     device = trainer.device
     tol = args.tolerance if args.tolerance is not None else (0.0 if device.type == "cpu" else 1e-2)
     m, p = cfg.model, cfg.protocol
@@ -225,7 +225,7 @@ def _load() -> tuple[float, ...]:
 
 # ---- speed options (CUDA) ---------------------------------------------------------------------------------------
 
-def _options(trainer: train.Trainer, start: Start, cfg, refs: dict, args: argparse.Namespace, tmp: Path) -> None:
+def _options(trainer: Trainer, start: Start, cfg, refs: dict, args: argparse.Namespace, tmp: Path) -> None:
     """Step time per speed option (same episodes; E=4 counted per episode) after an fp32 check against the plain step;
     the step's peak memory is the allocated growth over the warm-up steps (a CUDA graph keeps what its capture took)."""
     options = [("plain", ()), ("cuda_graphs", ("train.cuda_graphs=true",)), ("E4", ("train.episodes_per_step=4",)),
@@ -258,7 +258,7 @@ def _options(trainer: train.Trainer, start: Start, cfg, refs: dict, args: argpar
         print(f"recommend: {flags}".rstrip(), flush=True)
 
 
-def _time_option(trainer: train.Trainer, start: Start, cfg, extra: tuple[str, ...], steps: int, out: Path) -> tuple[float, float]:
+def _time_option(trainer: Trainer, start: Start, cfg, extra: tuple[str, ...], steps: int, out: Path) -> tuple[float, float]:
     option_cfg = cfg.override(*extra)
     start.restore(trainer, out)
     trainer.cfg = option_cfg
@@ -286,7 +286,7 @@ def _time_option(trainer: train.Trainer, start: Start, cfg, extra: tuple[str, ..
         trainer._setup_speed_options()
 
 
-def _check_option(trainer: train.Trainer, start: Start, cfg, extra: tuple[str, ...], out: Path) -> tuple[float, float]:
+def _check_option(trainer: Trainer, start: Start, cfg, extra: tuple[str, ...], out: Path) -> tuple[float, float]:
     """Largest relative difference of the loss and of any gradient between the option and the plain step, in fp32
     (TF32 off), on the same weights and episodes."""
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

@@ -18,11 +18,31 @@ from typing import Annotated
 
 import typer
 
-from pipeline.cli_common import APP_SETTINGS, ArtifactsOpt, ConfigOpt, DatasetOpt, InputOpt, PresetOpt, SetOpt, VideoListOpt, VideoRootOpt, guarded
+from pipeline.cli_common import (
+    APP_SETTINGS,
+    ArtifactsOpt,
+    ConfigOpt,
+    DatasetOpt,
+    InputOpt,
+    PresetOpt,
+    QuietOpt,
+    SetOpt,
+    VerboseOpt,
+    VideoListOpt,
+    VideoRootOpt,
+    guarded,
+    show_logs,
+)
 
 __all__ = ["app", "main"]
 
 app = typer.Typer(name="python -m flows", help="Run the fsar flow (full) or the offline demo in-process.", **APP_SETTINGS)
+
+
+@app.callback()
+def _options(quiet: QuietOpt = False, verbose: VerboseOpt = False) -> None:
+    """How much of fsar's log to print (inside a flow run the lines go to the run's logger, and so to the Prefect UI)."""
+    show_logs(quiet, verbose, prefect=True)
 
 
 class TaskRunner(str, Enum):
@@ -33,6 +53,7 @@ class TaskRunner(str, Enum):
 
 def _run_file(config: str | None) -> str | None:
     """The run file the flow reads (checked here, so a wrong path is one line before Prefect starts)."""
+    # start-up: imported by the command that uses it
     from pipeline.runfile import find_run_file
 
     path = find_run_file(config)
@@ -43,6 +64,7 @@ def _run_file(config: str | None) -> str | None:
 
 def _prepare(overrides: list[str] | None) -> list[str]:
     """Secrets out of the overrides (Prefect stores flow parameters), Prefect's ephemeral-API settings."""
+    # start-up: imported by the command that uses it
     from pipeline.secrets import stash_overrides
 
     # The ephemeral Prefect API starts a local server; its 20 s default time-out is too short on small machines.
@@ -70,6 +92,7 @@ def full(
     def go() -> None:
         run_file = _run_file(config)
         overrides = _prepare(set_)
+        # start-up: imported by the command that uses it
         from flows.fsar import fsar
 
         versions = fsar(
@@ -98,6 +121,7 @@ def demo(artifacts: ArtifactsOpt = None, set_: SetOpt = None, config: ConfigOpt 
     def go() -> None:
         run_file = _run_file(config)
         overrides = _prepare(set_)
+        # start-up: imported by the command that uses it
         from flows.demo import demo as run_demo
 
         run_demo(artifacts=artifacts, overrides=overrides, config=run_file)

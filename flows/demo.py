@@ -14,6 +14,9 @@ Every step is a versioned artifact, so a second `make demo` skips what exists.
 from __future__ import annotations
 
 import json
+import logging
+import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +27,23 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
 from flows.fsar import ALL_STAGES, run_stages
+from flows.stage_artifacts import publish_stage_artifact
+from pipeline import pretrain
 from pipeline.artifacts import ArtifactRef, ArtifactStore
 from pipeline.cli_common import one_line
 from pipeline.config import Config
+from pipeline.datasets import get_dataset
+from pipeline.datasets.synthetic import generate
 from pipeline.errors import FsarError
+from pipeline.evaluate.combine import combine
+from pipeline.evaluate.report import METHOD_LABELS
+from pipeline.logs import install
+from pipeline.predict.bundle import export_bundle
+from pipeline.predict.cli import predict_videos
 from pipeline.runfile import build_config, find_run_file
 from pipeline.secrets import restore_overrides
+
+log = logging.getLogger("fsar")
 
 __all__ = ["demo", "CORPORA"]
 
@@ -42,28 +56,21 @@ CORPORA: dict[str, list[str]] = {
 
 @task(name="synthetic-videos", cache_policy=NO_CACHE, log_prints=True)
 def synthetic_videos(cfg: Config, out: str) -> str:
-    from pipeline.datasets.synthetic import generate
-
     d = cfg.dataset
     root = generate(out, d.synthetic_videos_per_class, seed=d.synthetic_seed, num_frames=d.synthetic_frames,
                     size=d.synthetic_size, num_sub_actions=cfg.protocol.num_sub_actions)
-    print(f"[fsar] synthetic videos in {root}")
+    log.info(f"synthetic videos in {root}")
     return str(root)
 
 
 @task(name="backbone", retries=0, cache_policy=NO_CACHE, log_prints=True)
 def backbone(cfg: Config) -> ArtifactRef:
-    from pipeline.backbone import run
-
-    return run(cfg, {}, ArtifactStore(cfg.artifacts))
+    return pretrain.run(cfg, {}, ArtifactStore(cfg.artifacts))
 
 
 @task(name="combine-evaluations", cache_policy=NO_CACHE, log_prints=True)
 def combined(store: ArtifactStore, evaluations: dict[str, ArtifactRef]) -> ArtifactRef:
     """One evaluate artifact with every corpus's rows, so `artifacts.load("evaluate", "synthetic")` shows them all."""
-    from flows.stage_artifacts import publish_stage_artifact
-    from pipeline.training.evaluate import combine
-
     ref = combine(store, evaluations, "fsar demo: held-out synthetic classes, every description corpus")
     publish_stage_artifact("evaluate", ref)
     return ref
@@ -74,6 +81,7 @@ def demo(artifacts: str | None = None, corpora: list[str] | None = None, overrid
          config: str | None = None) -> dict[str, Any] | State:
     """The offline demo; returns the evaluation summaries by corpus (a run file, `config` or ./fsar.yaml, may give
     the artifact root and `set:` options; the dataset, preset and video folder are the demo's own)."""
+    install(None, prefect=True)  # fsar's lines go to this run's logger
     try:
         return _demo(artifacts, corpora, overrides, config)
     except FsarError as exc:
@@ -88,9 +96,7 @@ def _demo(artifacts: str | None, corpora: list[str] | None, overrides: list[str]
     video_root = synthetic_videos(base, str(Path(store.root) / "synthetic-videos"))
     base = base.override(f"dataset.video_root={video_root}")
     bb = backbone(base)
-    from pipeline.backbone import checkpoint_path
-
-    base = base.override(f"model.clip={base.backbone.clip}", f"model.pretrained={checkpoint_path(bb)}")
+    base = base.override(f"model.clip={base.backbone.clip}", f"model.pretrained={pretrain.checkpoint_path(bb)}")
     summaries: dict[str, Any] = {}
     refs_by_corpus: dict[str, dict[str, ArtifactRef]] = {}
     for corpus in corpora or list(CORPORA):
@@ -100,12 +106,12 @@ def _demo(artifacts: str | None, corpora: list[str] | None, overrides: list[str]
         summaries[corpus] = json.loads((store.local_path(refs["evaluate"]) / "summary.json").read_text())
     both = combined(store, {c: r["evaluate"] for c, r in refs_by_corpus.items()})
     text = demo_table(summaries, base)
-    print(text)
-    print(f"[fsar] report (every corpus): {store.local_path(both) / 'report.md'}")
+    log.info(text, extra={"bare": True})
+    log.info(f"report (every corpus): {store.local_path(both) / 'report.md'}")
     for corpus, refs in refs_by_corpus.items():
-        print(f"[fsar] {corpus}: report {store.local_path(refs['evaluate']) / 'report.md'}")
-    print(f"[fsar] artifacts under {store.root}; list them with: python -c \"from pipeline import artifacts; "
-          f"print(artifacts.catalog('{store.root}'))\"")
+        log.info(f"{corpus}: report {store.local_path(refs['evaluate']) / 'report.md'}")
+    log.info(f"artifacts under {store.root}; list them with: python -c \"from pipeline import artifacts; "
+             f"print(artifacts.catalog('{store.root}'))\"")
     use_trained_model(base, store, video_root, refs_by_corpus)  # ROOT/bundles/demo + `fsar predict` on held-out clips
     create_markdown_artifact(markdown=text, key="fsar-demo", description="fsar demo results")
     logger.info("demo finished")
@@ -114,8 +120,6 @@ def _demo(artifacts: str | None, corpora: list[str] | None, overrides: list[str]
 
 def demo_table(summaries: dict[str, Any], cfg: Config) -> str:
     """One Markdown table over corpora and methods."""
-    from pipeline.training.report import METHOD_LABELS
-
     any_summary = next(iter(summaries.values()))
     lines = [
         f"## fsar demo: held-out synthetic classes, {any_summary['way']}-way {any_summary['shot']}-shot, "
@@ -153,38 +157,28 @@ def use_trained_model(base: Config, store: ArtifactStore, video_root: str, refs_
 
 def predict_demo(base: Config, store: ArtifactStore, video_root: str, train: ArtifactRef, corpus: str = "script") -> dict[str, Any]:
     """The demo's last step (a plain function, so tests call it on a small root): bundle, support, queries, predict."""
-    import time
-
-    from pipeline.predict.bundle import export_bundle
-    from pipeline.predict.cli import predict_videos
-
     cfg = base.override(*[o.format(video_root=video_root) for o in CORPORA[corpus]])
     root = Path(store.root)
     bundle = export_bundle(cfg, store, root / "bundles" / "demo", train=train)
     support, queries, truth = _demo_clips(cfg, Path(video_root), root / "predict-demo")
-    print(f"[fsar] model bundle of the {corpus} run: {bundle}")
+    log.info(f"model bundle of the {corpus} run: {bundle}")
     t0 = time.perf_counter()
     df = predict_videos(bundle, support, [str(q) for q in queries], root / "predict-demo" / "predictions.csv",
                         device="cpu", artifacts=str(root))  # the bundle holds its (small) backbone file
     seconds = time.perf_counter() - t0
     right = sum(p == truth[Path(q).parent.name] for q, p in zip(df["query"], df["prediction"]))
-    print(f"[fsar] predict on {len(df)} held-out clips of the {len(queries)} test classes ({PREDICT_SHOTS} support clips each): "
-          f"{right}/{len(df)} correct ({100 * right / max(len(df), 1):.1f}%), {seconds / max(len(df), 1):.3f} s per query with "
-          f"loading and support encoding")
+    log.info(f"predict on {len(df)} held-out clips of the {len(queries)} test classes ({PREDICT_SHOTS} support clips each): "
+             f"{right}/{len(df)} correct ({100 * right / max(len(df), 1):.1f}%), {seconds / max(len(df), 1):.3f} s per query with "
+             f"loading and support encoding")
     query_args = " ".join(f"'{q}'" for q in queries)
-    print("[fsar] the same from the command line:\n"
-          f"  fsar predict --model {bundle} --support {support} --query {query_args} "
-          f"--out predictions.csv")
+    log.info("the same from the command line:\n"
+             f"  fsar predict --model {bundle} --support {support} --query {query_args} "
+             f"--out predictions.csv")
     return {"bundle": str(bundle), "queries": len(df), "correct": int(right), "seconds": seconds}
 
 
 def _demo_clips(cfg: Config, video_root: Path, out: Path) -> tuple[Path, list[Path], dict[str, str]]:
     """support/<class>/ (copies of test videos), held-out/<class slug>/ (new clips), {slug: class}."""
-    import shutil
-
-    from pipeline.datasets import get_dataset
-    from pipeline.datasets.synthetic import generate
-
     spec = get_dataset(cfg.dataset)
     test = spec.classes("test")
     by_class: dict[str, list[str]] = {}

@@ -1,8 +1,8 @@
 """Prefect flow `fsar`: descriptions -> frames -> embeddings -> train -> evaluate for one dataset.
 
-Each stage is a Prefect task that calls the library's stage function (`pipeline.stages.run_stage`) and
+Each stage is a Prefect task that calls the library's stage function (`pipeline.registry.run_stage`) and
 passes artifact references on; no stage logic and no stage table live here (the registry in
-`pipeline.stages` has both). Stages not run in this flow run are taken at the versions the config
+`pipeline.registry` has both). Stages not run in this flow run are taken at the versions the config
 implies (`fsar plan`), or pinned with `inputs=["STAGE=VERSION"]`. A stage whose artifact version exists is
 skipped by the library and the task says so. The frames stage's work units (shards) run as Prefect
 tasks through the chosen task runner: threads in-process (default), a Dask cluster
@@ -20,13 +20,16 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
+from flows.stage_artifacts import publish_stage_artifact
 from pipeline.artifacts import ArtifactRef, ArtifactStore
 from pipeline.cli_common import one_line
 from pipeline.config import Config
 from pipeline.errors import FsarError
+from pipeline.evaluate.report import table_markdown
+from pipeline.logs import install
+from pipeline.registry import PIPELINE, parse_pins, resolve_inputs, run_stage, with_prerequisites
 from pipeline.runfile import find_run_file, resolve
 from pipeline.secrets import restore_overrides
-from pipeline.stages import PIPELINE, parse_pins, resolve_inputs, run_stage
 
 __all__ = ["fsar", "ALL_STAGES", "StageFailed", "run_stages"]
 
@@ -75,7 +78,6 @@ def _stage_task(name: str):
             line = one_line(exc)
             return Failed(message=line if line.startswith(f"{name}:") else f"{name}: {line}")
         logger.info("%s: %s %s", name, "skipped, artifact exists:" if ref.skipped else "built", ref)
-        from flows.stage_artifacts import publish_stage_artifact
 
         publish_stage_artifact(name, ref)  # Prefect artifact `<stage>-<dataset>`, also when skipped
         return ref
@@ -161,6 +163,7 @@ def fsar(
     `python -m flows` before Prefect stores the parameters, and restored here); `inputs` pins upstream
     versions. Bad input (a missing upstream, an LLM without a usable answer, ...) ends the run Failed with
     one line as its state message."""
+    install(None, prefect=True)  # fsar's lines go to this run's logger (a worker runs the flow without the CLI)
     try:
         return _full(dataset, preset, video_root, video_list, artifacts, overrides, stages, task_runner, dask_address, inputs, config)
     except FsarError as exc:
@@ -191,6 +194,7 @@ def run_stages(cfg: Config, chosen: Sequence[str], task_runner: str = "local", d
     the versions the config implies (or `pins`)."""
     store = ArtifactStore(cfg.artifacts)
     refs: dict[str, ArtifactRef] = {}
+    chosen = with_prerequisites(cfg, chosen)  # e.g. evaluate's vision prefix: the registry decides
     for spec in PIPELINE:
         name = spec.name
         if name not in chosen or not spec.enabled(cfg):  # a stage the config switches off (evaluate.prefix=false)
@@ -211,7 +215,6 @@ def _publish_outcome(cfg: Config, refs: dict[str, ArtifactRef], store: ArtifactS
     for name, ref in refs.items():
         lines.append(f"| {name} | `{ref}` | {'skipped (exists)' if ref.skipped else 'built'} |")
     if "evaluate" in refs:
-        from pipeline.training.report import table_markdown
         import json
 
         path = store.local_path(refs["evaluate"]) / "summary.json"

@@ -7,7 +7,7 @@ artifact again), by `publish_stage_artifact(stage, ref)` after the stage's task 
 - frames: videos ok / failed by reason, frames and bytes stored,
 - embeddings: prompts and classes cached,
 - train: the summary (steps, kept checkpoint, final loss) and the validation points (the live
-  progress artifact `train-<dataset>-progress` comes from `pipeline.training.monitor`),
+  progress artifact `train-<dataset>-progress` comes from `pipeline.train.monitor`),
 - evaluate: the report (results, protocol, per-class accuracy, lineage) with the report's path.
 
 Outside a Prefect run nothing is published; a failure here is logged and never fails the stage.
@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore
-from pipeline.training.monitor import artifact_key, in_prefect_run
+from pipeline.logs import artifact_key, in_prefect_run
 
 __all__ = ["BUILDERS", "publish_stage_artifact", "stage_markdown"]
 

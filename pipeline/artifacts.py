@@ -34,6 +34,7 @@ import contextvars
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -50,6 +51,9 @@ import pandas as pd
 
 from pipeline.atomic import atomic_path, atomic_write_text
 from pipeline.errors import NO_SPACE, FsarError, find_os_error
+from pipeline.secrets import redact
+
+log = logging.getLogger("fsar")
 
 __all__ = [
     "ArtifactError",
@@ -493,7 +497,7 @@ class ArtifactStore:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            print(f"[fsar] {stage}: another run is building {dataset}/{version}; waiting for it (up to {timeout:.0f} s)", flush=True)
+            log.info(f"{stage}: another run is building {dataset}/{version}; waiting for it (up to {timeout:.0f} s)")
             try:
                 lock.acquire(timeout=timeout)
             except Timeout:
@@ -561,8 +565,6 @@ class ArtifactStore:
         )
 
     def _finish(self, staging: Staging, *, config: Mapping[str, Any], inputs: Mapping[str, ArtifactRef], format_version: int | str) -> None:
-        from pipeline.secrets import redact
-
         # Drop hidden helper files (per-unit completion markers) and partial writes before listing.
         for p in list(staging.dir.rglob("*")):
             if p.is_file() and (p.name.startswith(".") or p.name.endswith(".part")):

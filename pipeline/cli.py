@@ -2,7 +2,7 @@
 
 The Makefile calls this. Every stage command builds a Config (preset < run file < command line, see
 `pipeline.runfile`; `fsar config` shows each value's origin) and runs the stage through the registry
-(`pipeline.stages`) on exactly the upstream versions that config implies (`fsar plan` shows them;
+(`pipeline.registry`) on exactly the upstream versions that config implies (`fsar plan` shows them;
 `--input STAGE=VERSION` pins one). `fsar verify` checks whole artifacts against their manifests.
 Options, config building and the error guard are shared with `pipeline.predict.cli` through
 `pipeline.cli_common`; heavy modules (torch, pandas, the stages) load inside the commands that use them.
@@ -28,10 +28,13 @@ from pipeline.cli_common import (
     SetOpt,
     VideoListOpt,
     VideoRootOpt,
+    QuietOpt,
+    VerboseOpt,
     command_config,
     command_resolved,
     fail,
     guarded,
+    show_logs,
 )
 from pipeline.runfile import build_config, flag_overrides
 
@@ -45,20 +48,31 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _options(quiet: QuietOpt = False, verbose: VerboseOpt = False) -> None:
+    """Options of every command: how much of fsar's log to print."""
+    show_logs(quiet, verbose)
+
 
 def run_stage(name: str, cfg: Any, inputs: Any = None, **kwargs: Any) -> Any:
-    """`pipeline.stages.run_stage` (imported when a stage runs, not when the CLI starts)."""
-    from pipeline.stages import run_stage as run
+    """`pipeline.registry.run_stage` (imported when a stage runs, not when the CLI starts)."""
+    # start-up: imported by the command that uses it
+    from pipeline.registry import run_stage as run
 
     return run(name, cfg, inputs, **kwargs)
 
 
 def _run(name: str, cfg: Any, inputs: list[str] | None) -> Any:
-    """Run stage `name` through the registry with `--input` pins; prints and returns its reference."""
-    from pipeline.stages import parse_pins
+    """Run stage `name` through the registry with `--input` pins (and the prerequisites the registry builds first);
+    prints each artifact's reference and returns the stage's."""
+    # start-up: imported by the command that uses it
+    from pipeline.registry import parse_pins
 
-    ref = run_stage(name, cfg, pins=parse_pins(inputs))
-    typer.echo(f"{name}: {ref}")
+    def echo(stage: str, ref: Any) -> None:
+        typer.echo(f"{stage}: {ref}")
+
+    ref = run_stage(name, cfg, pins=parse_pins(inputs), on_built=echo)
+    echo(name, ref)
     return ref
 
 
@@ -151,16 +165,9 @@ def evaluate_cmd(
     """Evaluate on seeded few-shot episodes of the test split."""
 
     def go() -> None:
-        from pipeline.stages import STAGES, parse_pins, resolve_inputs
-
         checkpoint_file = str(Path(checkpoint).expanduser().resolve()) if checkpoint else None
         extra = flag_overrides((f"evaluate.{k}", v) for k, v in (("checkpoint", checkpoint_file), ("episodes", episodes), ("shot", shots)))
-        cfg = command_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list, config)
-        pins = parse_pins(input_)
-        if STAGES["prefix"].enabled(cfg) and "prefix" not in pins:  # the vision prefix it reads (skipped if it exists)
-            ref = run_stage("prefix", cfg, resolve_inputs(cfg, "prefix", pins=pins, needed_by="evaluate"))
-            typer.echo(f"prefix: {ref}")
-        _run("evaluate", cfg, input_)
+        _run("evaluate", command_config(dataset, preset, [*extra, *(set_ or [])], artifacts, video_root, video_list, config), input_)
 
     guarded(go)
 
@@ -176,8 +183,9 @@ def pretrain_backbone_cmd(
     """Pre-train the demo's tiny CLIP on captioned synthetic frames (offline, a few CPU minutes; dataset default: synthetic)."""
 
     def go() -> None:
+        # start-up: imported by the command that uses it
         from pipeline.artifacts import ArtifactStore
-        from pipeline.backbone import checkpoint_path, run
+        from pipeline.pretrain import checkpoint_path, run
         from pipeline.runfile import find_run_file, read_run_file
 
         path = find_run_file(config)
@@ -202,6 +210,7 @@ def synthetic_cmd(
     sub_actions: Annotated[int, typer.Option("--sub-actions", min=1, help="sentences per class script")] = 3,
 ) -> None:
     """Write the synthetic order-sensitive dataset (mp4 files + split list + scripts)."""
+    # start-up: imported by the command that uses it
     from pipeline.datasets.synthetic import generate
 
     root = generate(out, videos_per_class, seed=seed, num_frames=frames, size=size, num_sub_actions=sub_actions)
@@ -211,6 +220,7 @@ def synthetic_cmd(
 @app.command("catalog")
 def catalog_cmd(artifacts: ArtifactsOpt = None) -> None:
     """List every artifact (a broken one with its problem)."""
+    # start-up: imported by the command that uses it
     from pipeline.artifacts import catalog
 
     df = guarded(lambda: catalog(artifacts))
@@ -232,7 +242,8 @@ def plan_cmd(
     """Show the pipeline a config implies: each stage's version, its inputs' versions, and exists / build / blocked."""
 
     def go() -> None:
-        from pipeline.stages import parse_pins, plan
+        # start-up: imported by the command that uses it
+        from pipeline.registry import parse_pins, plan
 
         cfg = command_config(dataset, preset, set_, artifacts, video_root, video_list, config)
         planned = plan(cfg, pins=parse_pins(input_))
@@ -257,6 +268,7 @@ def verify_cmd(
     """Check every file of every artifact against its manifest (sha256, size); exit 2 when any is broken."""
 
     def go() -> None:
+        # start-up: imported by the command that uses it
         from pipeline.artifacts import ArtifactStore
 
         store = ArtifactStore(artifacts)
@@ -280,6 +292,7 @@ def verify_cmd(
 @app.command("datasets")
 def datasets_cmd() -> None:
     """List the registered datasets."""
+    # start-up: imported by the command that uses it
     from pipeline.datasets import list_datasets
 
     typer.echo("\n".join(list_datasets()))
@@ -288,6 +301,7 @@ def datasets_cmd() -> None:
 @app.command("presets")
 def presets_cmd() -> None:
     """List the config presets."""
+    # start-up: imported by the command that uses it
     from pipeline.config import list_presets
 
     typer.echo("\n".join(list_presets()))
@@ -318,6 +332,7 @@ def config_cmd(
 
 def _config_listing(resolved: Any) -> str:
     """`key = value  # origin` for every field, under a header naming the preset and the run file."""
+    # start-up: imported by the command that uses it
     from pipeline.runfile import RUN_FILE
 
     flat = _flat(resolved.config.dump())
@@ -355,6 +370,7 @@ def model_info_cmd(
     """Print the model's trainable/frozen parameter counts per part and its resolved config as JSON."""
 
     def go() -> None:
+        # start-up: imported by the command that uses it
         from pipeline.model import BackboneError, model_info
 
         extra = flag_overrides([("model.clip", clip), ("model.pretrained", "null" if no_pretrained else None)])

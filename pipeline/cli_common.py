@@ -13,7 +13,9 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from pipeline.errors import FsarError
+from pipeline.errors import FsarError, os_error_message
+from pipeline.logs import install, level_for
+from pipeline.runfile import find_run_file, resolve
 
 __all__ = [
     "APP_SETTINGS",
@@ -22,14 +24,17 @@ __all__ = [
     "DatasetOpt",
     "InputOpt",
     "PresetOpt",
+    "QuietOpt",
     "SetOpt",
     "VideoListOpt",
     "VideoRootOpt",
+    "VerboseOpt",
     "command_config",
     "command_resolved",
     "fail",
     "guarded",
     "one_line",
+    "show_logs",
 ]
 
 APP_SETTINGS: dict[str, Any] = {"no_args_is_help": True, "add_completion": False, "pretty_exceptions_enable": False}  # fsar and `python -m flows`
@@ -57,6 +62,15 @@ ConfigOpt = Annotated[
 ]
 
 
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="print warnings and errors only")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="print debug lines too")]
+
+
+def show_logs(quiet: bool = False, verbose: bool = False, prefect: bool = False) -> None:
+    """Install the handler that prints fsar's log lines (`pipeline.logs`), at the level -q / -v ask for."""
+    install(level_for(quiet, verbose), prefect=prefect)
+
+
 def one_line(exc: BaseException) -> str:
     """An error's message on one line (or its type when it has none)."""
     return " ".join(str(exc).split()) or type(exc).__name__
@@ -78,8 +92,6 @@ def guarded(fn: Callable[[], Any]) -> Any:
     except FsarError as exc:
         fail(exc)
     except OSError as exc:
-        from pipeline.errors import os_error_message
-
         fail(FsarError(os_error_message(exc)))
     except Exception as exc:
         if _failed_flow_run(exc):  # the flow already reduced its cause to one line: its state message
@@ -107,8 +119,6 @@ def command_resolved(
     require_dataset: bool = True,
 ):
     """The run file (`--config`, else ./fsar.yaml if there) + the command's options, resolved (`runfile.resolve`)."""
-    from pipeline.runfile import find_run_file, resolve
-
     path = find_run_file(config)
     if path is not None and announce:
         typer.echo(f"[fsar] settings from run file {path}", err=True)

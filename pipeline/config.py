@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from pipeline.errors import FsarError, read_text_file
+from pipeline.secrets import redact
 from pipeline.settings import (
     BackboneConfig,
     DatasetConfig,
@@ -104,14 +105,13 @@ class Config(Section):
 
     def dump(self) -> dict[str, Any]:
         """Plain, JSON-ready dict of the whole resolved config, secrets (URL user-info, key values) masked."""
-        from pipeline.secrets import redact
-
         return redact(json.loads(self.model_dump_json()), [self.descriptions.api_key_env])
 
     def stored(self) -> dict[str, Any]:
         """The config as artifacts store it (checkpoints, config.json): `dump()` without the runtime-only
         fields (RUNTIME_FIELDS), and with paths under the artifact root written as ``$FSAR_ARTIFACTS/...``,
         so the same run gives the same bytes in any root and after a resume."""
+        # start-up: config loading stays light (no pandas/fsspec)
         from pipeline.artifacts import ArtifactStore
 
         data = self.dump()
@@ -253,7 +253,5 @@ def _validate(data: dict[str, Any], origin: str) -> Config:
             raise ConfigError(
                 f"unknown config key {key!r} ({origin}); allowed keys in {scope}: {', '.join(model.model_fields)}"
             ) from None
-        from pipeline.secrets import redact
-
         got = redact(err.get("input"))
         raise ConfigError(f"config key {key!r} ({origin}): {err['msg']} (got {got!r})") from None

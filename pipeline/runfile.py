@@ -265,6 +265,7 @@ def resolve(
     for _, values in layers:
         merged.update(values)
     cfg = load_config(preset, overrides=merged)
+    # start-up: the CLI reads run files before any dataset module loads
     from pipeline.datasets import DatasetError, list_datasets
 
     if cfg.dataset.name not in list_datasets():

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline import artifacts
 from pipeline.artifacts import ArtifactError, ArtifactStore, compute_version
-from pipeline.stage import build_once
+from pipeline.contract import build_once
 
 
 def _build(df):

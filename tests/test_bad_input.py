@@ -119,7 +119,7 @@ def test_folder_dataset_whose_split_cannot_hold_an_episode(tmp_path: Path) -> No
     assert "split 'val'" not in ok.output and "class split of custom: train 5 classes" in ok.output, ok.output
 
 
-def test_listed_dataset_split_too_small_is_a_warning(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+def test_listed_dataset_split_too_small_is_a_warning(tmp_path: Path, capfd: pytest.CaptureFixture[str], fsar_lines) -> None:
     """A CSV (or benchmark) split is the user's: the frames stage warns, naming protocol.way, and goes on."""
     from pipeline.config import load_config
     from pipeline.datasets.registry import VideoEntry

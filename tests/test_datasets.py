@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.datasets import DatasetConfig, DatasetError, get_dataset, humanize, list_datasets
+from pipeline.datasets import DatasetError, get_dataset, humanize, list_datasets
 from pipeline.datasets.synthetic import CLASSES, class_split, script
+from pipeline.settings.datasets import DatasetConfig
 
 
 def test_registry_lists_every_dataset():

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from pipeline.artifacts import ArtifactStore
 from pipeline.cli import app
-from pipeline.stages import PIPELINE
+from pipeline.registry import PIPELINE
 
 runner = CliRunner()
 STAGE_NAMES = [s.name for s in PIPELINE]
@@ -221,7 +221,7 @@ def test_the_existence_check_hashes_once_then_trusts_its_cache(store, monkeypatc
     import pandas as pd
 
     from pipeline import artifacts
-    from pipeline.stage import build_once
+    from pipeline.contract import build_once
 
     def build(st):
         st.write_parquet("t.parquet", pd.DataFrame({"a": list(range(1000))}))
@@ -284,7 +284,7 @@ def test_a_flipped_byte_in_a_manifest_file_list_is_a_manifest_problem(built, tmp
 def test_a_version_that_does_not_match_its_config_is_reported(store):
     import pandas as pd
 
-    from pipeline.stage import build_once
+    from pipeline.contract import build_once
 
     ref = build_once(store, "toy", "ds", config={"k": 1}, inputs={}, main="t.parquet",
                      build=lambda st: st.write_parquet("t.parquet", pd.DataFrame({"a": [1]})))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pipeline
 
 ROOT = Path(pipeline.__file__).parent
-STAGE_PACKAGES = ("backbone", "datasets", "descriptions", "embeddings", "frames", "model", "predict", "training")
+STAGE_PACKAGES = ("datasets", "descriptions", "embeddings", "evaluate", "fewshot", "frames", "model", "predict", "prefix", "pretrain", "train")
 
 
 def _pipeline_imports(path: Path) -> set[str]:
@@ -45,21 +45,24 @@ def test_loading_a_config_loads_no_stage_package():
 
 
 def test_no_lazy_shims_for_the_config_cycle():
-    for name in ("backbone", "embeddings", "model"):
+    for name in ("pretrain", "embeddings", "model"):
         tree = ast.parse((ROOT / name / "__init__.py").read_text(encoding="utf-8"))
         defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
         assert "__getattr__" not in defined, f"pipeline/{name}/__init__.py still imports lazily"
 
 
-def test_old_section_paths_re_export():
-    from pipeline.datasets.config import DatasetConfig, ProtocolConfig
-    from pipeline.descriptions.config import DescriptionsConfig
-    from pipeline.model.config import ModelConfig, model_fields
+def test_each_section_has_one_home():
+    """No re-exporting shims: a section is imported from `pipeline.settings.<stage>` (or the package that lists them)."""
     from pipeline import settings
+    from pipeline.settings.datasets import DatasetConfig, ProtocolConfig
+    from pipeline.settings.descriptions import DescriptionsConfig
+    from pipeline.settings.model import ModelConfig, model_fields
 
     assert (DatasetConfig, ProtocolConfig, DescriptionsConfig, ModelConfig, model_fields) == (
         settings.DatasetConfig, settings.ProtocolConfig, settings.DescriptionsConfig, settings.ModelConfig, settings.model_fields
     )
+    for old in ("datasets/config.py", "descriptions/config.py", "model/config.py", "settings/training.py", "settings/backbone.py"):
+        assert not (ROOT / old).exists(), f"pipeline/{old} is back"
 
 
 # ---- one precision setting, one autocast helper ------------------------------------------------------------------
@@ -88,10 +91,10 @@ def test_one_autocast_helper_for_towers_training_and_evaluation():
     import torch
 
     from pipeline import precision
-    from pipeline.training import common, evaluate, train
+    from pipeline.fewshot import scoring
+    from pipeline.train import trainer
 
-    assert common.autocast is precision.autocast and train.autocast is precision.autocast
-    assert evaluate.autocast is precision.autocast
+    assert scoring.autocast is precision.autocast and trainer.autocast is precision.autocast
     assert isinstance(precision.autocast(torch.device("cpu"), True), contextlib.nullcontext)  # CPU: always fp32
     assert isinstance(precision.autocast("cuda:0", False), contextlib.nullcontext)  # model.amp=false: fp32 on CUDA too
     model_src = (ROOT / "model" / "model.py").read_text(encoding="utf-8")

@@ -1,7 +1,7 @@
 """Artifacts you can trust: planned versions, upstream by config, equal bytes, verified reads, one writer.
 
 Everything runs the tiny real pipeline (synthetic mp4s, fsar-micro with seeded random weights) through
-the same entry points users have: `fsar plan/verify/<stage>` and `pipeline.stages.run_stage`.
+the same entry points users have: `fsar plan/verify/<stage>` and `pipeline.registry.run_stage`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from pipeline.artifacts import ArtifactStore
 from pipeline.cli import app, build_config
-from pipeline.stages import PIPELINE, plan, run_stage
+from pipeline.registry import PIPELINE, plan, run_stage
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -239,7 +239,7 @@ def test_killed_run_leaves_no_orphaned_staging(store):
     import pandas as pd
 
     from pipeline.artifacts import compute_version
-    from pipeline.stage import build_once
+    from pipeline.contract import build_once
 
     version = compute_version("toy", 1, {"k": 1}, {})
     orphan = Path(store.root) / ".staging" / "toy" / "ds" / f"{version}-deadbeef"  # what a kill -9 mid-write leaves

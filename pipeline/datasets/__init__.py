@@ -3,7 +3,6 @@
 from pipeline.datasets import benchmarks as _benchmarks  # noqa: F401  (registers the benchmarks)
 from pipeline.datasets import custom as _custom  # noqa: F401  (registers `custom`)
 from pipeline.datasets import synthetic as _synthetic  # noqa: F401  (registers `synthetic`)
-from pipeline.settings.datasets import DatasetConfig, ProtocolConfig
 from pipeline.datasets.registry import (
     SPLITS,
     DatasetError,
@@ -17,10 +16,8 @@ from pipeline.datasets.registry import (
 
 __all__ = [
     "SPLITS",
-    "DatasetConfig",
     "DatasetError",
     "DatasetSpec",
-    "ProtocolConfig",
     "VideoEntry",
     "get_dataset",
     "humanize",

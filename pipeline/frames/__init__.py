@@ -28,14 +28,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.settings.frames import FramesConfig
 
 __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "FrameStore",
     "FrameStoreError",
-    "FramesConfig",
     "INDEX_SCHEMA",
     "SHARD_SCHEMA",
     "ShardUnit",

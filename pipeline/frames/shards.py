@@ -39,7 +39,8 @@ import pyarrow.parquet as pq
 from pipeline.artifacts import sha256_file
 from pipeline.atomic import AtomicFile, atomic_write_text
 from pipeline.datasets.registry import VideoEntry
-from pipeline.frames.decode import DecodeSettings, IsolatedDecoder, VideoFailure
+from pipeline.frames.decode import DecodeSettings, VideoFailure
+from pipeline.frames.isolation import IsolatedDecoder
 
 __all__ = [
     "INDEX_SCHEMA",

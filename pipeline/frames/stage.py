@@ -9,7 +9,7 @@ nothing else; by default the units run on a local process pool (`frames.workers`
 cores; forked, with the decoders imported once, unless other threads run, then spawned; biggest
 units first) with a progress bar, and an orchestrator passes `map_units(fn, units) -> results` to
 run them as Prefect tasks on Dask or Ray instead. Whatever runs a unit, each of its videos is decoded
-front to back with PyAV in a child process of its own (`decode.IsolatedDecoder`) under
+front to back with PyAV in a child process of its own (`isolation.IsolatedDecoder`) under
 `frames.video_timeout_s` of wall clock: a hung decoder is killed and recorded as `timeout`, one that
 kills its process as `decoder_crash`, and the unit goes on with its other videos.
 
@@ -36,17 +36,17 @@ file names, and one file reached twice (another spelling, a symlink) is refused 
 run first prints the class split and warns about any split that cannot hold an N-way episode
 (`report_split`; for a custom folder dataset, whose split is part of the version, that is an error
 before decoding). Pool workers and decoding processes die with the process that started them, even a
-SIGKILLed one (`decode.die_with_parent`).
+SIGKILLed one (`isolation.die_with_parent`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing
 import os
 import stat
-import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -59,10 +59,13 @@ import pyarrow.parquet as pq
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging
 from pipeline.atomic import atomic_path
+from pipeline.contract import StageError, build_once
 from pipeline.datasets import SPLITS, VideoEntry, get_dataset
-from pipeline.frames.decode import DecodeSettings, die_with_parent, mp_context
+from pipeline.frames.decode import DecodeSettings
+from pipeline.frames.isolation import die_with_parent, mp_context
 from pipeline.frames.shards import INDEX_SCHEMA, SHARD_DIR, ShardUnit, decode_unit, read_marker
-from pipeline.stage import StageError, build_once, log
+
+log = logging.getLogger("fsar")
 
 __all__ = ["FORMAT_VERSION", "INDEX", "STAGE", "MapUnits", "plan_fields", "plan_units", "report_split", "run", "version_config"]
 
@@ -166,7 +169,7 @@ def report_split(config: Any, videos: Sequence[VideoEntry]) -> dict[str, dict[st
         for split, c in per.items()
     }
     text = ", ".join(f"{s} {o['classes']} classes / {o['videos']} videos" for s, o in out.items())
-    print(f"[fsar] frames: class split of {config.dataset.name}: {text}", flush=True)
+    log.info(f"frames: class split of {config.dataset.name}: {text}")
     short = {s: o for s, o in out.items() if o["videos"] and o["episode_classes"] < p.way}
     folder = config.dataset.name == "custom" and not config.dataset.video_list
     for split, o in short.items():
@@ -181,7 +184,6 @@ def report_split(config: Any, videos: Sequence[VideoEntry]) -> dict[str, dict[st
         if folder:
             raise StageError(f"{msg} (the split is part of the frames version: fix it before decoding)")
         log.warning(msg)
-        print(f"[fsar] warning: {msg}", file=sys.stderr, flush=True)
     return out
 
 
@@ -225,7 +227,7 @@ def _build(
         else:
             results[u.unit_id] = done
     if results:
-        print(f"[fsar] frames: resuming: {len(results)} of {len(units)} shards already done, decoding the other {len(pending)}", flush=True)
+        log.info(f"frames: resuming: {len(results)} of {len(units)} shards already done, decoding the other {len(pending)}")
     _remove_leftovers(staging.dir, results.values())
     pending.sort(key=lambda u: -sum(sizes.get(v.path, 0) for v in u.videos))  # biggest first: no long unit left for last
 
@@ -254,7 +256,7 @@ def _build(
     summary = summarize(rows)
     staging.extra["summary"] = summary
     staging.extra["libraries"] = _library_versions()
-    print(f"[fsar] frames: {format_summary(summary)}", flush=True)
+    log.info(f"frames: {format_summary(summary)}")
     _check_failures(summary, config, staging, rows)
 
 
@@ -407,7 +409,7 @@ def _pool_map(fn: Callable[[ShardUnit], dict[str, Any]], units: Sequence[ShardUn
         pool.shutdown(wait=True, cancel_futures=True)
     left = [u for u in units if u.unit_id not in done]
     if left:
-        print(f"[fsar] frames: a worker process died; running the {len(left)} unfinished unit(s) one process each", flush=True)
+        log.info(f"frames: a worker process died; running the {len(left)} unfinished unit(s) one process each")
     for u in left:
         yield _isolated(fn, u, ctx)
 

@@ -39,8 +39,8 @@ import torch
 from pipeline.artifacts import ArtifactRef, ArtifactStore, file_fingerprint, sha256_file
 from pipeline.atomic import atomic_path
 from pipeline.config import Config, section_dict
+from pipeline.contract import StageError
 from pipeline.secrets import redact, redact_url
-from pipeline.stage import StageError
 
 __all__ = ["BUNDLE_FILE", "MANIFEST_FILE", "Bundle", "BundleError", "FORMAT_VERSION", "describe_lineage", "export_bundle", "load_bundle"]
 
@@ -79,7 +79,8 @@ class Bundle:
 
     def model_config(self, task_context: str | None = None):
         """The ModelConfig of the trained run, with the verified backbone and (optionally) another task context."""
-        from pipeline.model.config import ModelConfig
+        # start-up: fsar predict loads only what it uses
+        from pipeline.settings.model import ModelConfig
 
         data = dict(self.meta["model"])
         data["pretrained"] = self.pretrained
@@ -89,12 +90,14 @@ class Bundle:
         return ModelConfig(**data)
 
     def protocol(self):
-        from pipeline.datasets.config import ProtocolConfig
+        # start-up: fsar predict loads only what it uses
+        from pipeline.settings.datasets import ProtocolConfig
 
         return ProtocolConfig(**self.meta["protocol"])
 
     def build_model(self, device: str | torch.device = "cpu", task_context: str | None = None):
         """The trained TaskAdapterPP in eval mode on `device`."""
+        # start-up: fsar predict loads only what it uses
         from pipeline.model import BackboneError, build_model
 
         try:
@@ -124,7 +127,8 @@ def export_bundle(
     The run: `train` (a train artifact), else `checkpoint` (a file; lineage from the latest embeddings), else the
     train artifact `cfg` resolves to. `cfg` must describe the same model (checked against the checkpoint).
     """
-    from pipeline.training.common import check_checkpoint, load_checkpoint
+    # start-up: fsar predict loads only what it uses
+    from pipeline.fewshot.checkpoints import check_checkpoint, load_checkpoint
 
     train_ref = train if train is not None else (None if checkpoint is not None else _train_ref(cfg, store))
     checkpoint = None if train is not None else checkpoint
@@ -156,7 +160,8 @@ def _trained_config(ckpt: dict[str, Any], cfg: Config) -> Config:
 
 def _train_ref(cfg: Config, store: ArtifactStore) -> ArtifactRef:
     """The train artifact this config implies (`fsar plan`), never merely the newest one."""
-    from pipeline.stages import planned_ref
+    # start-up: fsar predict loads only what it uses
+    from pipeline.registry import planned_ref
 
     return planned_ref(cfg, "train", store, needed_by="export")
 
@@ -168,7 +173,8 @@ def _lineage(store: ArtifactStore, cfg: Config, train_ref: ArtifactRef | None) -
         out["train"] = str(train_ref)
         inputs = store.manifest(train_ref).get("inputs", {})
     else:
-        from pipeline.stages import planned_ref
+        # start-up: fsar predict loads only what it uses
+        from pipeline.registry import planned_ref
 
         inputs = {"embeddings": planned_ref(cfg, "embeddings", store, needed_by="export").to_dict()}
     for name in ("frames", "embeddings"):
@@ -191,6 +197,7 @@ def _ref(store: ArtifactStore, text: str) -> ArtifactRef:
 
 def _known_descriptions(trained: Config, store: ArtifactStore, lineage: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Every class of the run's descriptions artifact, with the display name its prompts used."""
+    # start-up: fsar predict loads only what it uses
     from pipeline.datasets import get_dataset
 
     ref = _ref(store, lineage["descriptions"])
@@ -275,6 +282,7 @@ def _metadata(trained: Config, store: ArtifactStore, lineage: dict[str, str], ch
 
 def _checked_model(trained: Config, state: dict[str, torch.Tensor]):
     """The run's model with its weights (proves the bundle loads, and gives the backbone's mean/std)."""
+    # start-up: fsar predict loads only what it uses
     from pipeline.model import BackboneError, build_model
 
     try:

@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.contract import StageError
 from pipeline.predict.bundle import Bundle, load_bundle
 from pipeline.predict.descriptions import ClassText, resolve_descriptions
 from pipeline.predict.videos import VIDEO_EXTENSIONS, Preprocessing, check_support, query_problem, query_videos, read_clip, support_videos
-from pipeline.stage import StageError
 
 __all__ = ["FewShotClassifier", "TASK_CONTEXTS"]
 
@@ -65,7 +65,7 @@ class FewShotClassifier:
         self.batch_size = batch_size
         self.model = bundle.build_model(self.device, task_context)
         self.prep = Preprocessing.from_meta(bundle.meta["preprocessing"])
-        self._decoder: Any = None  # decode.IsolatedDecoder, started on the first clip, reused by the others
+        self._decoder: Any = None  # isolation.IsolatedDecoder, started on the first clip, reused by the others
         self.classes: list[str] = []
         self.texts: dict[str, ClassText] = {}  # class -> its sentences and where they came from
         self.shots: dict[str, int] = {}  # class -> K
@@ -116,6 +116,7 @@ class FewShotClassifier:
         return self
 
     def _support_clip(self, cls: str, path: str) -> torch.Tensor:
+        # start-up: fsar predict loads only what it uses
         from pipeline.frames.decode import VideoFailure
 
         try:
@@ -124,7 +125,8 @@ class FewShotClassifier:
             raise StageError(f"support clip {path!r} of class {cls!r} cannot be used ({exc.reason}: {exc}); replace or remove it") from None
 
     def _clip_decoder(self) -> Any:
-        from pipeline.frames.decode import IsolatedDecoder
+        # start-up: fsar predict loads only what it uses
+        from pipeline.frames.isolation import IsolatedDecoder
 
         if self._decoder is None:
             self._decoder = IsolatedDecoder(self.prep.decode_settings())
@@ -139,7 +141,8 @@ class FewShotClassifier:
     @torch.inference_mode()
     def _prefix(self, clips: Sequence[torch.Tensor]) -> torch.Tensor:
         """(B, T, 3, H, W) clips -> (B, T, P+1, D) frozen-prefix states, `batch_size` videos at a time (fp32)."""
-        from pipeline.training.data import to_device
+        # start-up: fsar predict loads only what it uses
+        from pipeline.fewshot.loader import to_device
 
         out = []
         for i in range(0, len(clips), self.batch_size):
@@ -189,7 +192,8 @@ class FewShotClassifier:
     @torch.inference_mode()
     def _episode(self, query: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(Q, T, P+1, D) query prefix states -> vis, sem (Q, N) against the fitted supports and texts."""
-        from pipeline.training.common import autocast
+        # start-up: fsar predict loads only what it uses
+        from pipeline.precision import autocast
 
         with autocast(self.device, self.model.cfg.amp):
             sc = self.model(self._support, self._labels, query, None, support_is_prefix=True, query_is_prefix=True, text_features=self._text)
@@ -221,6 +225,7 @@ class FewShotClassifier:
 
 def _why(exc: BaseException, path: str) -> str:
     """The error column: the frames stage's reason and message, saying so when the file is not a video at all."""
+    # start-up: fsar predict loads only what it uses
     from pipeline.frames.decode import VideoFailure
 
     suffix = Path(path).suffix.lower()

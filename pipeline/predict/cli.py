@@ -37,7 +37,8 @@ def write_table(df: "pd.DataFrame", out: str | Path) -> Path:
 
 
 def _check_out(path: Path) -> None:
-    from pipeline.stage import StageError
+    # start-up: imported by the command that uses it
+    from pipeline.contract import StageError
 
     if path.suffix.lower() not in OUT_FORMATS:
         raise StageError(f"--out {str(path)!r}: write .csv or .parquet (got {path.suffix or 'no extension'!r})")
@@ -71,6 +72,7 @@ def predict_videos(
     echo=print,
 ) -> "pd.DataFrame":
     """Everything `fsar predict` does, printing with `echo`; returns the table (bad queries carry an `error`)."""
+    # start-up: imported by the command that uses it
     from pipeline.predict.bundle import describe_lineage
     from pipeline.predict.classifier import FewShotClassifier
 
@@ -112,6 +114,7 @@ def register(app: typer.Typer) -> None:
         """Write a self-contained model bundle of a trained run (trainable weights, config, backbone identity, preprocessing)."""
 
         def go() -> None:
+            # start-up: imported by the command that uses it
             from pipeline.artifacts import ArtifactStore
             from pipeline.predict.bundle import export_bundle
 
@@ -150,7 +153,8 @@ def register(app: typer.Typer) -> None:
                 model, support, [*query, *(more or [])], out, descriptions, backbone, device, task_context, batch_size,
                 set_ or [], artifacts, echo=typer.echo,
             )  # fmt: skip
-            from pipeline.stage import StageError
+            # start-up: imported by the command that uses it
+            from pipeline.contract import StageError
 
             bad = int(df["error"].notna().sum())
             if bad:

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.stage import StageError
+from pipeline.contract import StageError
 
 __all__ = ["ClassText", "resolve_descriptions"]
 
@@ -33,6 +33,7 @@ class ClassText:
 
 
 def _lookup(table: Mapping[str, Any], name: str, display: str) -> Any:
+    # start-up: fsar predict loads only what it uses
     from pipeline.descriptions.validate import normalize
 
     for key in (name, display):
@@ -60,6 +61,7 @@ def resolve_descriptions(
     artifacts: str | None = None,
 ) -> dict[str, ClassText]:
     """{class: ClassText} for every class; a class nothing describes is an error naming the ways to fix it."""
+    # start-up: fsar predict loads only what it uses
     from pipeline.datasets.registry import humanize
 
     s = bundle.num_sub_actions
@@ -88,6 +90,7 @@ def _user_corpus(corpus: str | os.PathLike[str] | Mapping[str, Sequence[str]] | 
         return {str(k): [str(t) for t in v] for k, v in corpus.items()}, "mapping"
     from pathlib import Path
 
+    # start-up: fsar predict loads only what it uses
     from pipeline.descriptions.backends.corpus_file import read_corpus
 
     return read_corpus(corpus), Path(corpus).name
@@ -95,6 +98,7 @@ def _user_corpus(corpus: str | os.PathLike[str] | Mapping[str, Sequence[str]] | 
 
 def _descriptions_config(bundle: Any, overrides: Sequence[str]):
     """The bundle's descriptions settings with `descriptions.key=value` overrides (the stage's config keys)."""
+    # start-up: fsar predict loads only what it uses
     from pipeline.config import load_config
 
     sets = [o if o.startswith("descriptions.") else f"descriptions.{o}" for o in overrides]
@@ -104,11 +108,12 @@ def _descriptions_config(bundle: Any, overrides: Sequence[str]):
 
 def _ask_llm(todo: list[tuple[str, str]], bundle: Any, overrides: Sequence[str], artifacts: str | None) -> dict[str, ClassText]:
     """Describe unknown classes with the descriptions stage's backend, validation and answer cache."""
+    # start-up: fsar predict loads only what it uses
     from pipeline.artifacts import ArtifactStore
     from pipeline.descriptions.backends import make_backend
     from pipeline.descriptions.cache import AnswerCache
     from pipeline.descriptions.prompts import load_prompt
-    from pipeline.descriptions.stage import ClassItem, _kept, describe
+    from pipeline.descriptions.asking import ClassItem, describe, kept_attempt
     from pipeline.descriptions.validate import coerce
 
     cfg = _descriptions_config(bundle, overrides)
@@ -128,7 +133,7 @@ def _ask_llm(todo: list[tuple[str, str]], bundle: Any, overrides: Sequence[str],
         attempts, _ = describe(items, backend, prompt, cfg, bundle.num_sub_actions, cache)
     out = {}
     for item, tries in zip(items, attempts, strict=True):
-        kept = _kept(tries)
+        kept = kept_attempt(tries)
         if kept is None:
             why = tries[-1].completion.error or ", ".join(tries[-1].flags) if tries else "never asked"
             raise StageError(f"the {cfg.backend} LLM gave no usable description of class {item.name!r} ({why}); pass --descriptions FILE")

@@ -12,7 +12,7 @@ are not used (a file that is not a video, a folder inside a class folder) are li
 dropped without a word; hidden files (`.DS_Store`) are ignored.
 
 A clip goes through exactly what a training/evaluation video goes through: the frames stage's decoding
-(front to back with PyAV, `decode.IsolatedDecoder`: in a child process under the run's
+(front to back with PyAV, `isolation.IsolatedDecoder`: in a child process under the run's
 `frames.video_timeout_s`) with its settings (storage size, frames kept, JPEG quality), then
 `reader.sample_indices` (eval: segment centres) and `reader.clip_from_jpegs` (centre crop, mean/std).
 """
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.stage import StageError
+from pipeline.contract import StageError
 
 __all__ = ["VIDEO_EXTENSIONS", "Preprocessing", "check_support", "query_problem", "query_videos", "read_clip", "support_videos"]
 
@@ -50,6 +50,7 @@ class Preprocessing:
     video_timeout_s: float | None = 300.0  # wall-clock budget per clip (frames.video_timeout_s of the run)
 
     def decode_settings(self) -> Any:
+        # start-up: fsar predict loads only what it uses
         from pipeline.frames.decode import DecodeSettings
 
         return DecodeSettings(
@@ -69,9 +70,10 @@ class Preprocessing:
 def read_clip(path: str | os.PathLike[str], prep: Preprocessing, decoder: Any = None) -> torch.Tensor:
     """Decode one video file into float (T, 3, crop, crop); raises `decode.VideoFailure` when it cannot be used.
 
-    `decoder`: an open `decode.IsolatedDecoder` of `prep.decode_settings()` to reuse its process; without one,
+    `decoder`: an open `isolation.IsolatedDecoder` of `prep.decode_settings()` to reuse its process; without one,
     a decoding process is started for this clip."""
-    from pipeline.frames.decode import IsolatedDecoder
+    # start-up: fsar predict loads only what it uses
+    from pipeline.frames.isolation import IsolatedDecoder
     from pipeline.frames.reader import clip_from_jpegs, sample_indices
 
     if decoder is None:

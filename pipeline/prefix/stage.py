@@ -24,6 +24,7 @@ Artifact files:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+import logging
 from typing import Any
 
 import numpy as np
@@ -32,14 +33,23 @@ import torch
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging
 from pipeline.config import Config
+from pipeline.contract import StageError, build_once
+from pipeline.fewshot.checkpoints import check_checkpoint, checkpoint_fingerprint, checkpoint_path, load_checkpoint
+from pipeline.fewshot.devices import pick_device
+from pipeline.fewshot.episodes import videos_by_class
+from pipeline.fewshot.loader import EpisodeLoader, workers_for
+from pipeline.fewshot.scoring import videos_per_pass_for
+from pipeline.frames import FrameStore
+from pipeline.model import build_model
 from pipeline.precision import autocast
 from pipeline.settings.model import model_fields
-from pipeline.stage import StageError, build_once
 
 __all__ = [
     "FORMAT_VERSION", "PREFIX_MODEL_FIELDS", "PrefixStates", "enabled", "mode", "plan_fields", "run", "upstream_for", "videos_table",
     "write_states",
 ]
+
+log = logging.getLogger("fsar")
 
 FORMAT_VERSION = 1
 BATCH = 16  # videos per pass through the frozen blocks on CPU (`evaluate.videos_per_pass`: 128 on CUDA)
@@ -88,8 +98,6 @@ def plan_fields(cfg: Config, inputs: Mapping[str, ArtifactRef] | None = None) ->
         "dtype": cfg.evaluate.prefix_dtype,
     }
     if needs_checkpoint(cfg) and cfg.evaluate.checkpoint:
-        from pipeline.training.evaluate import checkpoint_fingerprint
-
         fields["checkpoint"] = checkpoint_fingerprint(cfg)
     return fields
 
@@ -111,13 +119,6 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
 
 
 def _build(staging: Staging, cfg: Config, inputs: Mapping[str, ArtifactRef]) -> None:
-    from pipeline.frames import FrameStore
-    from pipeline.model import build_model
-    from pipeline.training.common import pick_device
-    from pipeline.training.data import EpisodeLoader, workers_for
-    from pipeline.training.episodes import videos_by_class
-    from pipeline.training.evaluate import videos_per_pass_for
-
     device = pick_device(cfg.evaluate.device, "evaluate.device")
     frames = FrameStore.open(inputs["frames"].dataset, inputs["frames"].version, root=inputs["frames"].root)
     model = build_model(cfg.model, cfg.protocol, device=device).eval()
@@ -132,8 +133,8 @@ def _build(staging: Staging, cfg: Config, inputs: Mapping[str, ArtifactRef]) -> 
     write_states(staging, model, loader, table, cfg.evaluate.prefix_dtype, cfg.model.amp, videos_per_pass_for(cfg.evaluate.videos_per_pass, device),
                  workers_for(cfg.evaluate.loader_workers, device))
     staging.extra["summary"] = {"videos": len(table), "split": cfg.evaluate.split, "dtype": cfg.evaluate.prefix_dtype}
-    print(f"[fsar] prefix: {len(table)} videos of split {cfg.evaluate.split} through the frozen blocks "
-          f"1..{model.vision.num_frozen} ({cfg.evaluate.prefix_dtype})", flush=True)
+    log.info(f"prefix: {len(table)} videos of split {cfg.evaluate.split} through the frozen blocks "
+             f"1..{model.vision.num_frozen} ({cfg.evaluate.prefix_dtype})")
 
 
 def videos_table(by_class: Mapping[str, Sequence[str]], split: str) -> pd.DataFrame:
@@ -173,9 +174,6 @@ def write_states(staging: Staging, model: torch.nn.Module, loader: Any, table: p
 
 
 def _load_trained(model: torch.nn.Module, cfg: Config, inputs: Mapping[str, ArtifactRef]) -> None:
-    from pipeline.training.common import check_checkpoint, load_checkpoint
-    from pipeline.training.evaluate import checkpoint_path
-
     path = checkpoint_path(cfg, inputs)
     ckpt = load_checkpoint(path)
     check_checkpoint(ckpt, cfg, path)

@@ -7,18 +7,19 @@ dependencies, and no stage package needs a lazy import to break a cycle with `pi
     from pipeline.settings.model import ModelConfig, model_fields
     from pipeline.settings import FramesConfig
 
-The old paths (`pipeline.model.config`, `pipeline.datasets.config`, `pipeline.descriptions.config`)
-re-export from here.
+Each section has one home, `pipeline.settings.<stage>` (`pretrain` holds the `backbone` section of the
+demo's pre-training stage); this package lists them all.
 """
 
-from pipeline.settings.backbone import BackboneConfig
 from pipeline.settings.datasets import DatasetConfig, ProtocolConfig
 from pipeline.settings.descriptions import DescriptionsConfig
 from pipeline.settings.embeddings import EmbeddingsConfig
+from pipeline.settings.evaluate import EvaluateConfig
 from pipeline.settings.frames import FramesConfig
 from pipeline.settings.model import ModelConfig, model_fields
-from pipeline.settings.section import Section
-from pipeline.settings.training import DeviceName, EvaluateConfig, TrainConfig, check_device
+from pipeline.settings.pretrain import BackboneConfig
+from pipeline.settings.section import DeviceName, Section, check_device
+from pipeline.settings.train import TrainConfig
 
 __all__ = [
     "BackboneConfig",

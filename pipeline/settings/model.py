@@ -36,6 +36,7 @@ class ModelConfig(Section):
 def model_fields(cfg: ModelConfig, fields: Iterable[str] | None = None) -> dict[str, Any]:
     """The model section as versions and checkpoints record it: a local `pretrained` file by its content
     (``sha256:<hex>``), never by its path, so the same weights give the same version in any folder."""
+    # start-up: config loading stays light (no pandas/fsspec)
     from pipeline.artifacts import file_fingerprint
 
     data = json.loads(cfg.model_dump_json())

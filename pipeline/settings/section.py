@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
-__all__ = ["Section"]
+from pipeline.secrets import redact
+
+__all__ = ["DeviceName", "Section", "check_device", "check_workers"]
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(name: str) -> str:
+    """A device string torch accepts and fsar supports: auto, cpu, cuda, cuda:N or mps."""
+    if not _DEVICE.fullmatch(name):
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N (e.g. cuda:0)")
+    return name
+
+
+DeviceName = Annotated[str, AfterValidator(check_device)]  # a device field of any section (train, evaluate, backbone)
+
+
+def check_workers(value: object) -> object:
+    """A data-worker count field: "auto" or a whole number of threads >= 0."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+        return value
+    raise ValueError("use 'auto' or a whole number of threads >= 0 (0: load in the loop, no threads)")
 
 
 class Section(BaseModel):
@@ -24,6 +46,5 @@ class Section(BaseModel):
         data = handler(self)
         if not info.mode_is_json():
             return data
-        from pipeline.secrets import redact
 
         return redact(data)

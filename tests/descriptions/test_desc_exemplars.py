@@ -12,13 +12,14 @@ import yaml
 from fake_openai_server import FakeLLM
 
 from pipeline.config import ConfigError, load_config
+from pipeline.contract import StageError
 from pipeline.datasets.synthetic import CLASSES, class_split, script
 from pipeline.descriptions import run
 from pipeline.descriptions.backends import Completion, make_backend, resolve_backend
 from pipeline.descriptions.backends.local_server import server_threads
 from pipeline.descriptions.exemplars import load_exemplars
-from pipeline.descriptions.stage import Attempt, ClassItem, choose
-from pipeline.stage import StageError
+from pipeline.descriptions.asking import Attempt, ClassItem
+from pipeline.descriptions.choosing import choose
 
 TRAIN = {c.name for c in CLASSES if class_split(c.name) == "train"}
 
@@ -142,7 +143,7 @@ def test_choose_rule_is_deterministic():
     assert flagged[0].valid and flagged[1].flags == ["same_as_other_class"]
 
 
-def test_default_backend_auto(store, monkeypatch, capsys):
+def test_default_backend_auto(store, monkeypatch, capsys, fsar_lines):
     cfg = load_config("hmdb51", overrides={"artifacts": store.root})
     assert cfg.descriptions.backend == "auto"
     assert resolve_backend(cfg.descriptions)[0] == "local"
@@ -161,7 +162,7 @@ def test_default_backend_auto(store, monkeypatch, capsys):
     assert server_threads(cfg.override("descriptions.server_threads=3").descriptions) == 3
 
 
-def test_quality_report_with_the_true_scripts(store, tmp_path, capsys):
+def test_quality_report_with_the_true_scripts(store, tmp_path, capsys, fsar_lines):
     truth = tmp_path / "scripts.yaml"  # what `fsar synthetic` writes beside the videos
     truth.write_text(yaml.safe_dump({c.name: {"label": c.name, "sub_act_en_li": script(c.name, 3)} for c in CLASSES}))
     cfg = synthetic(store, backend="file", corpus=str(truth))

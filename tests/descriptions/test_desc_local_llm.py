@@ -25,7 +25,7 @@ def _llama_cpp_or_skip() -> None:
 
 @pytest.mark.llm
 @pytest.mark.slow
-def test_local_backend_with_smollm2(store, tmp_path, capsys):
+def test_local_backend_with_smollm2(store, tmp_path, capsys, fsar_lines):
     _llama_cpp_or_skip()
     video_list = tmp_path / "three.csv"
     video_list.write_text("path,label,split\n" + "".join(f"x/{c}.mp4,{c},{s}\n" for s, cs in CLASSES.items() for c in cs))

@@ -29,6 +29,8 @@ local_server.LlamaServer.command = lambda self: [sys.executable, {fake!r}, "--po
 from pipeline.artifacts import ArtifactStore
 from pipeline.config import load_config
 from pipeline.descriptions import run
+from pipeline.logs import install
+install()  # the stage's lines on stdout, as the fsar command prints them
 cfg = load_config(None, overrides={{
     "dataset.name": "custom", "dataset.video_list": {video_list!r}, "artifacts": {root!r},
     "descriptions.backend": "local", "descriptions.gguf": {gguf!r}, "descriptions.max_retries": 0,

@@ -12,9 +12,9 @@ import yaml
 from fake_openai_server import FakeLLM, good_sentences
 
 from pipeline.config import load_config
+from pipeline.contract import StageError
 from pipeline.descriptions import run
 from pipeline.descriptions.prompts import PROMPT_DIR
-from pipeline.stage import StageError
 
 SECRET = "sk-test-SECRET-never-stored-123"
 TINY = {  # split -> display names (custom dataset: labels are used as they are)

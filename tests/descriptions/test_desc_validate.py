@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from pipeline.contract import StageError
 from pipeline.descriptions import load_prompt, parse_answer, qa_flags
 from pipeline.descriptions.prompts import PROMPT_DIR
 from pipeline.descriptions.validate import coerce
-from pipeline.stage import StageError
 
 
 @pytest.mark.parametrize(

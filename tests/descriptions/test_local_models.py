@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import ConfigError, load_config
+from pipeline.contract import StageError
 from pipeline.descriptions import models
 from pipeline.descriptions.backends.local_server import LocalBackend
 from pipeline.descriptions.models import LocalModel, join_parts, package_parts, resolve_local_model
 from pipeline.settings.descriptions import DescriptionsConfig
-from pipeline.stage import StageError
 
 PIECES = [bytes([65 + i]) * (50 + i) for i in range(11)]  # 11 pieces: part10 and part11 sort before part2 by name
 WHOLE = b"".join(PIECES)

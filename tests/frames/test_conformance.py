@@ -27,8 +27,9 @@ from clips import CLIP_KINDS, ClipKind, frames_for, independent_decode, overclai
 
 from pipeline.artifacts import ArtifactStore  # noqa: E402
 from pipeline.frames import FrameStore, run  # noqa: E402
-from pipeline.frames import decode  # noqa: E402
-from pipeline.frames.decode import DecodeSettings, IsolatedDecoder, VideoFailure, decode_video, frame_jpeg  # noqa: E402
+from pipeline.frames import decode, isolation  # noqa: E402
+from pipeline.frames.decode import DecodeSettings, VideoFailure, decode_video, frame_jpeg  # noqa: E402
+from pipeline.frames.isolation import IsolatedDecoder  # noqa: E402
 
 SIZE = 64  # stored square
 KEEP = 16  # frames kept per video (max_frames)
@@ -180,8 +181,8 @@ _real_decode_video = decode.decode_video
 def test_a_hung_decoder_is_stopped_from_outside(clips, monkeypatch):
     import time
 
-    monkeypatch.setattr(decode, "decode_video", _hang)  # the forked decoding process inherits it (forced: other tests may leave threads)
-    monkeypatch.setattr(decode, "_can_fork", lambda: True)
+    monkeypatch.setattr(isolation, "decode_video", _hang)  # the forked decoding process inherits it (forced: other tests may leave threads)
+    monkeypatch.setattr(isolation, "_can_fork", lambda: True)
     settings = DecodeSettings(size=SIZE, max_frames=KEEP, min_frames=T, timeout_s=2.0)
     with IsolatedDecoder(settings) as decoder:
         first = decoder.decode(str(clips["hmdb51"][0]))
@@ -201,7 +202,7 @@ def test_a_fresh_interpreter_decodes_the_same_and_is_stopped_the_same(clips, mon
     """Where fork is unsafe (other threads, a daemonic Dask worker) the decoding process is a fresh Python."""
     import time
 
-    monkeypatch.setattr(decode, "_can_fork", lambda: False)
+    monkeypatch.setattr(isolation, "_can_fork", lambda: False)
     settings = DecodeSettings(size=SIZE, max_frames=KEEP, min_frames=T, timeout_s=2.0)
     path = str(clips["hmdb51"][0])
     with IsolatedDecoder(settings) as decoder:
@@ -226,8 +227,8 @@ def test_a_hung_video_is_a_timeout_row_and_the_stage_goes_on(clips, monkeypatch,
 
     from pipeline.config import load_config
 
-    monkeypatch.setattr(decode, "decode_video", _hang)
-    monkeypatch.setattr(decode, "_can_fork", lambda: True)
+    monkeypatch.setattr(isolation, "decode_video", _hang)
+    monkeypatch.setattr(isolation, "_can_fork", lambda: True)
     lst = tmp_path / "clips.csv"
     names = ["hmdb51", "ssv2", "kinetics"]
     lst.write_text("path,label,split\n" + "".join(f"{clips[n][0]},{n},train\n" for n in names), encoding="utf-8")

@@ -12,9 +12,10 @@ from frames_helpers import BAD, FRAMES, GOOD, Recorder, make_config, resized, wr
 from PIL import Image
 
 from pipeline import artifacts
+from pipeline.contract import StageError
 from pipeline.frames import SHARD_SCHEMA, run
-from pipeline.frames.decode import DecodeSettings, IsolatedDecoder, VideoFailure, decode_video, spread_indices
-from pipeline.stage import StageError
+from pipeline.frames.decode import DecodeSettings, VideoFailure, decode_video, spread_indices
+from pipeline.frames.isolation import IsolatedDecoder
 
 
 def _jpegs(path, shard, start, stop):
@@ -71,7 +72,7 @@ def test_max_frames_spread_evenly_and_resized(video_set, store):
         _assert_frames_match(imgs, resized(truth[name], 32), want)
 
 
-def test_bad_input_is_recorded_with_its_reason(video_set, store, capsys):
+def test_bad_input_is_recorded_with_its_reason(video_set, store, capsys, fsar_lines):
     root, _ = video_set
     cfg = make_config(root / "videos.csv")
     ref = run(cfg, {}, store)

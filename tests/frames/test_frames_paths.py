@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.config import load_config
+from pipeline.contract import StageError
 from pipeline.datasets import DatasetError, get_dataset
 from pipeline.frames.stage import list_videos
-from pipeline.stage import StageError
 
 
 def _csv(path: Path, rows: list[tuple[str, str, str]]) -> Path:

@@ -15,6 +15,7 @@ from frames_helpers import Recorder, artifact_files, make_config, write_list
 
 from pipeline.artifacts import ArtifactStore
 from pipeline.frames import ShardUnit, decode_unit, run
+from pipeline.frames import isolation
 from pipeline.frames.decode import DecodeSettings
 from pipeline.frames.stage import _stat, list_videos, version_config
 
@@ -135,8 +136,8 @@ def test_a_video_that_kills_its_decoder_is_recorded(video_set, store, monkeypatc
             os.kill(os.getpid(), signal.SIGKILL)
         return real(path, settings)
 
-    monkeypatch.setattr(decode, "decode_video", die_on_brackets)  # forked decoding processes inherit it (forced: other tests may leave threads)
-    monkeypatch.setattr(decode, "_can_fork", lambda: True)
+    monkeypatch.setattr(isolation, "decode_video", die_on_brackets)  # forked decoding processes inherit it (forced: other tests may leave threads)
+    monkeypatch.setattr(isolation, "_can_fork", lambda: True)
     monkeypatch.setattr(stage, "mp_context", lambda: multiprocessing.get_context("fork"))  # pool workers too
     names = ["plain.mp4", "with space.mp4", "brackets [1].mp4", "brackets1.mp4"]
     ref = run(make_config(write_list(root / "crash.csv", names), videos_per_shard=2, workers=2), {}, store)

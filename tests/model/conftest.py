@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from pipeline.datasets.config import ProtocolConfig
-from pipeline.model.config import ModelConfig
+from pipeline.settings.datasets import ProtocolConfig
+from pipeline.settings.model import ModelConfig
 
 MICRO = dict(clip="fsar-micro", pretrained=None, vision_adapted_layers=2, text_adapted_layers=2, image_size=32)
 ADAPTER_STD = 0.1  # std of the random values given to adapters so that every branch matters

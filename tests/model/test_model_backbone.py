@@ -10,7 +10,7 @@ import torch
 from open_clip.transformer import QuickGELU
 
 from pipeline.model import BackboneError, build_model, load_backbone, register_clip_configs
-from pipeline.datasets.config import ProtocolConfig
+from pipeline.settings.datasets import ProtocolConfig
 
 
 def test_tiny_configs_are_registered() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.datasets.config import ProtocolConfig
-from pipeline.model.config import ModelConfig
+from pipeline.settings.datasets import ProtocolConfig
+from pipeline.settings.model import ModelConfig
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 ZERO = dict(task_adapter_init="zero")

@@ -33,7 +33,7 @@ def trained(synthetic_root: Path, tiny_overrides: list[str], backbone_file: Path
     from pipeline.artifacts import ArtifactStore
     from pipeline.config import load_config
     from pipeline.descriptions import run as describe
-    from pipeline.training import train
+    from pipeline.train import stage as train
 
     root = tmp_path_factory.mktemp("predict-artifacts")
     cfg = load_config(
@@ -53,10 +53,10 @@ def trained(synthetic_root: Path, tiny_overrides: list[str], backbone_file: Path
 @pytest.fixture(scope="session")
 def evaluated(trained):
     """The evaluate stage's artifact of the trained run (2 saved test episodes)."""
-    from pipeline.training import evaluate
+    from pipeline.registry import run_stage
 
     cfg, store, refs = trained
-    return evaluate.run(cfg, {k: refs[k] for k in ("frames", "embeddings", "train")}, store)
+    return run_stage("evaluate", cfg, {k: refs[k] for k in ("frames", "embeddings", "train")}, store=store)
 
 
 @pytest.fixture(scope="session")

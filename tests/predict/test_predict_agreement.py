@@ -22,8 +22,9 @@ def _episode_paths(store, refs, ep):
 
 def _stage_scores(cfg, store, refs, ep):
     """The evaluate stage's own scorer (cached prefix, per-class text) on one episode."""
-    from pipeline.training.common import load_checkpoint
-    from pipeline.training.evaluate import EpisodeScorer, prepare
+    from pipeline.fewshot.checkpoints import load_checkpoint
+    from pipeline.fewshot.prepare import prepare
+    from pipeline.fewshot.scoring import EpisodeScorer
 
     model, loader, _ = prepare(cfg, {k: refs[k] for k in ("frames", "embeddings")}, torch.device("cpu"))
     model.load_trainable_state_dict(load_checkpoint(f"{refs['train'].path}/best.pt")["trainable"])
@@ -32,7 +33,7 @@ def _stage_scores(cfg, store, refs, ep):
 
 @pytest.mark.parametrize("context", ["faithful", "inductive"])
 def test_scores_equal_the_evaluate_stage(trained, evaluated, bundle_dir, backbone_file, context):
-    from pipeline.training.episodes import episodes_from_frame
+    from pipeline.fewshot.episodes import episodes_from_frame
 
     cfg, store, refs = trained
     cfg = cfg.override(f"model.task_context={context}")

@@ -8,7 +8,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-def test_demo_ending_exports_and_predicts(trained, capsys):
+def test_demo_ending_exports_and_predicts(trained, capsys, fsar_lines):
     from flows.demo import PREDICT_QUERIES, predict_demo
 
     cfg, store, refs = trained

@@ -6,8 +6,8 @@ import pytest
 import yaml
 from fake_openai_server import FakeLLM, good_sentences
 
+from pipeline.contract import StageError
 from pipeline.predict import FewShotClassifier
-from pipeline.stage import StageError
 
 pytestmark = pytest.mark.slow
 

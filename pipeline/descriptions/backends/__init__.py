@@ -23,12 +23,15 @@ in `$<descriptions.api_key_env>`), else `local`; `resolve_backend` says which an
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pipeline.descriptions.config import DescriptionsConfig
+from pipeline.settings.descriptions import DescriptionsConfig
+
+log = logging.getLogger("fsar")
 
 __all__ = ["BACKENDS", "Backend", "Completion", "Request", "Sampling", "make_backend", "resolve_backend"]
 
@@ -141,7 +144,7 @@ def make_backend(cfg: DescriptionsConfig, *, announce: bool = False) -> Backend:
     """The configured backend (not started yet); `announce` prints which one `auto` chose."""
     name, why = resolve_backend(cfg)
     if announce and cfg.backend == "auto":
-        print(f"[fsar] descriptions: backend {name} ({why}; choose with descriptions.backend / LLM=...)", flush=True)
+        log.info(f"descriptions: backend {name} ({why}; choose with descriptions.backend / LLM=...)")
     try:
         target = BACKENDS[name]
     except KeyError:

@@ -19,10 +19,10 @@ from typing import Any
 
 import yaml
 
+from pipeline.contract import StageError
 from pipeline.descriptions.backends import Backend, Completion, Request
 from pipeline.descriptions.validate import normalize
 from pipeline.errors import read_text_file
-from pipeline.stage import StageError
 
 __all__ = ["FileBackend", "read_corpus"]
 

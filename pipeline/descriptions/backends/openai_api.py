@@ -10,6 +10,7 @@ flight at once (threads). Authentication and unknown-model errors stop the stage
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
@@ -18,10 +19,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
+from pipeline.contract import StageError
 from pipeline.descriptions.backends import Backend, Completion, Request
-from pipeline.descriptions.config import DescriptionsConfig
 from pipeline.secrets import redact_url
-from pipeline.stage import StageError
+from pipeline.settings.descriptions import DescriptionsConfig
+
+log = logging.getLogger("fsar")
 
 __all__ = ["MODES", "OpenAIBackend", "choices_message", "redact_url"]
 
@@ -129,7 +132,7 @@ class OpenAIBackend(Backend):
                 f"descriptions: no model given and the server at {redact_url(self.base_url)} offers "
                 f"{len(ids)} ({', '.join(ids[:10]) or 'none'}); choose one with MODEL=... / --model"
             )
-        print(f"[fsar] descriptions: using the server's only model {ids[0]!r}", flush=True)
+        log.info(f"descriptions: using the server's only model {ids[0]!r}")
         return ids[0]
 
     @property
@@ -186,11 +189,7 @@ class OpenAIBackend(Backend):
                 return
             _server_modes[key] = nxt
         status = getattr(exc, "status_code", "?")
-        print(
-            f"[fsar] descriptions: {redact_url(self._server)} rejects response_format {mode} (HTTP {status}); "
-            f"using {nxt} from now on",
-            flush=True,
-        )
+        log.info(f"descriptions: {redact_url(self._server)} rejects response_format {mode} (HTTP {status}); using {nxt} from now on")
 
     # -------------------------------------------------------------- requests
     def _clean(self, text: str) -> str:

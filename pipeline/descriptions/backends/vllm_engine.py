@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pipeline.contract import StageError
 from pipeline.descriptions.backends import Backend, Completion, Request
-from pipeline.stage import StageError
 
 __all__ = ["VLLMBackend"]
 

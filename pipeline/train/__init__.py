@@ -1,0 +1,1 @@
+"""The train stage: `stage` (version, artifact, `run`), `trainer` (the loop), `monitor` (progress, TensorBoard, curves)."""
