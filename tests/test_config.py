@@ -30,11 +30,11 @@ def test_overrides_parse_yaml_scalars():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("model.nope=1", "unknown config key 'model.nope'; allowed keys in model: clip"),
-        ("nope.x=1", "unknown config key 'nope.x'; allowed keys in the top level"),
-        ("model.task_context=bad", "config key 'model.task_context'"),
-        ("protocol.way=1", "config key 'protocol.way'"),
-        ("model=3", "config key 'model' is a section"),
+        ("model.nope=1", "unknown config key 'model.nope' (overrides); allowed keys in model: clip"),
+        ("nope.x=1", "unknown config key 'nope.x' (overrides); allowed keys in the top level"),
+        ("model.task_context=bad", "config key 'model.task_context' (overrides)"),
+        ("protocol.way=1", "config key 'protocol.way' (overrides)"),
+        ("model=3", "config key 'model' (overrides) is a section"),
         ("novalue", "not of the form key=value"),
     ],
 )
