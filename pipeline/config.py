@@ -50,18 +50,38 @@ __all__ = [
     "section_dict",
 ]
 
-# Settings that decide how a run goes, never what it produces: left out of versions and stored configs.
+# Settings that no version hashes: how a run goes (devices, worker and thread counts, batching, resuming,
+# logging), how a service is reached (base URL, key variable, time-outs, retries), a failure threshold and the
+# preset's name (a label). They are left out of versions and never reach an artifact's bytes (`Config.stored`),
+# so equal versions hold equal bytes on any machine.
 RUNTIME_FIELDS = (
+    "preset",
     "artifacts",
+    "descriptions.base_url",
+    "descriptions.api_key_env",
+    "descriptions.concurrency",
+    "descriptions.max_retries",
+    "descriptions.retry_backoff_s",
+    "descriptions.request_timeout_s",
+    "descriptions.server_threads",
+    "descriptions.server_start_timeout_s",
+    "descriptions.cache",
+    "frames.workers",
+    "frames.max_failed_fraction",
+    "embeddings.batch_size",
     "train.resume",
     "train.device",
     "train.log_every",
     "train.checkpoint_every",
+    "train.loader_workers",
+    "train.episodes_per_pass",
+    "train.cuda_graphs",
+    "train.compile",
     "evaluate.device",
     "evaluate.cache",
     "evaluate.episodes_per_batch",
-    "frames.workers",
-    "descriptions.concurrency",
+    "evaluate.videos_per_pass",
+    "evaluate.loader_workers",
     "backbone.device",
 )
 
@@ -109,17 +129,25 @@ class Config(Section):
         """Plain, JSON-ready dict of the whole resolved config, secrets (URL user-info, key values) masked."""
         return redact(json.loads(self.model_dump_json()), [self.descriptions.api_key_env])
 
-    def stored(self) -> dict[str, Any]:
-        """The config as artifacts store it (checkpoints, config.json): `dump()` without the runtime-only
-        fields (RUNTIME_FIELDS), and with paths under the artifact root written as ``$FSAR_ARTIFACTS/...``,
-        so the same run gives the same bytes in any root and after a resume."""
+    def stored(self, keep: Iterable[str] | None = None) -> dict[str, Any]:
+        """The config as an artifact stores it (config.json, checkpoints): a function of the artifact's version alone.
+
+        `dump()` without the fields no version hashes (RUNTIME_FIELDS), restricted to `keep` (sections or dotted
+        fields; None = every section) -- an artifact keeps what its own version and its inputs' versions cover.
+        The model section is in the form versions hash it (a local `model.pretrained` file by its content, not
+        its path), and other paths under the artifact root are written as ``$FSAR_ARTIFACTS/...``, so the same
+        run gives the same bytes in any root, on any machine and after a resume."""
         # start-up: config loading stays light (no pandas/fsspec)
         from pipeline.artifacts import ArtifactStore
+        from pipeline.settings.model import model_fields
 
         data = self.dump()
+        data["model"] = redact(model_fields(self.model), [self.descriptions.api_key_env])
         for key in RUNTIME_FIELDS:
             section, _, name = key.rpartition(".")
             (data.get(section, {}) if section else data).pop(name, None)
+        if keep is not None:
+            data = _kept(data, list(keep))
         root = ArtifactStore(self.artifacts).root.rstrip("/") + "/"
 
         def rel(v: Any) -> Any:
@@ -128,6 +156,20 @@ class Config(Section):
             return "$FSAR_ARTIFACTS/" + v[len(root):] if isinstance(v, str) and v.startswith(root) else v
 
         return rel(data)
+
+
+def _kept(data: dict[str, Any], keep: list[str]) -> dict[str, Any]:
+    """The parts of a nested dict that `keep` names ("protocol" a whole section, "dataset.name" one field)."""
+    out: dict[str, Any] = {}
+    for key in keep:
+        section, _, name = key.partition(".")
+        if section not in data:
+            continue
+        if not name:
+            out[section] = data[section]
+        elif name in data[section]:
+            out.setdefault(section, {})[name] = data[section][name]
+    return out
 
 
 def list_presets() -> list[str]:

@@ -12,6 +12,8 @@
   of the way instead of being written through.
 - Inside a Prefect flow or task run (the flows install with `prefect=True`), each line goes to that
   run's logger instead, so the Prefect UI and API hold it; outside a run it prints as above.
+- Every line, printed or sent to Prefect, goes through `pipeline.secrets.redact_text` first: no key,
+  token or URL credential reaches a terminal or a run's log.
 
 `in_prefect_run` and `artifact_key` are the two facts about Prefect that library code needs (the
 training monitor's progress artifact); they never import Prefect unless the process already has.
@@ -22,6 +24,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
+
+from pipeline.secrets import redact_text
 
 __all__ = ["LOGGER", "FsarHandler", "artifact_key", "in_prefect_run", "install", "level_for"]
 
@@ -58,7 +62,7 @@ class FsarHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = record.getMessage()
+            text = redact_text(record.getMessage())
             if record.levelno >= logging.WARNING:
                 text = f"warning: {text}" if record.levelno == logging.WARNING else f"{record.levelname.lower()}: {text}"
             line = text if getattr(record, "bare", False) else f"[fsar] {text}"  # bare: a table, printed as it is

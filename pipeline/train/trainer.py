@@ -44,9 +44,14 @@ from pipeline.train.monitor import TrainMonitor
 
 log = logging.getLogger("fsar")
 
-__all__ = ["CapturedPass", "STATE", "Trainer", "make_optimizer"]
+__all__ = ["CapturedPass", "STATE", "STORED_CONFIG", "Trainer", "make_optimizer"]
 
 STATE = "state.pt"  # resumable state in the staging folder (not published)
+# What a train artifact stores of its config (config.json, the checkpoints' `config`): the parts the versions of
+# train and its inputs cover, so equal versions hold equal bytes (`Config.stored`). The descriptions behind the
+# run are its embeddings input's lineage (manifests), not config fields: `descriptions.backend: auto` and the
+# backend it picks give one version.
+STORED_CONFIG = ("dataset.name", "protocol", "frames", "embeddings", "model", "train")
 
 
 def make_optimizer(cfg: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -63,6 +68,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, inputs: dict[str, ArtifactRef], out: Path):
         self.cfg, self.out = cfg, Path(out)
+        self.stored = cfg.stored(STORED_CONFIG)
         self.rank, self.world = dist_info()
         self.device = pick_device(cfg.train.device)
         if self.device.type == "cuda" and self.world > 1:
@@ -341,7 +347,7 @@ class Trainer:
         self.state["validation"].append({"step": row["step"], "epoch": row["epoch"], "episode": row["episode"], "accuracy": acc, "best": is_best})
         if is_best and self.rank == 0:
             self.state["best"] = {"step": row["step"], "accuracy": acc}
-            save_checkpoint(self.out / "best.pt", self.model, self.cfg, step=row["step"], val_accuracy=acc)
+            save_checkpoint(self.out / "best.pt", self.model, self.cfg, stored=self.stored, step=row["step"], val_accuracy=acc)
         line = f"validation at step {row['step']} (episode {row['episode']}): accuracy {acc:.4f}{' (best)' if is_best else ''}"
         if self.monitor is not None:
             self.monitor.emit(line)
@@ -350,12 +356,12 @@ class Trainer:
 
     def _finish(self, staging: Staging | None) -> None:
         step = self.state["step"]
-        save_checkpoint(self.out / "last.pt", self.model, self.cfg, step=step)
+        save_checkpoint(self.out / "last.pt", self.model, self.cfg, stored=self.stored, step=step)
         if self.state["best"] is None:  # no validation ran (warm-up covers every epoch): the last weights are the best we have
-            save_checkpoint(self.out / "best.pt", self.model, self.cfg, step=step, val_accuracy=None)
+            save_checkpoint(self.out / "best.pt", self.model, self.cfg, stored=self.stored, step=step, val_accuracy=None)
         metrics = pd.DataFrame(self.state["metrics"])
         validation = pd.DataFrame(self.state["validation"], columns=["step", "epoch", "episode", "accuracy", "best"])
-        (self.out / "config.json").write_text(json.dumps(self.cfg.stored(), indent=2), encoding="utf-8")
+        (self.out / "config.json").write_text(json.dumps(self.stored, indent=2), encoding="utf-8")
         (self.out / STATE).unlink(missing_ok=True)
         if staging is not None:
             staging.write_parquet("metrics.parquet", metrics)
