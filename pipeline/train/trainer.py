@@ -288,38 +288,40 @@ class Trainer:
         self._restore()
         t = self.cfg.train
         bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step", disable=self.rank != 0, mininterval=2.0)
-        if self.rank == 0:
-            p = self.cfg.protocol
-            self.monitor = TrainMonitor(self.out, self.cfg.dataset.name, self.total_steps * self.per_step, t.log_every,
-                                        title=f"train: {self.cfg.dataset.name}, {p.way}-way {p.shot}-shot, {self.total_steps * self.per_step} episodes",
-                                        chance=1.0 / p.way)
-            self.monitor.start(self.state["step"] * self.per_step)
-        pending: list[tuple[dict[str, Any], torch.Tensor]] = []  # steps whose loss/accuracy are still on the device
-        start_step, loop_start = self.state["step"], time.perf_counter()
-        E = t.episodes_per_step
-        with self.prefetcher(start_step) as episodes:
-            while self.state["step"] < self.total_steps:
-                step = self.state["step"]
-                t0 = time.perf_counter()
-                stats = self.train_step([next(episodes) for _ in range(E)])
-                self.state["seconds"] += time.perf_counter() - t0
-                before, after = step * self.per_step, (step + 1) * self.per_step
-                pending.append(({"step": step + 1, "epoch": self._epoch_of(after), "episode": after}, stats))
-                self.state["step"] = step + 1
-                validate = self._validate_now(before, after)
-                checkpoint = after // t.checkpoint_every > before // t.checkpoint_every
-                log_now = after // t.log_every > before // t.log_every or self.state["step"] >= self.total_steps
-                if validate or checkpoint or log_now:
-                    self._flush(pending, bar)
-                if validate:
-                    self._record_validation(self.state["metrics"][-1])
-                if checkpoint:
-                    self._save_state()
-                if self.monitor is not None and log_now:
-                    self.monitor.update(before, after, self.state["metrics"], self.state["validation"])
-                bar.update(1)
-        self._flush(pending, bar)
-        bar.close()
+        try:
+            if self.rank == 0:
+                p = self.cfg.protocol
+                self.monitor = TrainMonitor(self.out, self.cfg.dataset.name, self.total_steps * self.per_step, t.log_every,
+                                            title=f"train: {self.cfg.dataset.name}, {p.way}-way {p.shot}-shot, {self.total_steps * self.per_step} episodes",
+                                            chance=1.0 / p.way)
+                self.monitor.start(self.state["step"] * self.per_step)
+            pending: list[tuple[dict[str, Any], torch.Tensor]] = []  # steps whose loss/accuracy are still on the device
+            start_step, loop_start = self.state["step"], time.perf_counter()
+            E = t.episodes_per_step
+            with self.prefetcher(start_step) as episodes:
+                while self.state["step"] < self.total_steps:
+                    step = self.state["step"]
+                    t0 = time.perf_counter()
+                    stats = self.train_step([next(episodes) for _ in range(E)])
+                    self.state["seconds"] += time.perf_counter() - t0
+                    before, after = step * self.per_step, (step + 1) * self.per_step
+                    pending.append(({"step": step + 1, "epoch": self._epoch_of(after), "episode": after}, stats))
+                    self.state["step"] = step + 1
+                    validate = self._validate_now(before, after)
+                    checkpoint = after // t.checkpoint_every > before // t.checkpoint_every
+                    log_now = after // t.log_every > before // t.log_every or self.state["step"] >= self.total_steps
+                    if validate or checkpoint or log_now:
+                        self._flush(pending, bar)
+                    if validate:
+                        self._record_validation(self.state["metrics"][-1])
+                    if checkpoint:
+                        self._save_state()
+                    if self.monitor is not None and log_now:
+                        self.monitor.update(before, after, self.state["metrics"], self.state["validation"])
+                    bar.update(1)
+            self._flush(pending, bar)
+        finally:  # closed on the way out too: a later line (an error) starts a line of its own
+            bar.close()
         loop = time.perf_counter() - loop_start
         self.state["loop_seconds"] = self.state.get("loop_seconds", 0.0) + loop
         done = (self.state["step"] - start_step) * self.per_step
