@@ -69,11 +69,11 @@ def _run(name: str, cfg: Any, inputs: list[str] | None) -> Any:
     # start-up: imported by the command that uses it
     from pipeline.registry import parse_pins
 
-    def echo(stage: str, ref: Any) -> None:
+    def built(stage: str, ref: Any) -> None:
         echo(f"{stage}: {ref}")
 
-    ref = run_stage(name, cfg, pins=parse_pins(inputs), on_built=echo)
-    echo(name, ref)
+    ref = run_stage(name, cfg, pins=parse_pins(inputs), on_built=built)
+    built(name, ref)
     return ref
 
 
