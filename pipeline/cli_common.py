@@ -74,8 +74,9 @@ def show_logs(quiet: bool = False, verbose: bool = False, prefect: bool = False)
 
 
 def one_line(exc: BaseException) -> str:
-    """An error's message on one line (or its type when it has none)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """An error's message on one line (or its type when it has none), secrets masked: what a flow run's state and log
+    keep of a failure."""
+    return " ".join(redact_text(str(exc)).split()) or type(exc).__name__
 
 
 def echo(text: Any = "", err: bool = False) -> None:
