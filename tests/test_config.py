@@ -30,11 +30,11 @@ def test_overrides_parse_yaml_scalars():
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("model.nope=1", "unknown config key 'model.nope'; allowed keys in model: clip"),
-        ("nope.x=1", "unknown config key 'nope.x'; allowed keys in the top level"),
-        ("model.task_context=bad", "config key 'model.task_context'"),
-        ("protocol.way=1", "config key 'protocol.way'"),
-        ("model=3", "config key 'model' is a section"),
+        ("model.nope=1", "unknown config key 'model.nope' (overrides); allowed keys in model: clip"),
+        ("nope.x=1", "unknown config key 'nope.x' (overrides); allowed keys in the top level"),
+        ("model.task_context=bad", "config key 'model.task_context' (overrides)"),
+        ("protocol.way=1", "config key 'protocol.way' (overrides)"),
+        ("model=3", "config key 'model' (overrides) is a section"),
         ("novalue", "not of the form key=value"),
     ],
 )
@@ -64,3 +64,41 @@ def test_dump_roundtrips_and_holds_no_secret(monkeypatch):
     dumped = cfg.dump()
     assert Config.model_validate(dumped) == cfg
     assert "sk-secret-value" not in str(dumped)
+
+
+def test_one_redaction_for_every_form_of_secret(monkeypatch, capsys):
+    """URL user info, URL query values (every one), secret-named ?name=value pairs outside a URL and secret environment
+    values are masked alike wherever fsar writes or prints: config dumps, stored configs, `fsar config` in both forms,
+    log lines and error lines."""
+    import json
+    import logging
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline.cli_common import fail
+    from pipeline.logs import install
+    from pipeline.secrets import redact_text, redact_url
+
+    monkeypatch.setenv("FSAR_TEST_TOKEN", "canary-env-0123")
+    url = "http://me:canary-user@127.0.0.1:8000/v1/canary-env-0123?api_key=canary-query&x=1#top"
+    masked = "http://***@127.0.0.1:8000/v1/***?api_key=***&x=***#top"
+    assert redact_text(f"see {url}.") == f"see {masked}." and redact_url(url) == masked and redact_url(None) is None
+    assert redact_text("host:8000/v1?token=canary-bare&page=2") == "host:8000/v1?token=***&page=2"  # no scheme: secret names only
+    cfg = load_config("demo", overrides=[f"descriptions.base_url={url}"])
+    assert cfg.descriptions.base_url == url  # the code that calls the server gets the real value
+    for form in (cfg.dump(), cfg.stored(), json.loads(cfg.model_dump_json())):
+        assert "canary" not in json.dumps(form)
+    assert cfg.dump()["descriptions"]["base_url"] == masked
+    runner = CliRunner()
+    for args in (["config"], ["config", "--json"]):
+        out = runner.invoke(app, [*args, "--dataset", "synthetic", "--set", f"descriptions.base_url={url}"])
+        assert out.exit_code == 0 and masked in out.output and "canary" not in out.output, out.output
+    install()
+    logging.getLogger("fsar").warning("server %s refused", url)
+    try:
+        fail(ConfigError(f"descriptions: {url} is down"))
+    except BaseException:  # typer.Exit
+        pass
+    printed = capsys.readouterr()
+    assert printed.err.splitlines() == [f"[fsar] warning: server {masked} refused", f"error: descriptions: {masked} is down"]

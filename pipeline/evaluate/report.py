@@ -23,6 +23,7 @@ import pandas as pd
 
 from pipeline.artifacts import MANIFEST, ArtifactRef, ArtifactStore, sha256_file
 from pipeline.evaluate.plots import METHOD_LABELS, accuracy_plot, confusion_plot, method_label, plot_title
+from pipeline.secrets import redact, redact_text
 
 __all__ = [
     "METHOD_LABELS",
@@ -286,6 +287,6 @@ def report_markdown(summary: Mapping[str, Any], title: str, notes: Sequence[str]
 def write_report(summary: dict[str, Any], out: Path, title: str, notes: Sequence[str] = ()) -> Path:
     """report.md and summary.json (no wall-clock fields: keep those in the manifest's `run`)."""
     path = Path(out) / "report.md"
-    path.write_text(report_markdown(summary, title, notes), encoding="utf-8")
-    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    path.write_text(redact_text(report_markdown(summary, title, notes)), encoding="utf-8")  # no secret in a report
+    (Path(out) / "summary.json").write_text(json.dumps(redact(summary), indent=2), encoding="utf-8")
     return path

@@ -8,7 +8,7 @@ TensorBoard events and curves are `monitor`.
 
 Artifact files: `metrics.parquet` (main: step, epoch, episode, loss, accuracy, lr; wall-clock time only
 in the manifest's summary, so equal versions hold equal bytes),
-`validation.parquet`, `best.pt`, `last.pt` (trainable weights + resolved config), `config.json`,
+`validation.parquet`, `best.pt`, `last.pt` (trainable weights + the config its version covers), `config.json`,
 `curves.png` and `events.out.tfevents.fsar` (TensorBoard).
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, compute_version
-from pipeline.config import Config, section_dict
+from pipeline.config import RUNTIME_FIELDS, Config, section_dict
 from pipeline.contract import StageError, build_once
 from pipeline.fewshot.devices import dist_info
 from pipeline.fewshot.episodes import check_splits
@@ -30,10 +30,10 @@ from pipeline.train.trainer import Trainer
 
 __all__ = ["FORMAT_VERSION", "VOLATILE", "plan_fields", "run"]
 
-FORMAT_VERSION = 1
-# Train fields that do not change the result (left out of the version); the speed options change at most the
-# rounding, like the device does.
-VOLATILE = ("resume", "device", "log_every", "checkpoint_every", "loader_workers", "episodes_per_pass", "cuda_graphs", "compile")
+FORMAT_VERSION = 2  # 2: config.json and the checkpoints hold only what the version covers (trainer.STORED_CONFIG)
+# Train fields that do not change the result (left out of the version: config.RUNTIME_FIELDS); the speed options
+# change at most the rounding, like the device does.
+VOLATILE = tuple(key.split(".", 1)[1] for key in RUNTIME_FIELDS if key.startswith("train."))
 
 
 def plan_fields(cfg: Config, inputs: dict[str, ArtifactRef] | None = None) -> dict[str, Any]:
