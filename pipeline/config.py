@@ -109,12 +109,17 @@ class Config(Section):
 
     def stored(self) -> dict[str, Any]:
         """The config as artifacts store it (checkpoints, config.json): `dump()` without the runtime-only
-        fields (RUNTIME_FIELDS), and with paths under the artifact root written as ``$FSAR_ARTIFACTS/...``,
-        so the same run gives the same bytes in any root and after a resume."""
+        fields (RUNTIME_FIELDS) and the late fields at their defaults (`Section.LATE_FIELDS`), and with paths
+        under the artifact root written as ``$FSAR_ARTIFACTS/...``, so the same run gives the same bytes in any
+        root and after a resume."""
         # start-up: config loading stays light (no pandas/fsspec)
         from pipeline.artifacts import ArtifactStore
 
         data = self.dump()
+        for name in type(self).model_fields:
+            section = getattr(self, name)
+            if isinstance(section, Section):
+                data[name] = section.without_late_defaults(data[name])
         for key in RUNTIME_FIELDS:
             section, _, name = key.rpartition(".")
             (data.get(section, {}) if section else data).pop(name, None)
@@ -173,9 +178,12 @@ def load_config(
 
 
 def section_dict(cfg: BaseModel, fields: Iterable[str] | None = None) -> dict[str, Any]:
-    """JSON-ready dict of a section, or of some of its fields (what a stage hashes into its version)."""
+    """JSON-ready dict of a section, or of some of its fields (what a stage hashes into its version); the whole
+    section leaves out its late fields at their defaults (`Section.LATE_FIELDS`)."""
     data = json.loads(cfg.model_dump_json())
-    return data if fields is None else {f: data[f] for f in fields}
+    if fields is None:
+        return cfg.without_late_defaults(data) if isinstance(cfg, Section) else data
+    return {f: data[f] for f in fields}
 
 
 def read_preset(preset: str | os.PathLike[str]) -> dict[str, Any]:
@@ -238,7 +246,7 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
 
 def _validate(data: dict[str, Any], origin: str) -> Config:
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
@@ -255,3 +263,15 @@ def _validate(data: dict[str, Any], origin: str) -> Config:
             ) from None
         got = redact(err.get("input"))
         raise ConfigError(f"config key {key!r} ({origin}): {err['msg']} (got {got!r})") from None
+    _check_across_sections(cfg, origin)
+    return cfg
+
+
+def _check_across_sections(cfg: Config, origin: str) -> None:
+    """Settings of two sections that only work together (each section checks its own fields)."""
+    if cfg.model.scores == "released" and cfg.protocol.query != 1:
+        raise ConfigError(
+            f"config key 'model.scores' ({origin}): released multiplies a [class, query] semantic matrix by a [query, class] "
+            f"visual one, defined only for one query per class, but protocol.query={cfg.protocol.query}; set protocol.query=1 "
+            f"or model.scores=query_class"
+        )
