@@ -132,8 +132,9 @@ class Config(Section):
     def stored(self, keep: Iterable[str] | None = None) -> dict[str, Any]:
         """The config as an artifact stores it (config.json, checkpoints): a function of the artifact's version alone.
 
-        `dump()` without the fields no version hashes (RUNTIME_FIELDS), restricted to `keep` (sections or dotted
-        fields; None = every section) -- an artifact keeps what its own version and its inputs' versions cover.
+        `dump()` without the fields no version hashes (RUNTIME_FIELDS) and the late fields at their defaults
+        (`Section.LATE_FIELDS`), restricted to `keep` (sections or dotted fields; None = every section) -- an
+        artifact keeps what its own version and its inputs' versions cover.
         The model section is in the form versions hash it (a local `model.pretrained` file by its content, not
         its path), and other paths under the artifact root are written as ``$FSAR_ARTIFACTS/...``, so the same
         run gives the same bytes in any root, on any machine and after a resume."""
@@ -142,6 +143,10 @@ class Config(Section):
         from pipeline.settings.model import model_fields
 
         data = self.dump()
+        for name in type(self).model_fields:
+            section = getattr(self, name)
+            if isinstance(section, Section):
+                data[name] = section.without_late_defaults(data[name])
         data["model"] = redact(model_fields(self.model), [self.descriptions.api_key_env])
         for key in RUNTIME_FIELDS:
             section, _, name = key.rpartition(".")
@@ -227,9 +232,12 @@ def layered_config(preset: str | os.PathLike[str] | None, layers: Sequence[tuple
 
     return _validate(data, origin)
 def section_dict(cfg: BaseModel, fields: Iterable[str] | None = None) -> dict[str, Any]:
-    """JSON-ready dict of a section, or of some of its fields (what a stage hashes into its version)."""
+    """JSON-ready dict of a section, or of some of its fields (what a stage hashes into its version); the whole
+    section leaves out its late fields at their defaults (`Section.LATE_FIELDS`)."""
     data = json.loads(cfg.model_dump_json())
-    return data if fields is None else {f: data[f] for f in fields}
+    if fields is None:
+        return cfg.without_late_defaults(data) if isinstance(cfg, Section) else data
+    return {f: data[f] for f in fields}
 
 
 def read_preset(preset: str | os.PathLike[str]) -> dict[str, Any]:
@@ -337,7 +345,7 @@ def _validate(data: dict[str, Any], origin: str | Callable[[str], str]) -> Confi
     function of the dotted key) and what is allowed."""
     where = origin if callable(origin) else (lambda key: origin)
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
@@ -354,3 +362,15 @@ def _validate(data: dict[str, Any], origin: str | Callable[[str], str]) -> Confi
             ) from None
         got = redact(err.get("input"))
         raise ConfigError(f"config key {key!r} ({where(key)}): {err['msg']} (got {got!r})") from None
+    _check_across_sections(cfg, where("model.scores"))
+    return cfg
+
+
+def _check_across_sections(cfg: Config, origin: str) -> None:
+    """Settings of two sections that only work together (each section checks its own fields)."""
+    if cfg.model.scores == "released" and cfg.protocol.query != 1:
+        raise ConfigError(
+            f"config key 'model.scores' ({origin}): released multiplies a [class, query] semantic matrix by a [query, class] "
+            f"visual one, defined only for one query per class, but protocol.query={cfg.protocol.query}; set protocol.query=1 "
+            f"or model.scores=query_class"
+        )

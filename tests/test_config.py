@@ -102,3 +102,23 @@ def test_one_redaction_for_every_form_of_secret(monkeypatch, capsys):
         pass
     printed = capsys.readouterr()
     assert printed.err.splitlines() == [f"[fsar] warning: server {masked} refused", f"error: descriptions: {masked} is down"]
+
+
+def test_late_fields_at_their_defaults_leave_versions_and_stored_configs_as_they_were():
+    from pipeline.config import section_dict
+    from pipeline.settings.model import model_fields
+
+    cfg = load_config("demo")
+    stored = cfg.stored()
+    assert "scores" not in stored["model"] and "val_split" not in stored["train"] and "query_order" not in stored["evaluate"]
+    assert "scores" not in model_fields(cfg.model) and "val_split" not in section_dict(cfg.train)
+    changed = cfg.override("model.scores=released", "train.val_split=test", "evaluate.query_order=shuffled")
+    assert model_fields(changed.model)["scores"] == "released" and section_dict(changed.train)["val_split"] == "test"
+    assert changed.stored()["evaluate"]["query_order"] == "shuffled"
+
+
+def test_released_scores_need_one_query_per_class():
+    assert load_config("hmdb51", overrides=["model.scores=released"]).model.scores == "released"
+    with pytest.raises(ConfigError, match="config key 'model.scores'.*protocol.query=2") as err:
+        load_config("hmdb51", overrides=["model.scores=released", "protocol.query=2"])
+    assert "\n" not in str(err.value)

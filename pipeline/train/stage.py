@@ -1,7 +1,7 @@
 """The train stage: episodic training of the Task-Adapter++ adapters on the train split.
 
 Protocol (docs/method.md): the preset's optimiser (SGD, lr 1e-3, no momentum), epochs x episodes,
-validation on the val split from epoch `train.warmup_epochs` on (0-based; the paper: epoch > 8), the
+validation on the val split (`train.val_split`) from epoch `train.warmup_epochs` on (0-based; the paper: epoch > 8), the
 best validated checkpoint kept. Episode i and its frame sampling depend only on (seed, i), so a
 resumed run continues exactly where the killed one stopped. The loop is `trainer.Trainer`; progress,
 TensorBoard events and curves are `monitor`.
@@ -14,6 +14,7 @@ in the manifest's summary, so equal versions hold equal bytes),
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,10 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
     for need in ("frames", "embeddings"):
         if need not in inputs:
             raise StageError(f"train needs a {need} artifact; run `fsar {need}` first")
-    check_splits(inputs["frames"], cfg.protocol, {"train": cfg.protocol.shot, "val": cfg.protocol.shot})  # before any model is built
+    check_splits(inputs["frames"], cfg.protocol, {"train": cfg.protocol.shot, cfg.train.val_split: cfg.protocol.shot})  # before any model
+    if cfg.train.val_split != "val":
+        log.warning(f"train.val_split={cfg.train.val_split}: the checkpoint is picked on the {cfg.train.val_split} split, as the "
+                    f"released code does (docs/method.md, defect 2), so its accuracy there is optimistic; use it to measure that bias only")
     rank, world = dist_info()
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"

@@ -83,9 +83,10 @@ class Trainer:
         vids, excluded = videos_by_class(frames.index, "train", p.num_frames)
         self.excluded = {"train": excluded}
         self.sampler = EpisodeSampler(vids, p.way, p.shot, p.query, cfg.train.seed, split="train")
-        val_vids, val_excluded = videos_by_class(frames.index, "val", p.num_frames)
-        self.excluded["val"] = val_excluded
-        self.val_episodes = EpisodeSampler(val_vids, p.way, p.shot, p.query, cfg.train.seed + 1, split="val").take(cfg.train.val_episodes)
+        val_split = cfg.train.val_split  # val; test only to measure the released code's pick on test (defect 2)
+        val_vids, val_excluded = videos_by_class(frames.index, val_split, p.num_frames)
+        self.excluded[val_split] = val_excluded
+        self.val_episodes = EpisodeSampler(val_vids, p.way, p.shot, p.query, cfg.train.seed + 1, split=val_split).take(cfg.train.val_episodes)
         self.optimizer = make_optimizer(cfg, self.params)
         self.workers = workers_for(cfg.train.loader_workers, self.device)
         self._setup_speed_options()
@@ -349,7 +350,8 @@ class Trainer:
         self.state["validation"].append({"step": row["step"], "epoch": row["epoch"], "episode": row["episode"], "accuracy": acc, "best": is_best})
         if is_best and self.rank == 0:
             self.state["best"] = {"step": row["step"], "accuracy": acc}
-            save_checkpoint(self.out / "best.pt", self.model, self.cfg, stored=self.stored, step=row["step"], val_accuracy=acc)
+            picked_on = {} if self.cfg.train.val_split == "val" else {"val_split": self.cfg.train.val_split}  # val: the bytes as before
+            save_checkpoint(self.out / "best.pt", self.model, self.cfg, stored=self.stored, step=row["step"], val_accuracy=acc, **picked_on)
         line = f"validation at step {row['step']} (episode {row['episode']}): accuracy {acc:.4f}{' (best)' if is_best else ''}"
         if self.monitor is not None:
             self.monitor.emit(line)
