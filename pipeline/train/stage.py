@@ -31,6 +31,8 @@ from pipeline.train.trainer import Trainer
 
 __all__ = ["FORMAT_VERSION", "VOLATILE", "plan_fields", "run"]
 
+log = logging.getLogger("fsar")
+
 FORMAT_VERSION = 2  # 2: config.json and the checkpoints hold only what the version covers (trainer.STORED_CONFIG)
 # Train fields that do not change the result (left out of the version: config.RUNTIME_FIELDS); the speed options
 # change at most the rounding, like the device does.
