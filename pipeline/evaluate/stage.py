@@ -4,7 +4,9 @@ Methods scored on the same saved episodes:
 - `task_adapter_pp`: argmax of vis * sem (the paper's model),
 - `visual_only`: argmax of vis, `semantic_only`: argmax of sem (the two factors alone),
 - `clip_prototype`: frozen CLIP (no adapters), cosine of the mean frame feature to class prototypes,
-- `untrained` (with `evaluate.untrained`): the full model at its training initialisation.
+- `untrained` (with `evaluate.untrained`): the full model at its training initialisation,
+- `by_support` (with `evaluate.choose_by_support`, beyond the paper): the full model with, per episode and class, the
+  description candidate and order that the class's labelled supports fit best under the frozen towers (by_support.py).
 
 The scoring itself (caches, batched episodes) is the few-shot core's (`pipeline.fewshot.scoring`). The stage
 reads its inputs only: the registry (`pipeline.registry`) builds the vision-prefix artifact first when
@@ -28,6 +30,7 @@ from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging
 from pipeline.config import Config, section_dict
 from pipeline.contract import StageError, build_once
 from pipeline.datasets import get_dataset
+from pipeline.evaluate.by_support import CHOICES_FILE, score_by_support
 from pipeline.evaluate.report import collect_lineage, confusion, summarise, table_markdown, write_plots, write_report
 from pipeline.fewshot.checkpoints import check_checkpoint, checkpoint_fingerprint, checkpoint_path, load_checkpoint
 from pipeline.fewshot.devices import pick_device
@@ -79,6 +82,9 @@ def plan_fields(cfg: Config, inputs: Mapping[str, ArtifactRef] | None = None) ->
     }
     if cfg.evaluate.checkpoint:
         fields["checkpoint"] = checkpoint_fingerprint(cfg)
+    if cfg.evaluate.choose_by_support:  # only when on: the versions of evaluations without it stay as they were
+        fields["evaluate"]["choose_by_support"] = True
+        fields["all_orders_up_to"] = cfg.audit.all_orders_up_to
     return fields
 
 
@@ -135,6 +141,10 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
     t0 = time.perf_counter()
     pairs = get_dataset(cfg.dataset).order_pairs()
     rows = score_episodes(scorer, episodes, cfg.evaluate.baselines, pairs)
+    if cfg.evaluate.choose_by_support:  # a variant beyond the paper, its own rows (by_support.py)
+        chosen_rows, choices = score_by_support(cfg, inputs, model, scorer, episodes, pairs)
+        rows += chosen_rows
+        staging.write_parquet(CHOICES_FILE, choices)
     if cfg.evaluate.untrained:  # the same model at its training initialisation, on the same episodes
         torch.manual_seed(cfg.train.seed)
         fresh = build_model(cfg.model, cfg.protocol, device=device).eval()

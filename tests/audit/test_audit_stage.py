@@ -1,0 +1,94 @@
+"""The audit stage on the tiny synthetic world: its artifact, the test-video warning, choose=videos downstream.
+
+The separation test swaps the frozen towers for an oracle that sees each video's true sub-actions in order (the
+session's random fsar-micro sees nothing; the demo's pre-trained tiny CLIP takes minutes to build): it checks the
+stage and the measure, the demo's figures with the real backbone are in docs/audit.md.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+from audit_helpers import scripts_of, two_candidates
+
+from pipeline import artifacts
+from pipeline.artifacts import ArtifactStore
+from pipeline.registry import STAGES, plan, run_stage
+
+
+def test_the_audit_separates_true_scripts_from_reversed_ones(tiny, oracle, reversed_corpus, tmp_path):
+    cfg, _, refs = tiny
+    store = ArtifactStore(tmp_path / "art")
+    cfg = cfg.override(f"artifacts={store.root}", "audit.min_videos=2")
+    found = {}
+    for name, corpus in (("true", cfg.descriptions.corpus), ("reversed", reversed_corpus)):
+        c = cfg.override(f"descriptions.corpus={corpus}")
+        desc = run_stage("descriptions", c, {}, store=store)  # the file backend reads the corpus
+        ref = run_stage("audit", c, {"descriptions": desc, "frames": refs["frames"]}, store=store)
+        found[name] = store.load("audit", "synthetic", ref.version)
+    true, rev = found["true"], found["reversed"]
+    assert set(true["split"]) == {"train", "val"} and true.groupby("class").size().eq(1).all() and true["chosen"].all()
+    assert true["order_agreement"].mean() > 0.9 and not true["order_contradicted"].any()
+    assert rev["order_agreement"].mean() < 0.1 and rev["order_contradicted"].mean() > 0.5
+    assert (true["margin_mean"] > 0).all() and (rev["margin_mean"] < 0).all()
+    assert true["relevance"].between(0, 1).all() and true["videos"].eq(3).all()
+
+
+def test_the_audit_artifact_with_the_frozen_towers(tiny, tmp_path, caplog, fsar_lines):
+    """The real frozen fsar-micro: the table's shape and columns, the report, and test videos only when asked, in words."""
+    cfg, _, refs = tiny
+    store = ArtifactStore(tmp_path / "art")
+    cfg = cfg.override(f"artifacts={store.root}", "audit.min_videos=4")  # 3 videos per class: every class too_few_videos
+    inputs = {"descriptions": refs["descriptions"], "frames": refs["frames"]}
+    ref = run_stage("audit", cfg, inputs, store=store)
+    df = artifacts.load("audit", "synthetic", root=store.root)
+    assert {"class", "split", "candidate", "chosen", "order_agreement", "order_contradicted", "fits_other_class", "too_few_videos",
+            "relevance", "margin_mean", "margin_ci95", "best_order", "videos"} <= set(df.columns)
+    assert set(df["split"]) == {"train", "val"} and df["too_few_videos"].all() and not df["test_videos"].any()
+    assert df["order_agreement"].between(0, 1).all() and len(df) == 18
+    manifest = store.manifest(ref)
+    assert manifest["summary"]["test_videos_audited"] is False and set(manifest["summary"]["splits"]) == {"train", "val"}
+    folder = store.local_path(ref)
+    assert (folder / "agreement.png").is_file() and "TEST VIDEOS" not in (folder / "report.md").read_text()
+    assert len(pd.read_parquet(folder / "videos.parquet")) == 18 * 3
+
+    caplog.set_level(logging.INFO, logger="fsar")
+    with_test = cfg.override("audit.splits=[test, train]")
+    assert with_test.audit.splits == ("train", "test")
+    ref = run_stage("audit", with_test, inputs, store=store)
+    df = store.load("audit", "synthetic", ref.version)
+    assert set(df["split"]) == {"train", "test"} and df.loc[df["split"] == "test", "test_videos"].all()
+    assert store.manifest(ref)["summary"]["test_videos_audited"] is True
+    assert "TEST VIDEOS WERE LOOKED AT" in (store.local_path(ref) / "report.md").read_text()
+    assert any(r.getMessage().startswith("audit test (TEST VIDEOS WERE LOOKED AT") for r in caplog.records)
+
+
+def test_choose_videos_gives_embeddings_the_order_the_videos_support(tiny, oracle, synthetic_root, tmp_path):
+    cfg, _, refs = tiny
+    store = ArtifactStore(tmp_path / "art")
+    scripts = scripts_of(synthetic_root)
+    desc = two_candidates(cfg, store, scripts)
+    rule = cfg.override(f"artifacts={store.root}", "audit.min_videos=2")
+    videos = rule.override("descriptions.choose=videos")
+    assert STAGES["embeddings"].upstream_of(rule) == ("descriptions",) and STAGES["embeddings"].upstream_of(videos) == ("descriptions", "audit")
+    # the descriptions version does not depend on the choice (the audit reads descriptions); the audit's and embeddings' do
+    versions = {name: {p.stage: p.version for p in plan(c, store)} for name, c in (("rule", rule), ("videos", videos))}
+    assert versions["rule"]["descriptions"] == versions["videos"]["descriptions"]
+    assert versions["rule"]["audit"] != versions["videos"]["audit"] and versions["rule"]["embeddings"] != versions["videos"]["embeddings"]
+
+    audit = run_stage("audit", videos, {"descriptions": desc, "frames": refs["frames"]}, store=store)
+    table = store.load("audit", "synthetic", audit.version)
+    assert len(table) == 2 * 18 and table.groupby("class")["chosen"].sum().eq(1).all()
+    kept = table[table["kept"]]
+    assert kept["order_contradicted"].all() and (table.loc[~table["kept"], "order_agreement"] > 0.9).all()
+    chosen = table[table["chosen"]]
+    assert (chosen["chosen_by"] == "videos").all()
+    for cls, sentences, order in zip(chosen["class"], chosen["sentences"], chosen["chosen_order"]):
+        assert [sentences[i] for i in order] == scripts[cls]  # the true order, whichever candidate carries it
+    emb = run_stage("embeddings", videos, {"descriptions": desc, "audit": audit}, store=store)
+    assert set(store.manifest(emb)["inputs"]) == {"descriptions", "audit"}
+    prompts = store.load("embeddings", "synthetic", emb.version)
+    for (split, cls), part in prompts.groupby(["split", "class"]):
+        said = [p.split(": ", 1)[1] for p in part.sort_values("k")["prompt"]]
+        assert said == (scripts[cls] if split in ("train", "val") else scripts[cls][::-1])  # test classes keep the rule's choice
