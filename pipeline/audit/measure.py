@@ -102,12 +102,13 @@ def audit_classes(cands: pd.DataFrame, videos: Mapping[tuple[str, str], Sequence
     kept = cands[cands["kept"]].reset_index(drop=True)
     kept_rows = torch.as_tensor([prompt_rows[(s, c, int(j))] for s, c, j in zip(kept["split"], kept["class"], kept["candidate"])])  # (C, S)
     names = kept["class"].tolist()
+    sim_all = cosines(text, frames)  # (V, P, T): every audited frame against every sentence, once
+    by_class = {key: part.sort_values("candidate") for key, part in cands.groupby(["split", "class"], sort=False)}
     rows: list[dict] = []
     per_video: list[dict] = []
     for (split, cls), ids in videos.items():
-        mine = cands[(cands["split"] == split) & (cands["class"] == cls)].sort_values("candidate")
-        feats = frames[[video_rows[v] for v in ids]] if ids else frames[:0]  # (n, T, E)
-        sim = cosines(text, feats)  # (n, P, T)
+        mine = by_class[(split, cls)]
+        sim = sim_all[[video_rows[v] for v in ids]]  # (n, P, T)
         others = [i for i, name in enumerate(names) if name != cls]
         other_fit = monotone_fit(sim[:, kept_rows[others]])  # (n, C-1): every other class's kept description, stated order
         class_rows, options = [], []

@@ -8,8 +8,10 @@ stage and the measure, the demo's figures with the real backbone are in docs/aud
 from __future__ import annotations
 
 import logging
+import re
 
 import pandas as pd
+import pytest
 from audit_helpers import scripts_of, two_candidates
 
 from pipeline import artifacts
@@ -92,3 +94,14 @@ def test_choose_videos_gives_embeddings_the_order_the_videos_support(tiny, oracl
     for (split, cls), part in prompts.groupby(["split", "class"]):
         said = [p.split(": ", 1)[1] for p in part.sort_values("k")["prompt"]]
         assert said == (scripts[cls] if split in ("train", "val") else scripts[cls][::-1])  # test classes keep the rule's choice
+
+
+def test_audit_settings_are_checked():
+    from pipeline.config import ConfigError, load_config
+
+    assert load_config(None).audit.splits == ("train", "val")  # test videos only when asked for
+    assert load_config(None, overrides=["audit.splits=[val, train]"]).audit.splits == ("train", "val")  # one order, one version
+    for bad, message in (("audit.splits=[]", "at least one split"), ("audit.splits=[train, train]", "listed twice"),
+                         ("audit.splits=[dev]", "audit.splits"), ("descriptions.choose=best", "descriptions.choose")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(None, overrides=[bad])
