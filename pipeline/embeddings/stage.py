@@ -73,9 +73,10 @@ def upstream_for(cfg: Config) -> tuple[str, ...]:
     return ("descriptions", "audit") if cfg.descriptions.choose == "videos" else ("descriptions",)
 
 
-def chosen_by_videos(descriptions: pd.DataFrame, audit: ArtifactRef, made_from: ArtifactRef) -> pd.DataFrame:
+def chosen_by_videos(descriptions: pd.DataFrame, audit: ArtifactRef, made_from: ArtifactRef) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The descriptions table with each class the audit chose by its videos given that candidate's sentences in the chosen
-    order (k = 0..S-1); the other classes keep the descriptions stage's choice (docs/audit.md)."""
+    order (k = 0..S-1), the other classes keeping the descriptions stage's choice (docs/audit.md); and the audit's rows of
+    the classes chosen by their videos."""
     store = ArtifactStore(audit.root)
     source = store.manifest(audit).get("inputs", {}).get("descriptions", {}).get("version")
     if source != made_from.version:
@@ -91,10 +92,7 @@ def chosen_by_videos(descriptions: pd.DataFrame, audit: ArtifactRef, made_from: 
             raise StageError(f"the audit artifact {audit} holds {len(texts)} sentences for {cls!r} ({split}) but the descriptions "
                              f"{len(rows)}; re-run the audit with the same protocol.num_sub_actions")
         out.loc[rows, "text"] = [texts[int(k)] for k in out.loc[rows, "k"]]
-    log.info(f"embeddings: descriptions.choose=videos: {len(picked)} class(es) use the candidate and order their videos support most "
-             f"({int((~picked['kept']).sum())} another candidate than the rule's, "
-             f"{sum(list(o) != sorted(o) for o in picked['chosen_order'])} another order)")
-    return out
+    return out, picked
 
 
 def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> ArtifactRef:
@@ -107,7 +105,10 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
     descriptions = ArtifactStore(inputs["descriptions"].root).load("descriptions", inputs["descriptions"].dataset, inputs["descriptions"].version)
     _check_coverage(cfg, descriptions)
     if "audit" in upstream_for(cfg):
-        descriptions = chosen_by_videos(descriptions, inputs["audit"], inputs["descriptions"])
+        descriptions, picked = chosen_by_videos(descriptions, inputs["audit"], inputs["descriptions"])
+        log.info(f"embeddings: descriptions.choose=videos: {len(picked)} class(es) use the candidate and order their videos support "
+                 f"most ({int((~picked['kept']).sum())} another candidate than the rule's, "
+                 f"{sum(list(o) != sorted(o) for o in picked['chosen_order'])} another order)")
 
     def build(staging: Staging) -> None:
         prompts = build_prompts(cfg, descriptions)

@@ -11,22 +11,45 @@ import yaml
 # The suite imports test files with --import-mode=importlib; make the helper module next to this file importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from audit_helpers import Oracle, scripts_of  # noqa: E402
+from audit_helpers import Oracle, scripts_of, two_candidates  # noqa: E402
 
 
-@pytest.fixture()
-def oracle(monkeypatch, synthetic_root):
-    """The audit stage's and evaluate's frozen features replaced by an `Oracle` of the synthetic scripts."""
+def patch_towers(mp: pytest.MonkeyPatch, o: Oracle) -> Oracle:
+    """The audit stage's and evaluate's frozen features replaced by the oracle's."""
     from pipeline.audit import stage as audit_stage
     from pipeline.evaluate import by_support
     from pipeline.fewshot.scoring import EpisodeScorer
 
-    o = Oracle(scripts_of(synthetic_root))
-    monkeypatch.setattr(audit_stage, "frame_features", o.frame_features)
-    monkeypatch.setattr(audit_stage, "text_features", o.text_features)
-    monkeypatch.setattr(by_support, "text_features", o.text_features)
-    monkeypatch.setattr(EpisodeScorer, "frozen_features", lambda scorer, ids: o.frame_features(None, scorer.loader, ids, 0, 0))
+    mp.setattr(audit_stage, "frame_features", o.frame_features)
+    mp.setattr(audit_stage, "text_features", o.text_features)
+    mp.setattr(by_support, "text_features", o.text_features)
+    mp.setattr(EpisodeScorer, "frozen_features", lambda scorer, ids: o.frame_features(None, scorer.loader, ids, 0, 0))
     return o
+
+
+@pytest.fixture()
+def oracle(monkeypatch, synthetic_root):
+    """The frozen towers replaced by an `Oracle` of the synthetic scripts, for one test."""
+    return patch_towers(monkeypatch, Oracle(scripts_of(synthetic_root)))
+
+
+@pytest.fixture(scope="session")
+def chosen_by_videos(tiny, synthetic_root, tmp_path_factory):
+    """A run whose rule kept every script reversed (candidate 1 is the true one), audited by the oracle with
+    descriptions.choose=videos, then embedded and trained: (config, store, {descriptions, frames, audit, embeddings, train})."""
+    from pipeline.artifacts import ArtifactStore
+    from pipeline.registry import run_stage
+
+    cfg, _, refs = tiny
+    store = ArtifactStore(tmp_path_factory.mktemp("chosen-by-videos"))
+    cfg = cfg.override(f"artifacts={store.root}", "audit.min_videos=2", "descriptions.choose=videos", "evaluate.baselines=false")
+    with pytest.MonkeyPatch.context() as mp:
+        patch_towers(mp, Oracle(scripts_of(synthetic_root)))
+        out = {"descriptions": two_candidates(cfg, store, scripts_of(synthetic_root)), "frames": refs["frames"]}
+        out["audit"] = run_stage("audit", cfg, {k: out[k] for k in ("descriptions", "frames")}, store=store)
+        out["embeddings"] = run_stage("embeddings", cfg, {k: out[k] for k in ("descriptions", "audit")}, store=store)
+        out["train"] = run_stage("train", cfg, {k: out[k] for k in ("frames", "embeddings")}, store=store)
+    return cfg, store, out
 
 
 @pytest.fixture()

@@ -7,12 +7,13 @@ stage and the measure, the demo's figures with the real backbone are in docs/aud
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
 import pandas as pd
 import pytest
-from audit_helpers import scripts_of, two_candidates
+from audit_helpers import scripts_of
 
 from pipeline import artifacts
 from pipeline.artifacts import ArtifactStore
@@ -66,34 +67,37 @@ def test_the_audit_artifact_with_the_frozen_towers(tiny, tmp_path, caplog, fsar_
     assert any(r.getMessage().startswith("audit test (TEST VIDEOS WERE LOOKED AT") for r in caplog.records)
 
 
-def test_choose_videos_gives_embeddings_the_order_the_videos_support(tiny, oracle, synthetic_root, tmp_path):
-    cfg, _, refs = tiny
-    store = ArtifactStore(tmp_path / "art")
+def test_choose_videos_gives_embeddings_the_order_the_videos_support(chosen_by_videos, synthetic_root, tmp_path):
+    videos, store, refs = chosen_by_videos
     scripts = scripts_of(synthetic_root)
-    desc = two_candidates(cfg, store, scripts)
-    rule = cfg.override(f"artifacts={store.root}", "audit.min_videos=2")
-    videos = rule.override("descriptions.choose=videos")
+    rule = videos.override("descriptions.choose=rule")
     assert STAGES["embeddings"].upstream_of(rule) == ("descriptions",) and STAGES["embeddings"].upstream_of(videos) == ("descriptions", "audit")
     # the descriptions version does not depend on the choice (the audit reads descriptions); the audit's and embeddings' do
-    versions = {name: {p.stage: p.version for p in plan(c, store)} for name, c in (("rule", rule), ("videos", videos))}
-    assert versions["rule"]["descriptions"] == versions["videos"]["descriptions"]
+    pins = {"descriptions": refs["descriptions"].version}
+    versions = {name: {p.stage: p.version for p in plan(c, store, pins)} for name, c in (("rule", rule), ("videos", videos))}
+    assert versions["videos"]["audit"] == refs["audit"].version and versions["videos"]["embeddings"] == refs["embeddings"].version
     assert versions["rule"]["audit"] != versions["videos"]["audit"] and versions["rule"]["embeddings"] != versions["videos"]["embeddings"]
+    assert plan(rule, store, stages=["descriptions"])[0].version == plan(videos, store, stages=["descriptions"])[0].version
 
-    audit = run_stage("audit", videos, {"descriptions": desc, "frames": refs["frames"]}, store=store)
-    table = store.load("audit", "synthetic", audit.version)
+    table = store.load("audit", "synthetic", refs["audit"].version)
     assert len(table) == 2 * 18 and table.groupby("class")["chosen"].sum().eq(1).all()
-    kept = table[table["kept"]]
-    assert kept["order_contradicted"].all() and (table.loc[~table["kept"], "order_agreement"] > 0.9).all()
+    assert table.loc[table["kept"], "order_contradicted"].all() and (table.loc[~table["kept"], "order_agreement"] > 0.9).all()
     chosen = table[table["chosen"]]
     assert (chosen["chosen_by"] == "videos").all()
     for cls, sentences, order in zip(chosen["class"], chosen["sentences"], chosen["chosen_order"]):
         assert [sentences[i] for i in order] == scripts[cls]  # the true order, whichever candidate carries it
-    emb = run_stage("embeddings", videos, {"descriptions": desc, "audit": audit}, store=store)
-    assert set(store.manifest(emb)["inputs"]) == {"descriptions", "audit"}
-    prompts = store.load("embeddings", "synthetic", emb.version)
+    assert set(store.manifest(refs["embeddings"])["inputs"]) == {"descriptions", "audit"}
+    prompts = store.load("embeddings", "synthetic", refs["embeddings"].version)
     for (split, cls), part in prompts.groupby(["split", "class"]):
         said = [p.split(": ", 1)[1] for p in part.sort_values("k")["prompt"]]
         assert said == (scripts[cls] if split in ("train", "val") else scripts[cls][::-1])  # test classes keep the rule's choice
+    # a bundle of the run carries the sentences the model was trained with, and names the audit in its lineage
+    from pipeline.predict import export_bundle
+
+    bundle = export_bundle(videos, store, tmp_path / "bundle", train=refs["train"])
+    meta, known = (json.loads((bundle / name).read_text()) for name in ("bundle.json", "descriptions.json"))
+    assert meta["lineage"]["audit"] == str(refs["audit"])
+    assert all(known[c]["sentences"] == (s if known[c]["split"] != "test" else s[::-1]) for c, s in scripts.items())
 
 
 def test_audit_settings_are_checked():

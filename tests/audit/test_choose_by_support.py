@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import pandas as pd
-from audit_helpers import scripts_of, two_candidates
+from audit_helpers import scripts_of
 
-from pipeline.artifacts import ArtifactStore
 from pipeline.fewshot.episodes import episodes_from_frame
 from pipeline.fewshot.scoring import EpisodeScorer
 from pipeline.registry import run_stage
 
 
-def test_choose_by_support_scores_what_the_supports_fit(tiny, oracle, synthetic_root, tmp_path, monkeypatch):
-    cfg, _, refs = tiny
-    store = ArtifactStore(tmp_path / "art")
+def test_choose_by_support_scores_what_the_supports_fit(chosen_by_videos, oracle, synthetic_root, monkeypatch):
+    cfg, store, refs = chosen_by_videos  # the rule kept every script reversed; candidate 1 is the true one
     scripts = scripts_of(synthetic_root)
-    cfg = cfg.override(f"artifacts={store.root}", "evaluate.baselines=false")
-    desc = two_candidates(cfg, store, scripts)  # the rule kept every script reversed; candidate 1 is the true one
-    emb = run_stage("embeddings", cfg, {"descriptions": desc}, store=store)
-    inputs = {"frames": refs["frames"], "embeddings": emb, "train": run_stage("train", cfg, {"frames": refs["frames"], "embeddings": emb}, store=store)}
+    inputs = {k: refs[k] for k in ("frames", "embeddings", "train")}
     plain = run_stage("evaluate", cfg, inputs, store=store)
     assert "choose_by_support" not in store.manifest(plain)["config"]["evaluate"]  # off: versions as before
 
