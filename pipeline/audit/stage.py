@@ -59,7 +59,7 @@ def plan_fields(cfg: Config, inputs: Mapping[str, ArtifactRef] | None = None) ->
     towers (weights by content), T and S; + the descriptions and frames versions."""
     return {
         "audit": section_dict(cfg.audit, ["splits", "videos_per_class", "min_videos", "seed", "all_orders_up_to"]),
-        "choose": cfg.descriptions.choose,
+        "descriptions": {"choose": cfg.descriptions.choose},
         "model": model_fields(cfg.model, TOWER_FIELDS),
         "protocol": section_dict(cfg.protocol, ["num_frames", "num_sub_actions"]),
     }

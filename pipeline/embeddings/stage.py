@@ -104,13 +104,15 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
     fields = plan_fields(cfg, inputs)
     descriptions = ArtifactStore(inputs["descriptions"].root).load("descriptions", inputs["descriptions"].dataset, inputs["descriptions"].version)
     _check_coverage(cfg, descriptions)
+    picked = None
     if "audit" in upstream_for(cfg):
         descriptions, picked = chosen_by_videos(descriptions, inputs["audit"], inputs["descriptions"])
-        log.info(f"embeddings: descriptions.choose=videos: {len(picked)} class(es) use the candidate and order their videos support "
-                 f"most ({int((~picked['kept']).sum())} another candidate than the rule's, "
-                 f"{sum(list(o) != sorted(o) for o in picked['chosen_order'])} another order)")
 
     def build(staging: Staging) -> None:
+        if picked is not None:
+            log.info(f"embeddings: descriptions.choose=videos: {len(picked)} class(es) use the candidate and order their videos "
+                     f"support most ({int((~picked['kept']).sum())} another candidate than the rule's, "
+                     f"{sum(list(o) != sorted(o) for o in picked['chosen_order'])} another order)")
         prompts = build_prompts(cfg, descriptions)
         model = build_model(cfg.model, cfg.protocol).eval()
         tokens = model.tokenize(prompts["prompt"].tolist())  # (P, ctx)

@@ -17,6 +17,7 @@ from audit_helpers import scripts_of
 
 from pipeline import artifacts
 from pipeline.artifacts import ArtifactStore
+from pipeline.contract import StageError
 from pipeline.registry import STAGES, plan, run_stage
 
 
@@ -67,7 +68,7 @@ def test_the_audit_artifact_with_the_frozen_towers(tiny, tmp_path, caplog, fsar_
     assert any(r.getMessage().startswith("audit test (TEST VIDEOS WERE LOOKED AT") for r in caplog.records)
 
 
-def test_choose_videos_gives_embeddings_the_order_the_videos_support(chosen_by_videos, synthetic_root, tmp_path):
+def test_choose_videos_gives_embeddings_the_order_the_videos_support(chosen_by_videos, tiny, synthetic_root, tmp_path):
     videos, store, refs = chosen_by_videos
     scripts = scripts_of(synthetic_root)
     rule = videos.override("descriptions.choose=rule")
@@ -87,6 +88,9 @@ def test_choose_videos_gives_embeddings_the_order_the_videos_support(chosen_by_v
     for cls, sentences, order in zip(chosen["class"], chosen["sentences"], chosen["chosen_order"]):
         assert [sentences[i] for i in order] == scripts[cls]  # the true order, whichever candidate carries it
     assert set(store.manifest(refs["embeddings"])["inputs"]) == {"descriptions", "audit"}
+    other = tiny[2]["descriptions"]  # an audit of other descriptions (a pin, say) is refused in one line, before any work
+    with pytest.raises(StageError, match=f"was made from descriptions {refs['descriptions'].version}, not descriptions/synthetic/{other.version}"):
+        run_stage("embeddings", videos, {"descriptions": other, "audit": refs["audit"]}, store=store)
     prompts = store.load("embeddings", "synthetic", refs["embeddings"].version)
     for (split, cls), part in prompts.groupby(["split", "class"]):
         said = [p.split(": ", 1)[1] for p in part.sort_values("k")["prompt"]]
