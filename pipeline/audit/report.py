@@ -160,8 +160,10 @@ def agreement_plot(table: pd.DataFrame, path: Path, about: Mapping[str, Any], te
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
-    kept = _sorted(table[table["kept"]]).iloc[::-1]  # lowest at the bottom
+    kept = _sorted(table[table["kept"]]).iloc[::-1]  # y = 0 is the bottom: the lowest agreement on top, read first
     n = len(kept)
     fig, ax = plt.subplots(figsize=(8, 1.4 + 0.28 * n))
     y = np.arange(n)
@@ -171,7 +173,7 @@ def agreement_plot(table: pd.DataFrame, path: Path, about: Mapping[str, Any], te
     others = table[~table["kept"]]
     if len(others):
         oy = [position[(s, c)] for s, c in zip(others["split"], others["class"])]
-        ax.scatter(others["order_agreement"].fillna(0.0), oy, s=14, color="black", marker="o", zorder=3, label="other candidates")
+        ax.scatter(others["order_agreement"].fillna(0.0), oy, s=14, color="black", marker="o", zorder=3)
     for yi, (_, r) in zip(y, kept.iterrows()):
         flags = flags_of(r)
         ax.text(1.02, yi, "" if flags == "-" else flags, va="center", fontsize=7, color="#a03030")
@@ -179,10 +181,11 @@ def agreement_plot(table: pd.DataFrame, path: Path, about: Mapping[str, Any], te
     ax.set_yticks(y, [f"{c} ({s})" for s, c in zip(kept["split"], kept["class"])], fontsize=7)
     ax.set_xlim(0, 1.0)
     ax.set_xlabel("order agreement (share of videos where the stated order fits better than the reversed; 0.5 = no preference)")
-    for split, colour in SPLIT_COLOURS.items():
-        if split in set(kept["split"]):
-            ax.barh([], [], color=colour, label=split)
-    ax.legend(fontsize=7, loc="lower right")
+    handles = [Patch(color=colour, label=split) for split, colour in SPLIT_COLOURS.items() if split in set(kept["split"])]
+    if len(others):
+        handles.append(Line2D([], [], color="black", marker="o", ls="", markersize=4, label="other candidates of the class"))
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.6 / max(n, 1) - 0.06), ncol=len(handles),
+              frameon=False)
     title = f"audit: {about['dataset']}, {about['clip']} frozen, classes sorted by order agreement"
     ax.set_title(title + ("\nTEST VIDEOS WERE LOOKED AT" if test else ""), fontsize=9)
     fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
