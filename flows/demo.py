@@ -57,9 +57,10 @@ CORPORA: dict[str, list[str]] = {
 }
 # Method variants beyond the paper (docs/audit.md), on the same saved episodes: every corpus's evaluation also scores the
 # descriptions its supports fit best (`by_support` rows); and each corpus is trained and evaluated once more with the
-# candidate and order the audit found its train/val classes' videos to support most (label "<corpus>, choose=videos").
+# candidate and order the audit found its train/val classes' videos to support most (label "<corpus>, choose=videos"),
+# with and without the supports' choice at test (the two variants together).
 EVALUATE_VARIANTS = ["evaluate.choose_by_support=true"]
-VIDEO_CHOICE = ("choose=videos", ["descriptions.choose=videos", "evaluate.baselines=false"])
+VIDEO_CHOICE = ("choose=videos", ["descriptions.choose=videos", "evaluate.baselines=false", *EVALUATE_VARIANTS])
 
 
 @task(name="synthetic-videos", cache_policy=NO_CACHE, log_prints=True)

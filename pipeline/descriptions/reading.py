@@ -14,20 +14,20 @@ import pandas as pd
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore
 from pipeline.contract import StageError
+from pipeline.descriptions.stage import CANDIDATES_FILE
 from pipeline.descriptions.validate import coerce
 
 __all__ = ["CANDIDATE_COLUMNS", "candidate_sentences"]
 
 CANDIDATE_COLUMNS = ["split", "class", "candidate", "kept", "sentences"]
-_CANDIDATES_FILE = "candidates.parquet"  # = stage.CANDIDATES_FILE (not imported: the stage module loads the backends)
 
 
 def candidate_sentences(ref: ArtifactRef, s: int) -> pd.DataFrame:
     """One row per usable candidate of every class: split, class, candidate, kept, sentences (a list of S)."""
     store = ArtifactStore(ref.root)
     main = store.load(ref.stage, ref.dataset, ref.version)
-    if _CANDIDATES_FILE in store.manifest(ref)["files"]:
-        cands = store.load(ref.stage, ref.dataset, ref.version, table=_CANDIDATES_FILE)
+    if CANDIDATES_FILE in store.manifest(ref)["files"]:
+        cands = store.load(ref.stage, ref.dataset, ref.version, table=CANDIDATES_FILE)
         cands = cands[cands["usable"]]
         rows = [(split, cls, int(c), bool(kept), coerce(list(sentences), s))
                 for split, cls, c, kept, sentences in zip(cands["split"], cands["class"], cands["candidate"], cands["kept"], cands["sentences"])]
