@@ -5,8 +5,11 @@
 
 Decoding, in one run, on two sets of generated videos (a textured, panning, noisy picture: a realistic
 bitrate), each timed against a bare sequential decode of the same clips (PyAV decoding every frame
-front to back and keeping nothing: the least any correct decoder must do) in a pool of the same size,
-the two sides alternating, best of 2 each:
+front to back in one thread, as the stage does, and keeping nothing: the least any correct decoder must
+do) in a pool of the same size, the two sides alternating, best of 2 each. (a') is the same bare decode
+with FFmpeg's frame and slice threads (cores // workers each, FFmpeg's choice for one worker), as the
+stage decoded before issue 29: its ratio to (a) is what one decoding thread costs (a damaged clip's frames
+depend on the thread count, so the stage decodes in one):
 
 - HMDB51-like: 320x240 MPEG-4 Part 2 with B-frames (XviD tag) in AVI, 30 fps, 100-200 frames a clip;
   the stage's clips/s and its ratio to the bare decode (target >= 0.70), and what that rate means for
@@ -150,7 +153,7 @@ def make_hmdb_like(out: Path, count: int) -> Path:
 
 # ---------------------------------------------------------------- (a) bare sequential decode
 def _bare_decode(args: tuple[str, int]) -> int:
-    """Every frame decoded front to back (frame and slice threads, as the stage), nothing converted or kept."""
+    """Every frame decoded front to back with `threads` decoding threads (0: FFmpeg's choice), nothing converted or kept."""
     import av
 
     path, threads = args
@@ -158,8 +161,7 @@ def _bare_decode(args: tuple[str, int]) -> int:
     with av.open(path) as c:
         stream = c.streams.video[0]
         stream.thread_type = "AUTO"
-        if threads:
-            stream.codec_context.thread_count = threads
+        stream.codec_context.thread_count = threads
         for _ in c.decode(stream):
             n += 1
     return n
@@ -251,12 +253,13 @@ def main() -> None:
     from pipeline.artifacts import ArtifactStore
     from pipeline.config import load_config
     from pipeline.frames import CLIP_MEAN, CLIP_STD, FrameStore, run
+    from pipeline.frames.decode import DECODER_THREADS
     from pipeline.frames.stage import _cpu_count, _preload_decoders
 
     _preload_decoders()  # as the stage does before forking its workers: (a) gets the same head start
 
     workers = a.workers or _cpu_count()
-    threads = max(1, _cpu_count() // workers) if workers > 1 else 0
+    threads = max(1, _cpu_count() // workers) if workers > 1 else 0  # (a'): what the stage used before issue 29
     t0 = time.perf_counter()
     lst = make_videos(a.out, a.videos, a.seconds)
     paths = [str(a.out / r["path"]) for r in csv.DictReader(lst.open())]
@@ -266,13 +269,18 @@ def main() -> None:
     print(f"videos: {n} H.264 mp4 ({a.videos} each at {', '.join(f'{w}x{h}' for h, w in SIZES)}), {a.seconds:g} s at {FPS} fps, "
           f"{sum(os.path.getsize(p) for p in paths) / 2**20:.1f} MiB; {n_hmdb} HMDB51-like MPEG-4 AVI (320x240, B-frames, 100-200 "
           f"frames), {sum(os.path.getsize(p) for p in hmdb_paths) / 2**20:.1f} MiB; written or found in {time.perf_counter() - t0:.1f} s")
-    print(f"workers: {workers} processes, {threads or 'auto'} decoder thread(s) each, {_cpu_count()} cores; {_load()}")
+    print(f"workers: {workers} processes, {DECODER_THREADS} decoder thread each ((a'): {threads or 'auto'}), {_cpu_count()} cores; {_load()}")
     roots: list[Path] = []
 
-    def timings(video_list: Path, video_paths: list[str], name: str) -> tuple[float, float, Any]:
-        """(bare decode s, stage s, config): best of 2 each, alternating (the machine's other load hits both alike)."""
+    def timings(video_list: Path, video_paths: list[str], name: str) -> tuple[float, float, float, Any]:
+        """(bare decode s, threaded bare decode s, stage s, config): best of 2 each, alternating (the machine's other
+        load hits them alike)."""
 
         def bare() -> None:
+            with _pool(workers) as ex:
+                list(ex.map(_bare_decode, [(p, DECODER_THREADS) for p in video_paths]))
+
+        def bare_threaded() -> None:
             with _pool(workers) as ex:
                 list(ex.map(_bare_decode, [(p, threads) for p in video_paths]))
 
@@ -289,24 +297,29 @@ def main() -> None:
             roots.append(root)
             run(cfg, {}, ArtifactStore(root))
 
-        t_bare, t_stage = float("inf"), float("inf")
+        t_bare, t_threaded, t_stage = float("inf"), float("inf"), float("inf")
         for _ in range(2):
             t_bare = min(t_bare, _best(bare, 1))
+            t_threaded = min(t_threaded, _best(bare_threaded, 1))
             t_stage = min(t_stage, _best(stage, 1))
-        return t_bare, t_stage, cfg
+        return t_bare, t_threaded, t_stage, cfg
 
-    t_hbare, t_hstage, _ = timings(hmdb_lst, hmdb_paths, "hmdb")
-    t_a, t_stage, cfg = timings(lst, paths, "h264")
+    t_hbare, t_hthreaded, t_hstage, _ = timings(hmdb_lst, hmdb_paths, "hmdb")
+    t_a, t_threaded, t_stage, cfg = timings(lst, paths, "h264")
     print()
     print(f"{'decoding':<52}{'seconds':>9}{'clips/s':>10}")
     print(f"{'HMDB51-like: (a) bare sequential decode':<52}{t_hbare:>9.2f}{n_hmdb / t_hbare:>10.2f}")
+    threaded = "(a') the same with FFmpeg threads"
+    print(f"{'HMDB51-like: ' + threaded:<52}{t_hthreaded:>9.2f}{n_hmdb / t_hthreaded:>10.2f}")
     print(f"{'HMDB51-like: stage (decode, 32 frames to JPEG, shards)':<52}{t_hstage:>9.2f}{n_hmdb / t_hstage:>10.2f}")
     print(f"{'H.264: (a) bare sequential decode':<52}{t_a:>9.2f}{n / t_a:>10.2f}")
+    print(f"{'H.264: ' + threaded:<52}{t_threaded:>9.2f}{n / t_threaded:>10.2f}")
     print(f"{'H.264: stage':<52}{t_stage:>9.2f}{n / t_stage:>10.2f}")
     rate = n_hmdb / t_hstage
     ratio_h = t_hbare / t_hstage
     summary = [
         f"HMDB51 ({HMDB51_CLIPS} clips) at this rate: {HMDB51_CLIPS / rate / 60:.1f} min with {workers} workers on {_cpu_count()} cores",
+        f"one decoding thread / FFmpeg's threads, bare decode: HMDB51-like {t_hthreaded / t_hbare:.2f}, H.264 {t_threaded / t_a:.2f} (1.00: no cost)",
         f"stage / bare sequential decode, H.264: {t_a / t_stage:.2f}",
         f"stage / bare sequential decode, HMDB51-like: {ratio_h:.2f} (target >= 0.70) {'OK' if ratio_h >= 0.7 else 'MISSED'}",
         f"frames stage, HMDB51-like: {rate:.1f} clips/s",

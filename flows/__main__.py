@@ -32,6 +32,7 @@ from pipeline.cli_common import (
     VideoRootOpt,
     guarded,
     show_logs,
+    echo,
 )
 
 __all__ = ["app", "main"]
@@ -58,7 +59,7 @@ def _run_file(config: str | None) -> str | None:
 
     path = find_run_file(config)
     if path is not None:
-        typer.echo(f"[fsar] settings from run file {path}", err=True)
+        echo(f"[fsar] settings from run file {path}", err=True)
     return str(path) if path is not None else None
 
 
@@ -71,6 +72,14 @@ def _prepare(overrides: list[str] | None) -> list[str]:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return stash_overrides(list(overrides or []))
+
+
+def _stash(value: str | None) -> str | None:
+    """A path or URL flow parameter with any secret masked (the real value waits in this process, `_prepare`)."""
+    # start-up: imported by the command that uses it
+    from pipeline.secrets import stash_overrides
+
+    return stash_overrides([value])[0] if value else value
 
 
 @app.command()
@@ -98,9 +107,9 @@ def full(
         versions = fsar(
             dataset=dataset,
             preset=preset,
-            video_root=os.path.abspath(video_root) if video_root else None,
-            video_list=os.path.abspath(video_list) if video_list else None,
-            artifacts=artifacts,
+            video_root=_stash(os.path.abspath(video_root) if video_root else None),
+            video_list=_stash(os.path.abspath(video_list) if video_list else None),
+            artifacts=_stash(artifacts),
             overrides=overrides,
             stages=stages.split(",") if stages else None,
             task_runner=task_runner.value,
@@ -109,7 +118,7 @@ def full(
             config=run_file,
         )
         for stage, version in versions.items():
-            typer.echo(f"{stage}: {version}")
+            echo(f"{stage}: {version}")
 
     guarded(go)
 

@@ -29,7 +29,7 @@ from pipeline.evaluate.report import table_markdown
 from pipeline.logs import install
 from pipeline.registry import PIPELINE, parse_pins, resolve_inputs, run_stage, with_prerequisites
 from pipeline.runfile import find_run_file, resolve
-from pipeline.secrets import restore_overrides
+from pipeline.secrets import redact_text, restore_overrides
 
 __all__ = ["fsar", "ALL_STAGES", "StageFailed", "run_stages"]
 
@@ -176,6 +176,7 @@ def _full(dataset, preset, video_root, video_list, artifacts, overrides, stages,
     run_file = find_run_file(config)
     if run_file is not None:
         logger.info("settings from run file %s", run_file)
+    artifacts, video_root, video_list = (restore_overrides([v])[0] if v else v for v in (artifacts, video_root, video_list))
     cfg = resolve(dataset, preset, restore_overrides(overrides or []), artifacts, video_root, video_list, run_file, strict=True).config
     chosen = list(stages or ALL_STAGES)
     unknown = [s for s in chosen if s not in ALL_STAGES]
@@ -221,4 +222,4 @@ def _publish_outcome(cfg: Config, refs: dict[str, ArtifactRef], store: ArtifactS
         if path.exists():
             lines += ["", table_markdown(json.loads(path.read_text()))]
     key = f"fsar-{cfg.dataset.name}".lower().replace("_", "-")
-    create_markdown_artifact(markdown="\n".join(lines), key=key, description=f"fsar results for {cfg.dataset.name}")
+    create_markdown_artifact(markdown=redact_text("\n".join(lines)), key=key, description=f"fsar results for {cfg.dataset.name}")

@@ -27,6 +27,7 @@ import pandas as pd
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore
 from pipeline.logs import artifact_key, in_prefect_run
+from pipeline.secrets import redact_text
 
 __all__ = ["BUILDERS", "publish_stage_artifact", "stage_markdown"]
 
@@ -181,7 +182,7 @@ BUILDERS: dict[str, Callable[[ArtifactRef, dict[str, Any]], str]] = {
 
 def stage_markdown(stage: str, ref: ArtifactRef) -> str:
     """The Markdown of a stage's Prefect artifact (no Prefect needed: also for tests and the CLI)."""
-    return BUILDERS[stage](ref, ArtifactStore(ref.root).manifest(ref))
+    return redact_text(BUILDERS[stage](ref, ArtifactStore(ref.root).manifest(ref)))
 
 
 def publish_stage_artifact(stage: str, ref: ArtifactRef) -> None:

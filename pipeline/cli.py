@@ -35,6 +35,7 @@ from pipeline.cli_common import (
     fail,
     guarded,
     show_logs,
+    echo,
 )
 from pipeline.runfile import build_config, flag_overrides
 
@@ -68,11 +69,11 @@ def _run(name: str, cfg: Any, inputs: list[str] | None) -> Any:
     # start-up: imported by the command that uses it
     from pipeline.registry import parse_pins
 
-    def echo(stage: str, ref: Any) -> None:
-        typer.echo(f"{stage}: {ref}")
+    def built(stage: str, ref: Any) -> None:
+        echo(f"{stage}: {ref}")
 
-    ref = run_stage(name, cfg, pins=parse_pins(inputs), on_built=echo)
-    echo(name, ref)
+    ref = run_stage(name, cfg, pins=parse_pins(inputs), on_built=built)
+    built(name, ref)
     return ref
 
 
@@ -194,9 +195,9 @@ def pretrain_backbone_cmd(
         cfg = command_config(name, preset, set_, artifacts, config=config)
         ref = run(cfg, {}, ArtifactStore(cfg.artifacts))
         ckpt = checkpoint_path(ref)
-        typer.echo(f"pretrain-backbone: {ref}")
-        typer.echo(f"checkpoint: {ckpt}")
-        typer.echo(f"use it with: --set model.clip={cfg.backbone.clip} --set model.pretrained={ckpt}")
+        echo(f"pretrain-backbone: {ref}")
+        echo(f"checkpoint: {ckpt}")
+        echo(f"use it with: --set model.clip={cfg.backbone.clip} --set model.pretrained={ckpt}")
 
     guarded(go)
 
@@ -215,7 +216,7 @@ def synthetic_cmd(
     from pipeline.datasets.synthetic import generate
 
     root = generate(out, videos_per_class, seed=seed, num_frames=frames, size=size, num_sub_actions=sub_actions)
-    typer.echo(f"synthetic dataset written to {root} (video list: {root / 'synthetic.csv'})")
+    echo(f"synthetic dataset written to {root} (video list: {root / 'synthetic.csv'})")
 
 
 @app.command("catalog")
@@ -225,7 +226,7 @@ def catalog_cmd(artifacts: ArtifactsOpt = None) -> None:
     from pipeline.artifacts import catalog
 
     df = guarded(lambda: catalog(artifacts))
-    typer.echo(df.to_string(index=False) if len(df) else "no artifacts")
+    echo(df.to_string(index=False) if len(df) else "no artifacts")
 
 
 @app.command("plan")
@@ -249,13 +250,13 @@ def plan_cmd(
         cfg = command_config(dataset, preset, set_, artifacts, video_root, video_list, config)
         planned = plan(cfg, pins=parse_pins(input_))
         if as_json:
-            typer.echo(json.dumps([p.to_dict() for p in planned], indent=2))
+            echo(json.dumps([p.to_dict() for p in planned], indent=2))
             return
         width = max(len(p.stage) for p in planned)
         for p in planned:
             ins = ", ".join(f"{k}={v}" for k, v in p.inputs.items()) or "-"
             note = f"  ({p.reason})" if p.reason else ""
-            typer.echo(f"{p.stage:<{width}}  {p.version or '?':<12}  {p.status:<7}  inputs: {ins}{note}")
+            echo(f"{p.stage:<{width}}  {p.version or '?':<12}  {p.status:<7}  inputs: {ins}{note}")
 
     guarded(go)
 
@@ -282,8 +283,8 @@ def verify_cmd(
         for row in cat.itertuples(index=False):
             problems = store.problems(store.ref(row.stage, row.dataset, row.version), full=True)
             broken += bool(problems)
-            typer.echo(f"{'BROKEN' if problems else 'ok':<6}  {row.stage}/{row.dataset}/{row.version}" + (f"  {'; '.join(problems)}" if problems else ""))
-        typer.echo(f"{len(cat)} artifact(s) checked under {store.root}: {broken} broken")
+            echo(f"{'BROKEN' if problems else 'ok':<6}  {row.stage}/{row.dataset}/{row.version}" + (f"  {'; '.join(problems)}" if problems else ""))
+        echo(f"{len(cat)} artifact(s) checked under {store.root}: {broken} broken")
         if broken:
             raise typer.Exit(2)
 
@@ -296,7 +297,7 @@ def datasets_cmd() -> None:
     # start-up: imported by the command that uses it
     from pipeline.datasets import list_datasets
 
-    typer.echo("\n".join(list_datasets()))
+    echo("\n".join(list_datasets()))
 
 
 @app.command("presets")
@@ -305,7 +306,7 @@ def presets_cmd() -> None:
     # start-up: imported by the command that uses it
     from pipeline.config import list_presets
 
-    typer.echo("\n".join(list_presets()))
+    echo("\n".join(list_presets()))
 
 
 @app.command("config")
@@ -324,9 +325,9 @@ def config_cmd(
     def go() -> None:
         resolved = command_resolved(dataset, preset, set_, artifacts, video_root, video_list, config, announce=False, require_dataset=False)
         if as_json:
-            typer.echo(json.dumps(resolved.config.dump(), indent=2))
+            echo(json.dumps(resolved.config.dump(), indent=2))
             return
-        typer.echo(_config_listing(resolved))
+        echo(_config_listing(resolved))
 
     guarded(go)
 
@@ -377,7 +378,7 @@ def model_info_cmd(
         extra = flag_overrides([("model.clip", clip), ("model.pretrained", "null" if no_pretrained else None)])
         cfg = build_config(dataset, preset, [*extra, *(set_ or [])], strict=True)
         try:
-            typer.echo(json.dumps(model_info(cfg), indent=2))
+            echo(json.dumps(model_info(cfg), indent=2))
         except (BackboneError, ValueError) as exc:
             fail(exc)
 

@@ -16,6 +16,7 @@ import typer
 from pipeline.errors import FsarError, os_error_message
 from pipeline.logs import install, level_for
 from pipeline.runfile import find_run_file, resolve
+from pipeline.secrets import redact_text
 
 __all__ = [
     "APP_SETTINGS",
@@ -31,6 +32,7 @@ __all__ = [
     "VerboseOpt",
     "command_config",
     "command_resolved",
+    "echo",
     "fail",
     "guarded",
     "one_line",
@@ -72,16 +74,39 @@ def show_logs(quiet: bool = False, verbose: bool = False, prefect: bool = False)
 
 
 def one_line(exc: BaseException) -> str:
-    """An error's message on one line (or its type when it has none)."""
-    return " ".join(str(exc).split()) or type(exc).__name__
+    """An error's message on one line (or its type when it has none), secrets masked: what a flow run's state and log
+    keep of a failure."""
+    return " ".join(redact_text(str(exc)).split()) or type(exc).__name__
+
+
+def echo(text: Any = "", err: bool = False) -> None:
+    """Print a command's output line(s), secrets masked (`pipeline.secrets.redact_text`): what every command prints."""
+    typer.echo(redact_text(str(text)), err=err)
 
 
 def fail(exc: BaseException | str) -> NoReturn:
-    """Print `error: ...` on stderr and exit 2 (a message that is a short block keeps its lines)."""
-    lines = [line.rstrip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    """Print `error: ...` on stderr, on a line of its own, and exit 2 (a message that is a short block keeps its
+    lines; secrets masked). Live progress bars are closed first, so the error never continues a bar's line."""
+    close_progress_bars()
+    lines = [line.rstrip() for line in redact_text(str(exc)).strip().splitlines() if line.strip()] or [type(exc).__name__]
     lines[0] = " ".join(lines[0].split())
     typer.secho("error: " + "\n".join(lines), fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def close_progress_bars() -> None:
+    """Close every live tqdm bar of this process (tqdm keeps them), so what is printed next starts a line of its own."""
+    import sys
+
+    if "tqdm" not in sys.modules:  # no bar was ever made
+        return
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar whose stream is gone: nothing left to move out of the way
+            pass
 
 
 def guarded(fn: Callable[[], Any]) -> Any:
@@ -121,7 +146,7 @@ def command_resolved(
     """The run file (`--config`, else ./fsar.yaml if there) + the command's options, resolved (`runfile.resolve`)."""
     path = find_run_file(config)
     if path is not None and announce:
-        typer.echo(f"[fsar] settings from run file {path}", err=True)
+        echo(f"[fsar] settings from run file {path}", err=True)
     return resolve(dataset, preset, list(sets or []), artifacts, video_root, video_list, path, require_dataset)
 
 

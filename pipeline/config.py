@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -42,27 +42,49 @@ __all__ = [
     "MOVED_KEYS",
     "RUNTIME_FIELDS",
     "config_dir",
+    "layered_config",
     "list_presets",
     "load_config",
     "parse_overrides",
     "read_preset",
+    "read_yaml",
     "section_dict",
 ]
 
-# Settings that decide how a run goes, never what it produces: left out of versions and stored configs.
+# Settings that no version hashes: how a run goes (devices, worker and thread counts, batching, resuming,
+# logging), how a service is reached (base URL, key variable, time-outs, retries), a failure threshold and the
+# preset's name (a label). They are left out of versions and never reach an artifact's bytes (`Config.stored`),
+# so equal versions hold equal bytes on any machine.
 RUNTIME_FIELDS = (
+    "preset",
     "artifacts",
+    "descriptions.base_url",
+    "descriptions.api_key_env",
+    "descriptions.concurrency",
+    "descriptions.max_retries",
+    "descriptions.retry_backoff_s",
+    "descriptions.request_timeout_s",
+    "descriptions.server_threads",
+    "descriptions.server_start_timeout_s",
+    "descriptions.cache",
+    "frames.workers",
+    "frames.max_failed_fraction",
+    "embeddings.batch_size",
     "train.resume",
     "train.device",
     "train.log_every",
     "train.checkpoint_every",
+    "train.loader_workers",
+    "train.episodes_per_pass",
+    "train.cuda_graphs",
+    "train.compile",
     "evaluate.device",
     "evaluate.cache",
     "evaluate.episodes_per_batch",
+    "evaluate.videos_per_pass",
+    "evaluate.loader_workers",
     "audit.device",
     "audit.loader_workers",
-    "frames.workers",
-    "descriptions.concurrency",
     "backbone.device",
 )
 
@@ -111,17 +133,30 @@ class Config(Section):
         """Plain, JSON-ready dict of the whole resolved config, secrets (URL user-info, key values) masked."""
         return redact(json.loads(self.model_dump_json()), [self.descriptions.api_key_env])
 
-    def stored(self) -> dict[str, Any]:
-        """The config as artifacts store it (checkpoints, config.json): `dump()` without the runtime-only
-        fields (RUNTIME_FIELDS), and with paths under the artifact root written as ``$FSAR_ARTIFACTS/...``,
-        so the same run gives the same bytes in any root and after a resume."""
+    def stored(self, keep: Iterable[str] | None = None) -> dict[str, Any]:
+        """The config as an artifact stores it (config.json, checkpoints): a function of the artifact's version alone.
+
+        `dump()` without the fields no version hashes (RUNTIME_FIELDS) and the late fields at their defaults
+        (`Section.LATE_FIELDS`), restricted to `keep` (sections or dotted fields; None = every section) -- an
+        artifact keeps what its own version and its inputs' versions cover.
+        The model section is in the form versions hash it (a local `model.pretrained` file by its content, not
+        its path), and other paths under the artifact root are written as ``$FSAR_ARTIFACTS/...``, so the same
+        run gives the same bytes in any root, on any machine and after a resume."""
         # start-up: config loading stays light (no pandas/fsspec)
         from pipeline.artifacts import ArtifactStore
+        from pipeline.settings.model import model_fields
 
         data = self.dump()
+        for name in type(self).model_fields:
+            section = getattr(self, name)
+            if isinstance(section, Section):
+                data[name] = section.without_late_defaults(data[name])
+        data["model"] = redact(model_fields(self.model), [self.descriptions.api_key_env])
         for key in RUNTIME_FIELDS:
             section, _, name = key.rpartition(".")
             (data.get(section, {}) if section else data).pop(name, None)
+        if keep is not None:
+            data = _kept(data, list(keep))
         root = ArtifactStore(self.artifacts).root.rstrip("/") + "/"
 
         def rel(v: Any) -> Any:
@@ -130,6 +165,20 @@ class Config(Section):
             return "$FSAR_ARTIFACTS/" + v[len(root):] if isinstance(v, str) and v.startswith(root) else v
 
         return rel(data)
+
+
+def _kept(data: dict[str, Any], keep: list[str]) -> dict[str, Any]:
+    """The parts of a nested dict that `keep` names ("protocol" a whole section, "dataset.name" one field)."""
+    out: dict[str, Any] = {}
+    for key in keep:
+        section, _, name = key.partition(".")
+        if section not in data:
+            continue
+        if not name:
+            out[section] = data[section]
+        elif name in data[section]:
+            out.setdefault(section, {})[name] = data[section][name]
+    return out
 
 
 def list_presets() -> list[str]:
@@ -163,23 +212,36 @@ def load_config(
 
     `sections` are keyword dicts merged into their section, e.g. `load_config("demo", dataset={"name": "x"})`.
     """
-    data: dict[str, Any] = {}
-    if preset is not None:
-        data = read_preset(preset)
-    for name, values in sections.items():
-        for key, value in dict(values).items():
-            _set_dotted(data, f"{name}.{key}", value)
+    values: dict[str, Any] = {f"{name}.{key}": value for name, section in sections.items() for key, value in dict(section).items()}
     if overrides:
-        pairs = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
-        for key, value in pairs.items():
-            _set_dotted(data, key, value)
-    return _validate(data, origin=f"preset {preset!r}" if preset else "config")
+        values.update(dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides))
+    return layered_config(preset, [("overrides", values)] if values else [])
 
 
+def layered_config(preset: str | os.PathLike[str] | None, layers: Sequence[tuple[str, Mapping[str, Any]]]) -> Config:
+    """The preset (none: the fields' defaults) with each layer's {dotted key: value} applied in turn, later layers
+    winning. An unknown key or a bad value is a ConfigError naming the layer it came from (its label, e.g.
+    "run file /x/fsar.yaml" or "command line"; the preset's name for a value no layer set)."""
+    data: dict[str, Any] = read_preset(preset) if preset is not None else {}
+    base = f"preset {data.get('preset', preset)!r}" if preset is not None else "default"
+    for label, values in layers:
+        for key, value in values.items():
+            _set_dotted(data, key, value, origin=label)
+
+    def origin(key: str) -> str:
+        for label, values in reversed(layers):
+            if any(k == key or k.startswith(f"{key}.") or key.startswith(f"{k}.") for k in values):
+                return label
+        return base
+
+    return _validate(data, origin)
 def section_dict(cfg: BaseModel, fields: Iterable[str] | None = None) -> dict[str, Any]:
-    """JSON-ready dict of a section, or of some of its fields (what a stage hashes into its version)."""
+    """JSON-ready dict of a section, or of some of its fields (what a stage hashes into its version); the whole
+    section leaves out its late fields at their defaults (`Section.LATE_FIELDS`)."""
     data = json.loads(cfg.model_dump_json())
-    return data if fields is None else {f: data[f] for f in fields}
+    if fields is None:
+        return cfg.without_late_defaults(data) if isinstance(cfg, Section) else data
+    return {f: data[f] for f in fields}
 
 
 def read_preset(preset: str | os.PathLike[str]) -> dict[str, Any]:
@@ -191,16 +253,55 @@ def read_preset(preset: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(
             f"preset {str(preset)!r} not found (looked for {path}); choose one of {list_presets()} or give a YAML path"
         )
-    try:
-        data = yaml.safe_load(read_text_file(path, "config file", ConfigError)) or {}
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    data = read_yaml(path, "config file") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     data.setdefault("preset", path.stem)
     return data
+
+
+def read_yaml(path: str | os.PathLike[str], what: str) -> Any:
+    """A user's YAML file, strictly: not UTF-8, not YAML, or a mapping that gives one key twice (at any depth:
+    YAML would silently keep the last) is a ConfigError naming `what`, the file, the key and its lines."""
+    text = read_text_file(path, what, ConfigError)
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, f"{what} {str(path)!r}")
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_keys(root: yaml.Node, where: str) -> None:
+    """Walk the composed YAML tree; a mapping that holds one key twice is a ConfigError naming the key's path and lines."""
+    seen_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, str]] = [(root, "")]
+    while stack:
+        node, prefix = stack.pop()
+        if id(node) in seen_nodes:  # an alias: the same node again (YAML allows recursive ones)
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[str, int] = {}
+            for key, value in node.value:
+                if key.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: later keys override the merged ones, by design
+                    continue
+                name = str(key.value) if isinstance(key, yaml.ScalarNode) else yaml.safe_dump(key.value).strip()
+                full = f"{prefix}{name}"
+                line = key.start_mark.line + 1
+                if name in lines:
+                    raise ConfigError(f"{where} gives the key {full!r} twice (line {lines[name]} and line {line}); keep one")
+                lines[name] = line
+                stack.append((value, f"{full}."))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, f"{prefix[:-1] if prefix else ''}[{i}].") for i, item in enumerate(node.value))
 
 
 def _moved(key: str) -> ConfigError:
@@ -208,7 +309,10 @@ def _moved(key: str) -> ConfigError:
     return ConfigError(f"config key {key!r} is gone: use {new} (e.g. --set {new}=false), the one setting for it")
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+def _set_dotted(data: dict[str, Any], key: str, value: Any, origin: str | None = None) -> None:
+    """Set `key` (dotted) in the raw nested `data`; an unknown key or a value where a section belongs is a
+    ConfigError naming the key and, when given, the layer it came from (`origin`)."""
+    at = f" ({origin})" if origin else ""
     if key in MOVED_KEYS:
         raise _moved(key)
     parts = key.split(".")
@@ -216,33 +320,36 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node = data
     for i, part in enumerate(parts):
         if model is None:
-            raise ConfigError(f"config key {key!r}: {'.'.join(parts[:i])!r} is a value, not a section")
+            raise ConfigError(f"config key {key!r}{at}: {'.'.join(parts[:i])!r} is a value, not a section")
         fields = model.model_fields
         if part not in fields:
             scope = ".".join(parts[:i]) or "the top level"
-            raise ConfigError(f"unknown config key {key!r}; allowed keys in {scope}: {', '.join(fields)}")
+            raise ConfigError(f"unknown config key {key!r}{at}; allowed keys in {scope}: {', '.join(fields)}")
         annotation = fields[part].annotation
         is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
         if i == len(parts) - 1:
             if is_section and not isinstance(value, Mapping):
-                raise ConfigError(f"config key {key!r} is a section; set one of its keys, e.g. {key}.<key>=value")
+                raise ConfigError(f"config key {key!r}{at} is a section; set one of its keys, e.g. {key}.<key>=value")
             if is_section:
                 for sub, sub_value in dict(value).items():
-                    _set_dotted(data, f"{key}.{sub}", sub_value)
+                    _set_dotted(data, f"{key}.{sub}", sub_value, origin)
             else:
                 node[part] = value
             return
         if not is_section:
-            raise ConfigError(f"config key {key!r}: {'.'.join(parts[: i + 1])!r} is a value, not a section")
+            raise ConfigError(f"config key {key!r}{at}: {'.'.join(parts[: i + 1])!r} is a value, not a section")
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} must be a mapping")
+            raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r}{at} must be a mapping")
         model = annotation
 
 
-def _validate(data: dict[str, Any], origin: str) -> Config:
+def _validate(data: dict[str, Any], origin: str | Callable[[str], str]) -> Config:
+    """Validate the raw nested mapping; an error names the key, the layer it came from (`origin`: a label, or a
+    function of the dotted key) and what is allowed."""
+    where = origin if callable(origin) else (lambda key: origin)
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
@@ -255,7 +362,19 @@ def _validate(data: dict[str, Any], origin: str) -> Config:
                 model = model.model_fields[str(part)].annotation  # type: ignore[assignment]
             scope = section or "the top level"
             raise ConfigError(
-                f"unknown config key {key!r} ({origin}); allowed keys in {scope}: {', '.join(model.model_fields)}"
+                f"unknown config key {key!r} ({where(key)}); allowed keys in {scope}: {', '.join(model.model_fields)}"
             ) from None
         got = redact(err.get("input"))
-        raise ConfigError(f"config key {key!r} ({origin}): {err['msg']} (got {got!r})") from None
+        raise ConfigError(f"config key {key!r} ({where(key)}): {err['msg']} (got {got!r})") from None
+    _check_across_sections(cfg, where("model.scores"))
+    return cfg
+
+
+def _check_across_sections(cfg: Config, origin: str) -> None:
+    """Settings of two sections that only work together (each section checks its own fields)."""
+    if cfg.model.scores == "released" and cfg.protocol.query != 1:
+        raise ConfigError(
+            f"config key 'model.scores' ({origin}): released multiplies a [class, query] semantic matrix by a [query, class] "
+            f"visual one, defined only for one query per class, but protocol.query={cfg.protocol.query}; set protocol.query=1 "
+            f"or model.scores=query_class"
+        )

@@ -61,6 +61,5 @@ def build_once(
 
 
 def _skipped(stage: str, ref: ArtifactRef) -> ArtifactRef:
-    log.info("%s: artifact %s already exists, skipped", stage, ref)
     log.info(f"{stage}: {ref.dataset}/{ref.version} already exists, skipped")
     return dataclasses.replace(ref, skipped=True)

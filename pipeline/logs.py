@@ -12,6 +12,13 @@
   of the way instead of being written through.
 - Inside a Prefect flow or task run (the flows install with `prefect=True`), each line goes to that
   run's logger instead, so the Prefect UI and API hold it; outside a run it prints as above.
+- Every line, printed or sent to Prefect, goes through `pipeline.secrets.redact_text` first: no key,
+  token or URL credential reaches a terminal or a run's log.
+
+- Other libraries' lines join fsar's: `relay_root_records("open_clip", reword)` hands what a library logs on the
+  root logger (open_clip's `logging.warning(...)`, which would otherwise set up a `WARNING:root:` printer of
+  its own) to the `fsar` logger, reworded where fsar knows what the user can do; and `install` shows Python
+  warnings (`warnings.warn`) as fsar warning lines instead of `file:line: UserWarning:` blocks.
 
 `in_prefect_run` and `artifact_key` are the two facts about Prefect that library code needs (the
 training monitor's progress artifact); they never import Prefect unless the process already has.
@@ -19,11 +26,16 @@ training monitor's progress artifact); they never import Prefect unless the proc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
+import warnings
+from collections.abc import Callable, Iterator
 
-__all__ = ["LOGGER", "FsarHandler", "artifact_key", "in_prefect_run", "install", "level_for"]
+from pipeline.secrets import redact_text
+
+__all__ = ["LOGGER", "FsarHandler", "artifact_key", "in_prefect_run", "install", "level_for", "relay_root_records"]
 
 LOGGER = "fsar"
 logging.getLogger(LOGGER).addHandler(logging.NullHandler())
@@ -58,7 +70,7 @@ class FsarHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = record.getMessage()
+            text = redact_text(record.getMessage())
             if record.levelno >= logging.WARNING:
                 text = f"warning: {text}" if record.levelno == logging.WARNING else f"{record.levelname.lower()}: {text}"
             line = text if getattr(record, "bare", False) else f"[fsar] {text}"  # bare: a table, printed as it is
@@ -101,4 +113,43 @@ def install(level: int | None = logging.INFO, prefect: bool = False) -> logging.
     if level is not None:
         logger.setLevel(level)
     logger.propagate = False
+    warnings.showwarning = _show_warning
     return logger
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None, line=None) -> None:  # noqa: ANN001
+    """`warnings.showwarning` while fsar prints: one fsar warning line (the warning's module in brackets)."""
+    where = filename.rsplit("/", 1)[-1]
+    logging.getLogger(LOGGER).warning("%s (%s from %s:%d)", message, category.__name__, where, lineno)
+
+
+# reword(record) -> (level, fsar's line) or None to keep the library's own words at its own level
+Reword = Callable[[logging.LogRecord], "tuple[int, str] | None"]
+
+
+@contextlib.contextmanager
+def relay_root_records(library: str, reword: Reword | None = None) -> Iterator[None]:
+    """Inside the block, what `library` (a top-level package name) logs on the root logger goes to the `fsar`
+    logger instead (reworded by `reword`, else as `<library>: <message>` at its level); the root logger's own
+    handlers never see it, and a root logger without handlers is not given a default printer (the standard
+    library's `logging.warning` does that on first use)."""
+    root = logging.getLogger()
+    fsar = logging.getLogger(LOGGER)
+    marker = f"/{library}/"
+
+    def relay(record: logging.LogRecord) -> bool:
+        if record.name != "root" or marker not in record.pathname.replace("\\", "/"):
+            return True  # someone else's line: unchanged
+        said = reword(record) if reword is not None else None
+        level, line = said if said is not None else (record.levelno, f"{library}: {record.getMessage()}")
+        fsar.log(level, "%s", line)
+        return False
+
+    quiet = logging.NullHandler()  # a handler, so `logging.warning` does not call basicConfig() on an empty root
+    root.addHandler(quiet)
+    root.addFilter(relay)
+    try:
+        yield
+    finally:
+        root.removeFilter(relay)
+        root.removeHandler(quiet)

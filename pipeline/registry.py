@@ -304,10 +304,24 @@ def _flat_fields(stage: str, fields: Mapping[str, Any], inputs: Mapping[str, Any
 def _differences(there: Mapping[str, Any], here: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     keys = list(dict.fromkeys([*there, *here]))
     missing = object()
-    diff = [(k, there.get(k, missing), here.get(k, missing)) for k in keys if there.get(k, missing) != here.get(k, missing)]
+
+    def value(fields: Mapping[str, Any], key: str) -> Any:  # a late field is absent where it holds its default
+        return fields[key] if key in fields else _late_default(key, missing)
+
+    diff = [(k, value(there, k), value(here, k)) for k in keys if value(there, k) != value(here, k)]
     # the fields a user sets first (backend, model, ...), then the rest; inputs last
     diff.sort(key=lambda d: (d[0].startswith("inputs."), not _is_config_key(d[0])))
     return [(k, "(absent)" if a is missing else a, "(absent)" if b is missing else b) for k, a, b in diff]
+
+
+def _late_default(key: str, otherwise: Any) -> Any:
+    """The default of a late field (`Section.LATE_FIELDS`, left out of versions at its default) named `section.field`."""
+    section, _, name = key.partition(".")
+    field = Config.model_fields.get(section)
+    model = field.annotation if field is not None else None
+    if isinstance(model, type) and name in getattr(model, "LATE_FIELDS", ()):
+        return model.model_fields[name].default
+    return otherwise
 
 
 def _is_config_key(key: str) -> bool:

@@ -33,9 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pipeline.config import Config, ConfigError, list_presets, load_config, parse_overrides, read_preset
+from pipeline.config import Config, ConfigError, layered_config, list_presets, parse_overrides, read_preset, read_yaml
 
 __all__ = [
     "FLAG",
@@ -90,88 +88,113 @@ class Resolved:
 
 
 def find_run_file(explicit: str | os.PathLike[str] | None, folder: str | os.PathLike[str] | None = None) -> Path | None:
-    """`explicit` (which must exist), else `fsar.yaml` in `folder` (default: the working folder) if there, else None."""
+    """`explicit` (which must be an existing file), else `fsar.yaml` in `folder` (default: the working folder) if there, else None."""
     if explicit is not None and str(explicit) != "":
         path = Path(explicit).expanduser()
-        if not path.is_file():
+        if path.is_dir():
+            raise ConfigError(f"run file {str(explicit)!r} is a folder; give the YAML file itself to --config (CONFIG= for make), e.g. {str(path / RUN_FILE)!r}")
+        if not path.exists():
             raise ConfigError(f"run file {str(explicit)!r} does not exist; give an existing YAML file to --config (CONFIG= for make)")
+        if not path.is_file():
+            raise ConfigError(f"run file {str(explicit)!r} is not a regular file; give a YAML file to --config (CONFIG= for make)")
         return path.resolve()
     default = Path(folder if folder is not None else os.getcwd()) / RUN_FILE
     return default.resolve() if default.is_file() else None
 
 
 def read_run_file(path: str | os.PathLike[str]) -> RunFile:
-    """Parse and check a run file; relative paths become absolute against its folder."""
+    """Parse and check a run file; relative paths become absolute against its folder.
+
+    Strict: not UTF-8, not YAML, a key given twice at any depth (two `set:` blocks too), a config key given both
+    dotted and nested in `set:`, or a key whose value is not of its type is a ConfigError naming the file and the key."""
     path = Path(path).expanduser().resolve()
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"run file {str(path)!r} cannot be read ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"run file {str(path)!r} is not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-    data = data or {}
+    where = f"run file {str(path)!r}"
+    data = read_yaml(path, "run file")
+    data = {} if data is None else data
     if not isinstance(data, dict):
-        raise ConfigError(f"run file {str(path)!r} must hold a mapping (dataset: ..., preset: ..., set: {{...}}), got {type(data).__name__}")
+        raise ConfigError(f"{where} must hold a mapping (dataset: ..., preset: ..., set: {{...}}), got {type(data).__name__}")
     unknown = [k for k in data if str(k) not in RUN_KEYS]
     if unknown:
         hint = " (config keys go under `set:`)" if any(str(k) in Config.model_fields for k in unknown) else ""
-        raise ConfigError(f"run file {str(path)!r}: unknown key {unknown[0]!r}{hint}; allowed keys: {', '.join(RUN_KEYS)}")
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}{hint}; allowed keys: {', '.join(RUN_KEYS)}")
+    for key, value in data.items():
+        if key != "set":
+            _check_text(where, key, value)
     values: dict[str, Any] = {}
     for key in (k for k in RUN_KEYS if k in data and RUN_KEYS[k] is not None):
         value = data[key]
-        if value is not None and key in _PATH_KEYS:
+        if key in _PATH_KEYS:
             value = _relative_to(path.parent, value)
         values[RUN_KEYS[key]] = value  # type: ignore[index]
-    sets = _set_section(path, data.get("set"))
+    sets = _set_section(where, data.get("set"))
     for key, value in sets.items():
         if key in values and not _same(values[key], value):
             named = next(k for k, v in RUN_KEYS.items() if v == key)
-            raise ConfigError(f"run file {str(path)!r} gives {key} twice: {named}: {values[key]!r} and set: {key}: {value!r}; keep one")
+            raise ConfigError(f"{where} gives {key} twice: {named}: {values[key]!r} and set: {key}: {value!r}; keep one")
         values[key] = value
     preset = data.get("preset")
-    if preset is not None:
-        preset = str(preset)
-        if preset.endswith((".yaml", ".yml")):
-            preset = _relative_to(path.parent, preset)
+    if preset is not None and preset.endswith((".yaml", ".yml")):
+        preset = _relative_to(path.parent, preset)
     return RunFile(path, preset, values)
 
 
-def _relative_to(folder: Path, value: Any) -> str:
-    text = str(value)
+def _check_text(where: str, key: str, value: Any) -> None:
+    """A run-file key other than `set` holds one text value, as the command-line option it stands for."""
+    what = "a path" if key in _PATH_KEYS else "a URL" if key == "base_url" else "a name"
+    if value is None:
+        raise ConfigError(f"{where}: `{key}:` has no value; give {what} or remove the line")
+    if not isinstance(value, str):
+        kind = {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+        quote = f' (quote it: {key}: "{value}")' if isinstance(value, (bool, int, float)) else ""
+        raise ConfigError(f"{where}: `{key}` must be {what} (one string), got {kind} {value!r}{quote}")
+    if not value.strip():
+        raise ConfigError(f"{where}: `{key}:` is empty; give {what} or remove the line")
+
+
+def _relative_to(folder: Path, text: str) -> str:
     if "://" in text:
         return text
     p = Path(text).expanduser()
     return str(p if p.is_absolute() else (folder / p).resolve())
 
 
-def _set_section(path: Path, raw: Any) -> dict[str, Any]:
+def _set_section(where: str, raw: Any) -> dict[str, Any]:
     """`set:` as a mapping ({key: value}, nested sections allowed) or a list of "key=value" strings."""
     if raw is None:
         return {}
     if isinstance(raw, list):
         out: dict[str, Any] = {}
         for item in raw:
-            for key, value in parse_overrides([str(item)]).items():
+            if not isinstance(item, str):
+                raise ConfigError(f"{where}: an item of the `set` list is {item!r}, not a key=value string (e.g. - train.lr=0.01)")
+            for key, value in parse_overrides([item]).items():
                 if key in out and not _same(out[key], value):
-                    raise ConfigError(f"run file {str(path)!r}: set gives {key} twice ({out[key]!r} and {value!r}); keep one")
+                    raise ConfigError(f"{where}: set gives {key} twice ({out[key]!r} and {value!r}); keep one")
                 out[key] = value
         return out
     if isinstance(raw, dict):
-        return _flatten({str(k): v for k, v in raw.items()})
-    raise ConfigError(f"run file {str(path)!r}: `set` must be a mapping of config keys (train.lr: 0.01) or a list of key=value strings")
+        return _flatten({str(k): v for k, v in raw.items()}, where=where)
+    raise ConfigError(f"{where}: `set` must be a mapping of config keys (train.lr: 0.01) or a list of key=value strings")
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"a": {"b": 1}, "c.d": 2} -> {"a.b": 1, "c.d": 2}; a mapping stays whole where its key is a plain field."""
+def _flatten(data: Mapping[str, Any], prefix: str = "", where: str | None = None) -> dict[str, Any]:
+    """{"a": {"b": 1}, "c.d": 2} -> {"a.b": 1, "c.d": 2}; a mapping stays whole where its key is a plain field.
+    With `where` (a run file), a key reached twice (`train.lr` and `train: {lr: ...}`) is an error naming both forms."""
     out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # flat key -> how the file wrote it
     for key, value in data.items():
         full = f"{prefix}{key}"
         if isinstance(value, Mapping) and value and _is_section(full):
-            out.update(_flatten(value, f"{full}."))
+            inner = _flatten(value, f"{full}.", where)
+            forms = {k: f"{full}: {{{k[len(full) + 1:]}: ...}}" for k in inner}
         else:
-            out[full] = value
+            inner, forms = {full: value}, {full: full}
+        for k, v in inner.items():
+            if where is not None and k in out:
+                raise ConfigError(
+                    f"{where}: set gives {k} twice, as `{spelled[k]}` ({out[k]!r}) and as `{forms[k]}` ({v!r}); keep one form"
+                )
+            out[k], spelled[k] = v, forms[k]
     return out
 
 
@@ -261,10 +284,8 @@ def resolve(
         layers.append(("run file", file_values))
     if cli:
         layers.append(("command line", cli))
-    merged: dict[str, Any] = {}
-    for _, values in layers:
-        merged.update(values)
-    cfg = load_config(preset, overrides=merged)
+    named = [(f"run file {str(rf.path)!r}" if label == "run file" and rf else label, values) for label, values in layers]
+    cfg = layered_config(preset, named)
     # start-up: the CLI reads run files before any dataset module loads
     from pipeline.datasets import DatasetError, list_datasets
 

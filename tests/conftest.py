@@ -155,11 +155,12 @@ def _fsar_logger_as_it_was():
     """A CLI command run in-process installs fsar's line printer (`pipeline.logs.install`); each test ends with the
     `fsar` logger as it found it, so printing and caplog behave the same whatever ran before."""
     import logging
+    import warnings
 
     logger = logging.getLogger("fsar")
-    state = (list(logger.handlers), logger.level, logger.propagate)
+    state = (list(logger.handlers), logger.level, logger.propagate, warnings.showwarning)
     yield
-    logger.handlers[:], logger.level, logger.propagate = state
+    logger.handlers[:], logger.level, logger.propagate, warnings.showwarning = state
 
 
 @pytest.fixture()

@@ -20,6 +20,8 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path):
         (["frames", "--dataset", "hmdb51", "--artifacts", str(root), "--set", "dataset.split_dir=" + str(tmp_path)], "VIDEO_ROOT"),
         (["frames", "--dataset", "synthetic", "--artifacts", str(root)], "fsar synthetic --out"),
         (["train", "--dataset", "hmdb51", "--artifacts", str(root), "--set", "train.lr=-1"], "config key 'train.lr'"),
+        (["train", "--dataset", "hmdb51", "--artifacts", str(root), "--set", "model.scores=released", "--set", "protocol.query=2"],
+         "config key 'model.scores'"),
         (["embeddings", "--dataset", "hmdb51", "--artifacts", str(root)], "embeddings needs the descriptions artifact hmdb51/"),
     ]
     for args, message in cases:

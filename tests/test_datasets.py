@@ -159,6 +159,22 @@ def test_synthetic_videos_decode_back(synthetic_root):
     assert np.abs(decoded.astype(int) - a.astype(int)).mean() < 12  # H.264 at crf 18, noise included
 
 
+def test_synthetic_videos_encode_to_the_same_bytes_every_time(tmp_path):
+    """`fsar synthetic` twice gives the same files (x264's lookahead made repeated encodes differ: 7 files in 12)."""
+    import numpy as np
+
+    from pipeline.datasets.synthetic import CLASSES, render_video, sample_video_params, write_video
+
+    ci, cls = next((i, c) for i, c in enumerate(CLASSES) if c.name == "moving left to right")
+    rng = np.random.default_rng([0, ci, 0])
+    frames = render_video(cls, sample_video_params(rng, cls), 24, 64, rng)
+    files = set()
+    for i in range(12):
+        write_video(frames, tmp_path / f"{i}.mp4")
+        files.add((tmp_path / f"{i}.mp4").read_bytes())
+    assert len(files) == 1
+
+
 def test_synthetic_needs_its_folder(tmp_path):
     with pytest.raises(DatasetError, match="fsar synthetic --out"):
         get_dataset("synthetic").videos("train")

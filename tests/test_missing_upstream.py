@@ -42,3 +42,12 @@ def test_without_other_versions_it_stays_one_line(tmp_path, monkeypatch):
     out = runner.invoke(app, ["embeddings", "--dataset", "hmdb51", "--artifacts", str(tmp_path / "art")])
     assert out.exit_code == 2 and len(out.stderr.strip().splitlines()) == 1, out.output
     assert "--input descriptions=VERSION" in out.stderr
+
+
+def test_a_late_field_absent_from_an_older_version_counts_as_its_default():
+    from pipeline.registry import _differences
+
+    old = {"model.clip": "fsar-tiny", "inputs.frames": "abc"}  # made before model.scores existed
+    assert _differences(old, {**old, "model.scores": "query_class"}) == []
+    assert _differences(old, {**old, "model.scores": "released"}) == [("model.scores", "query_class", "released")]
+    assert _differences(old, {**old, "model.other": 1}) == [("model.other", "(absent)", 1)]

@@ -74,6 +74,45 @@ def test_run_file_errors_are_one_line(tmp_path, monkeypatch):
     assert out.exit_code == 2 and "run file 'missing.yaml' does not exist" in out.output, out.output
 
 
+def test_run_files_are_strict(tmp_path, monkeypatch):
+    """Nothing in a run file is dropped or misread silently: duplicates at any depth, dotted and nested forms of one
+    key, two `set:` blocks, values of the wrong type, bytes that are not UTF-8 and a folder are one `error:` line
+    each, and an error names the layer its value came from."""
+    monkeypatch.chdir(tmp_path)
+    where = f"run file {str(tmp_path / 'fsar.yaml')!r}"
+    cases = [
+        ("dataset: synthetic\nvideo_root: a\nvideo_root: b\n", f"{where} gives the key 'video_root' twice (line 2 and line 3)"),
+        ("dataset: synthetic\nset:\n  train.lr: 1\nset:\n  train.seed: 2\n", "gives the key 'set' twice (line 2 and line 4)"),
+        ("dataset: synthetic\nset:\n  train:\n    lr: 1\n    lr: 2\n", "gives the key 'set.train.lr' twice (line 4 and line 5)"),
+        ("dataset: synthetic\nset: {train.lr: 0.1, train: {lr: 0.2}}\n",
+         "set gives train.lr twice, as `train.lr` (0.1) and as `train: {lr: ...}` (0.2); keep one form"),
+        ("dataset: synthetic\nartifacts: [art1, art2]\n", "`artifacts` must be a path (one string), got a list ['art1', 'art2']"),
+        ("dataset: synthetic\nvideo_root: 2024\n", '`video_root` must be a path (one string), got a number 2024 (quote it: video_root: "2024")'),
+        ("dataset: synthetic\nvideo_list: {a: 1}\n", "`video_list` must be a path (one string), got a mapping"),
+        ("dataset: synthetic\ncorpus: true\n", "`corpus` must be a path (one string), got true/false"),
+        ("dataset: synthetic\nbase_url: [http://h/v1]\n", "`base_url` must be a URL (one string)"),
+        ("dataset: 7\n", "`dataset` must be a name (one string), got a number 7"),
+        ("dataset: synthetic\nvideo_root:\n", "`video_root:` has no value; give a path or remove the line"),
+        ("dataset: synthetic\nset: {train.lr: abc}\n", f"config key 'train.lr' ({where}): Input should be a valid number"),
+        ("dataset: synthetic\nset: {train.nope: 1}\n", f"unknown config key 'train.nope' ({where})"),
+    ]
+    for text, needle in cases:
+        _write(tmp_path, text)
+        out = runner.invoke(app, ["config"])
+        assert out.exit_code == 2 and needle in out.output and out.output.count("\n") == 1, (text, out.output)
+    (tmp_path / "fsar.yaml").write_bytes(b"dataset: synthetic\nvideo_root: caf\xe9\n")  # Latin-1, not UTF-8
+    out = runner.invoke(app, ["config"])
+    assert out.exit_code == 2 and f"{where} is not UTF-8 text: line 2, column 16 holds the byte 0xe9" in out.output, out.output
+    _write(tmp_path, "dataset: synthetic\n")
+    out = runner.invoke(app, ["config", "--set", "train.lr=abc"])  # the command line's bad value is the command line's
+    assert out.exit_code == 2 and "config key 'train.lr' (command line)" in out.output, out.output
+    out = runner.invoke(app, ["config", "--config", str(tmp_path)])
+    assert out.exit_code == 2 and f"run file {str(tmp_path)!r} is a folder" in out.output and out.output.count("\n") == 1, out.output
+    # the same key twice with one value is still one value; llm: and set: may agree
+    ok = _write(tmp_path, "dataset: synthetic\nllm: file\nset: {descriptions.backend: file, train: {lr: 0.5}}\n")
+    assert resolve(run_file=ok).config.train.lr == 0.5
+
+
 def test_fsar_config_shows_where_each_value_came_from(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _write(tmp_path, "dataset: synthetic\nartifacts: arts\nset:\n  train.lr: 0.01\n  train.seed: 3\n")

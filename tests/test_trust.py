@@ -124,18 +124,66 @@ def test_pins_and_blocked_plans_are_one_line_errors(built, tmp_path):
     assert code == 2 and "protocol 'memory' is not supported" in out and _one_error(out), out
 
 
-def test_two_roots_hold_byte_identical_artifacts(synthetic_root, tiny_overrides, tmp_path):
-    sums = []
-    for name in ("one", "two"):
-        cfg = build_config("synthetic", None, tiny_overrides, str(tmp_path / name), str(synthetic_root))
-        refs = _build_all(cfg)
-        store = ArtifactStore(cfg.artifacts)
-        sums.append({s: (r.version, store.manifest(r)["files"]) for s, r in refs.items()})
+# canaries: a secret in each form a user may give one (URL user info, a URL query, a secret environment variable)
+USER_CANARY, QUERY_CANARY, ENV_CANARY = "canary-userinfo-3f9a1c", "canary-query-b27e44", "canary-env-token-9d01e6"
+
+
+def test_two_roots_hold_byte_identical_artifacts(synthetic_root, tiny_overrides, tmp_path, monkeypatch):
+    """Equal versions hold equal bytes: the whole pipeline built twice, once in-process with the tiny settings and once
+    through the CLI and a run file with every setting that no version holds changed (worker and loader-thread counts,
+    batching, logging and checkpoint intervals, a failure threshold, the base URL, the preset's name and folder, the
+    corpus's folder, the artifact root), gives the same versions and the same bytes in every file. The second run's
+    base URL holds a secret in every form: no byte under its root and no line it prints holds one."""
+    monkeypatch.setenv("FSAR_CANARY_TOKEN", ENV_CANARY)
+    one = build_config("synthetic", None, tiny_overrides, str(tmp_path / "one"), str(synthetic_root))
+    refs = _build_all(one)
+    store = ArtifactStore(one.artifacts)
+    sums = [{s: (r.version, store.manifest(r)["files"]) for s, r in refs.items()}]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(synthetic_root / "scripts.yaml", elsewhere / "scripts.yaml")  # the same corpus in another folder
+    shutil.copy(Path(__file__).resolve().parents[1] / "pipeline" / "configs" / "demo.yaml", elsewhere / "my-demo.yaml")
+    sets = dict(o.split("=", 1) for o in tiny_overrides)
+    sets.update({
+        "descriptions.corpus": str(elsewhere / "scripts.yaml"), "descriptions.concurrency": "4", "frames.workers": "2",
+        "frames.max_failed_fraction": "0.5", "embeddings.batch_size": "5", "train.loader_workers": "2", "train.log_every": "1",
+        "train.checkpoint_every": "1", "evaluate.loader_workers": "2", "evaluate.episodes_per_batch": "2", "evaluate.videos_per_pass": "3",
+    })  # fmt: skip
+    base_url = f"http://fsar:{USER_CANARY}@127.0.0.1:9/v1/{ENV_CANARY}?api_key={QUERY_CANARY}&sig={QUERY_CANARY}"
+    run_file = elsewhere / "fsar.yaml"
+    run_file.write_text(
+        f"dataset: synthetic\npreset: my-demo.yaml\nvideo_root: {synthetic_root}\nartifacts: ../two\nbase_url: '{base_url}'\nset:\n"
+        + "".join(f"  {k}: {v}\n" for k, v in sets.items()), encoding="utf-8")  # fmt: skip
+    printed = []
+    for name in STAGE_NAMES:
+        code, out = _cli(name, "--config", str(run_file))
+        assert code == 0, out
+        printed.append(out)
+    for extra in (["config"], ["config", "--json"], ["plan"], ["plan", "--json"]):
+        code, out = _cli(*extra, "--config", str(run_file))
+        assert code == 0, out
+        printed.append(out)
+    code, out = _cli("catalog", "--artifacts", str(tmp_path / "two"))
+    assert code == 0, out
+    printed.append(out)
+    listing = printed[len(STAGE_NAMES)]
+    assert 'descriptions.base_url = "http://***@127.0.0.1:9/v1/***?api_key=***&sig=***"' in listing, listing  # given, and masked
+    assert "# preset my-demo" in listing, listing  # values from the copied preset, under its own name
+
+    store = ArtifactStore(tmp_path / "two")
+    sums.append({s: (store.resolve(s, "synthetic").version, store.manifest(store.resolve(s, "synthetic"))["files"]) for s in refs})
     assert sums[0] == sums[1]  # same versions, and every file's sha256 (random CLIP weights included) equal
     assert {"states.npy", "tokens.npy"} <= set(sums[0]["embeddings"][1])
     assert {"best.pt", "last.pt", "config.json"} <= set(sums[0]["train"][1])
     stored = json.loads((tmp_path / "one" / "train" / "synthetic" / sums[0]["train"][0] / "config.json").read_text())
     assert "artifacts" not in stored and "resume" not in stored["train"] and str(tmp_path) not in json.dumps(stored)
+    assert "descriptions" not in stored and "preset" not in stored and "loader_workers" not in stored["train"]
+
+    canaries = [USER_CANARY, QUERY_CANARY, ENV_CANARY]
+    leaks = [f"{p}: {c}" for p in (tmp_path / "two").rglob("*") if p.is_file() for c in canaries if c.encode() in p.read_bytes()]
+    assert leaks == []
+    assert not [c for c in canaries if any(c in out for out in printed)], "\n".join(printed)
 
 
 def _copy(root: Path, tmp_path: Path) -> Path:

@@ -396,7 +396,12 @@ def captioned_frame(seed: int, index: int, size: int, stream: str = "train", fre
 
 
 def write_video(frames: np.ndarray, path: str | os.PathLike[str], fps: int = 12, codec: str = "libx264") -> None:
-    """Write RGB frames [T, H, W, 3] to an mp4 (H.264, yuv420p) atomically."""
+    """Write RGB frames [T, H, W, 3] to an mp4 (H.264, yuv420p) atomically; the same frames give the same bytes.
+
+    libx264's lookahead (rate-control lookahead, B-frame decisions) made repeated encodes of one clip differ
+    (7 distinct files in 12 encodes on 2 busy cores), so two `fsar synthetic` runs wrote different datasets and
+    the demo's figures moved by a tenth of a point between runs. One thread, no lookahead and no B-frames
+    give one file in 100 encodes."""
     import av
 
     path = Path(path)
@@ -406,7 +411,8 @@ def write_video(frames: np.ndarray, path: str | os.PathLike[str], fps: int = 12,
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if codec == "libx264":
-            stream.options = {"crf": "18", "preset": "veryfast"}
+            stream.codec_context.thread_count = 1
+            stream.options = {"crf": "18", "preset": "veryfast", "x264-params": "threads=1:rc-lookahead=0:sync-lookahead=0:bframes=0"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
                 container.mux(packet)

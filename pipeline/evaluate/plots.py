@@ -29,6 +29,8 @@ METHOD_LABELS = {
     "clip_prototype": "frozen CLIP prototype (no adapters)",
     "untrained": "Task-Adapter++ before training",
     "by_support": "Task-Adapter++, descriptions chosen by the supports",
+    "task_adapter_pp_queries_shuffled": "Task-Adapter++, queries shuffled",
+    "task_adapter_pp_queries_by_class": "Task-Adapter++, queries in class order",
 }
 CORPUS_COLOURS = ("#4878a8", "#e08a3c", "#5a9e5a", "#9467bd", "#8c564b")
 NAMES_MAX_CLASSES = 16  # up to this many classes with short names: names on the axes

@@ -23,10 +23,11 @@ import pandas as pd
 
 from pipeline.artifacts import MANIFEST, ArtifactRef, ArtifactStore, sha256_file
 from pipeline.evaluate.plots import METHOD_LABELS, accuracy_plot, confusion_plot, method_label, plot_title
+from pipeline.evaluate.published import published_for, published_markdown
+from pipeline.secrets import redact, redact_text
 
 __all__ = [
     "METHOD_LABELS",
-    "PAPER_ACCURACY",
     "collect_lineage",
     "confusion",
     "mean_ci",
@@ -38,12 +39,6 @@ __all__ = [
     "write_report",
 ]
 
-# The paper's reported accuracy (%) of Task-Adapter++ for (dataset, way, shot) -> (value, citation).
-# Empty on purpose: the paper's results table (arXiv 2505.06002) could not be read from here to check
-# its figures, and a figure is never typed in from memory. Add verified entries with their citation,
-# e.g. {("hmdb51", 5, 1): (value, "Cao et al., Task-Adapter++, arXiv 2505.06002v2, Table N")}; the
-# report then shows a "paper (%)" column next to ours for that dataset and shot.
-PAPER_ACCURACY: dict[tuple[str, int, int], tuple[float, str]] = {}
 BENCHMARKS = ("hmdb51", "ucf101", "kinetics100", "ssv2_small", "ssv2_full")  # datasets the paper reports on
 
 
@@ -107,19 +102,14 @@ def pair_accuracy(df: pd.DataFrame) -> dict[str, float]:
     return {"accuracy": p, "ci95": 1.96 * math.sqrt(p * (1 - p) / asked), "queries": asked}
 
 
-def _paper(summary: Mapping[str, Any]) -> tuple[float, str] | None:
-    return PAPER_ACCURACY.get((str(summary.get("dataset")), summary.get("way"), summary.get("shot")))
-
-
 def table_markdown(summary: dict[str, Any]) -> str:
-    """The results table: one row per (descriptions, method); the paper's figure beside the full model when known."""
+    """The results table: one row per (descriptions, method); below it the published figures for the same dataset,
+    way and shot, with their sources (`pipeline.evaluate.published`), when any are known."""
     has_desc = any("descriptions" in r for r in summary["results"])
     has_pairs = any("order_pairs" in r for r in summary["results"])
-    paper = _paper(summary)
     head = ("| descriptions " if has_desc else "") + "| method | accuracy (%) | 95% interval | episodes |"
     head += " order pairs (%) |" if has_pairs else ""
-    head += " paper (%) |" if paper else ""
-    sep = ("|---" if has_desc else "") + "|---|---|---|---|" + ("---|" if has_pairs else "") + ("---|" if paper else "")
+    sep = ("|---" if has_desc else "") + "|---|---|---|---|" + ("---|" if has_pairs else "")
     lines = [head, sep]
     for r in summary["results"]:
         desc = f"| {r.get('descriptions', '')} " if has_desc else ""
@@ -127,19 +117,19 @@ def table_markdown(summary: dict[str, Any]) -> str:
         if has_pairs:
             op = r.get("order_pairs")
             line += f" {100 * op['accuracy']:.1f} +- {100 * op['ci95']:.1f} |" if op else " |"
-        if paper:
-            line += f" {paper[0]:.1f} |" if r["method"] == "task_adapter_pp" else " |"
         lines.append(line)
-    if paper:
-        lines += ["", f"paper: {paper[1]}"]
+    published = published_for(summary)
+    if published:
+        lines += ["", published_markdown(published), "", "published: each under its own protocol (docs/results.md), not "
+                  "these episodes; a figure beside ours compares like with like only under the same protocol and scores"]
     return "\n".join(lines)
 
 
 def protocol_markdown(summary: Mapping[str, Any]) -> str:
-    """N, K, Q, T, S, episodes, split, seed and task context as a one-row table."""
+    """N, K, Q, T, S, episodes, split, seed, task context (and scores, query order unless fsar's) as a one-row table."""
     keys = [("way", "N (way)"), ("shot", "K (shot)"), ("query", "Q (queries per class)"), ("num_frames", "T (frames)"),
             ("num_sub_actions", "S (sub-actions)"), ("episodes", "episodes"), ("split", "split"), ("seed", "seed"),
-            ("task_context", "task context")]
+            ("task_context", "task context"), ("scores", "scores"), ("query_order", "query order")]
     present = [(k, name) for k, name in keys if summary.get(k) is not None]
     return "\n".join(["| " + " | ".join(n for _, n in present) + " |", "|" + "---|" * len(present),
                       "| " + " | ".join(str(summary[k]) for k, _ in present) + " |"])
@@ -211,7 +201,8 @@ def collect_lineage(cfg: Any, inputs: Mapping[str, ArtifactRef], checkpoint: Pat
     return {
         "train": _ref_str(inputs.get("train")) if not cfg.evaluate.checkpoint else artifact,
         "checkpoint": {"artifact": artifact, "file": name, "sha256": sha256_file(checkpoint), "step": ckpt.get("step"),
-                       "val_accuracy": ckpt.get("val_accuracy")},
+                       "val_accuracy": ckpt.get("val_accuracy"),
+                       **({"val_split": ckpt["val_split"]} if "val_split" in ckpt else {})},  # picked on another split than val
         "embeddings": _ref_str(emb),
         "descriptions": _ref_str(desc_ref),
         "frames": _ref_str(inputs.get("frames")),
@@ -225,7 +216,9 @@ def _lineage_cells(lin: Mapping[str, Any]) -> dict[str, str]:
     ck, bb, llm = lin.get("checkpoint") or {}, lin.get("backbone") or {}, lin.get("llm") or {}
     where = f" of `{ck['artifact']}`" if ck.get("artifact") else " (given with evaluate.checkpoint)"
     step = f", step {ck['step']}" if ck.get("step") is not None else ""
-    val = f", val accuracy {100 * ck['val_accuracy']:.1f}%" if ck.get("val_accuracy") is not None else ""
+    split = ck.get("val_split", "val")
+    picked = "" if split == "val" else f" (picked on {split}: optimistic)"
+    val = f", {split} accuracy {100 * ck['val_accuracy']:.1f}%{picked}" if ck.get("val_accuracy") is not None else ""
     code = lambda v: f"`{v}`" if v else "-"  # noqa: E731
     return {
         "train artifact": code(lin.get("train")),
@@ -273,8 +266,8 @@ def report_markdown(summary: Mapping[str, Any], title: str, notes: Sequence[str]
     """The report's Markdown: results, protocol, per-class accuracy, lineage (and the plots when `plots`)."""
     body = [f"# {title}", "", "## Results", "", table_markdown(dict(summary)), ""]
     body += [f"- {n}" for n in notes]
-    if summary.get("dataset") in BENCHMARKS and not _paper(summary):
-        body.append("- the paper's reported accuracy is not shown: no verified figure for this dataset and shot is recorded (`report.PAPER_ACCURACY`)")
+    if summary.get("dataset") in BENCHMARKS and not published_for(summary):
+        body.append("- no published figure for this dataset, way and shot is recorded (`pipeline/evaluate/published.py`)")
     body += ["", "## Protocol", "", protocol_markdown(summary), ""]
     body += ["## Per-class accuracy of the full model (worst first)", "", per_class_markdown(summary), ""]
     body += ["## Lineage", "", lineage_markdown(summary.get("lineage") or {}), ""]
@@ -286,6 +279,6 @@ def report_markdown(summary: Mapping[str, Any], title: str, notes: Sequence[str]
 def write_report(summary: dict[str, Any], out: Path, title: str, notes: Sequence[str] = ()) -> Path:
     """report.md and summary.json (no wall-clock fields: keep those in the manifest's `run`)."""
     path = Path(out) / "report.md"
-    path.write_text(report_markdown(summary, title, notes), encoding="utf-8")
-    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    path.write_text(redact_text(report_markdown(summary, title, notes)), encoding="utf-8")  # no secret in a report
+    (Path(out) / "summary.json").write_text(json.dumps(redact(summary), indent=2), encoding="utf-8")
     return path

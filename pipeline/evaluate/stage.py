@@ -7,6 +7,10 @@ Methods scored on the same saved episodes:
 - `untrained` (with `evaluate.untrained`): the full model at its training initialisation,
 - `by_support` (with `evaluate.choose_by_support`, beyond the paper): the full model with, per episode and class, the
   description candidate and order that the class's labelled supports fit best under the frozen towers (by_support.py).
+- `task_adapter_pp_queries_shuffled` / `..._by_class` (with `model.scores=released`, whose scores depend on the
+  order of the queries): the full model with the queries in the order `evaluate.query_order` does not give.
+
+The queries of every saved episode are scored in `evaluate.query_order` (`Episode.with_query_order`).
 
 The scoring itself (caches, batched episodes) is the few-shot core's (`pipeline.fewshot.scoring`). The stage
 reads its inputs only: the registry (`pipeline.registry`) builds the vision-prefix artifact first when
@@ -34,7 +38,7 @@ from pipeline.evaluate.by_support import CHOICES_FILE, score_by_support
 from pipeline.evaluate.report import collect_lineage, confusion, summarise, table_markdown, write_plots, write_report
 from pipeline.fewshot.checkpoints import check_checkpoint, checkpoint_fingerprint, checkpoint_path, load_checkpoint
 from pipeline.fewshot.devices import pick_device
-from pipeline.fewshot.episodes import EpisodeSampler, check_splits, episodes_to_frame, videos_by_class
+from pipeline.fewshot.episodes import QUERY_ORDERS, EpisodeSampler, check_splits, episodes_to_frame, videos_by_class
 from pipeline.fewshot.prepare import prepare
 from pipeline.fewshot.scoring import EpisodeScorer, score_episodes
 from pipeline.model import build_model
@@ -43,7 +47,7 @@ from pipeline.settings.model import model_fields
 
 log = logging.getLogger("fsar")
 
-__all__ = ["FORMAT_VERSION", "METHODS", "descriptions_label", "plan_fields", "run", "upstream_for"]
+__all__ = ["FORMAT_VERSION", "METHODS", "descriptions_label", "plan_fields", "run", "scoring_fields", "upstream_for"]
 
 FORMAT_VERSION = 2  # 2: the train input is hashed by version, an explicit checkpoint by content
 METHODS = ("task_adapter_pp", "visual_only", "semantic_only", "clip_prototype")  # `untrained` too with evaluate.untrained
@@ -75,15 +79,16 @@ def plan_fields(cfg: Config, inputs: Mapping[str, ArtifactRef] | None = None) ->
     descriptions label and, for an explicit checkpoint file, its content (a train input is hashed by version)."""
     inputs = inputs or {}
     fields = {
-        "evaluate": section_dict(cfg.evaluate, ["episodes", "shot", "seed", "split", "baselines", "untrained"]),
+        "evaluate": cfg.evaluate.without_late_defaults(
+            section_dict(cfg.evaluate, ["episodes", "shot", "seed", "split", "baselines", "untrained", "query_order", "choose_by_support"])
+        ),
         "protocol": section_dict(cfg.protocol),
         "model": model_fields(cfg.model),
         "descriptions": descriptions_label(cfg, inputs.get("embeddings")),
     }
     if cfg.evaluate.checkpoint:
         fields["checkpoint"] = checkpoint_fingerprint(cfg)
-    if cfg.evaluate.choose_by_support:  # only when on: the versions of evaluations without it stay as they were
-        fields["evaluate"]["choose_by_support"] = True
+    if cfg.evaluate.choose_by_support:  # a late field: the versions of evaluations without it stay as they were
         fields["all_orders_up_to"] = cfg.audit.all_orders_up_to
     return fields
 
@@ -109,6 +114,13 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
         store, "evaluate", cfg.dataset.name, config=fields, inputs=stage_inputs, build=build, main="episodes.parquet",
         format_version=FORMAT_VERSION,
     )
+
+
+def scoring_fields(cfg: Config) -> dict[str, str]:
+    """`scores` and `query_order` for the summary, only where they differ from fsar's defaults (so the summary of
+    every evaluation made before they existed keeps its bytes)."""
+    return {**cfg.model.without_late_defaults({"scores": cfg.model.scores}),
+            **cfg.evaluate.without_late_defaults({"query_order": cfg.evaluate.query_order})}
 
 
 def open_prefix(cfg: Config, inputs: Mapping[str, ArtifactRef], device: torch.device) -> Any | None:
@@ -140,9 +152,15 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
                            prefix=prefix, batch=cfg.evaluate.videos_per_pass, workers=cfg.evaluate.loader_workers)
     t0 = time.perf_counter()
     pairs = get_dataset(cfg.dataset).order_pairs()
-    rows = score_episodes(scorer, episodes, cfg.evaluate.baselines, pairs)
+    order = cfg.evaluate.query_order
+    ordered = [ep.with_query_order(order) for ep in episodes]
+    rows = score_episodes(scorer, ordered, cfg.evaluate.baselines, pairs)
+    if cfg.model.scores == "released":  # its scores depend on the query order: the other order too, on the same episodes
+        other = next(o for o in QUERY_ORDERS if o != order)
+        for row in score_episodes(scorer, [ep.with_query_order(other) for ep in episodes], False, pairs, f"queries {other}"):
+            rows.append({**row, "method": f"task_adapter_pp_queries_{other}"})
     if cfg.evaluate.choose_by_support:  # a variant beyond the paper, its own rows (by_support.py)
-        chosen_rows, choices = score_by_support(cfg, inputs, model, scorer, episodes, pairs)
+        chosen_rows, choices = score_by_support(cfg, inputs, model, scorer, ordered, pairs)
         rows += chosen_rows
         staging.write_parquet(CHOICES_FILE, choices)
     if cfg.evaluate.untrained:  # the same model at its training initialisation, on the same episodes
@@ -151,7 +169,7 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
         fresh_prefix = prefix if prefix is not None and prefix.checkpoint_free else None  # else the trained embedding is in it
         fresh_scorer = EpisodeScorer(fresh, loader, cache=cfg.evaluate.cache, amp=cfg.model.amp, episodes_per_batch=scorer.episodes_per_batch,
                                      prefix=fresh_prefix, batch=scorer.batch, workers=scorer.workers)
-        for row in score_episodes(fresh_scorer, episodes, False, pairs, "untrained"):
+        for row in score_episodes(fresh_scorer, [ep.with_query_order(order) for ep in episodes], False, pairs, "untrained"):
             rows.append({**row, "method": "untrained"})
     seconds = time.perf_counter() - t0
     df = pd.DataFrame(rows)
@@ -176,6 +194,7 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
             "num_sub_actions": cfg.protocol.num_sub_actions,
             "excluded_videos": excluded,
             "task_context": cfg.model.task_context,
+            **scoring_fields(cfg),
             "checkpoint_step": ckpt.get("step"),
             "lineage": {label: collect_lineage(cfg, inputs, checkpoint_path(cfg, inputs), ckpt)},
         },
@@ -190,6 +209,9 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
         f"{cfg.evaluate.split}, seed {cfg.evaluate.seed}; interval = 1.96 std / sqrt(episodes)",
         f"task_context: {cfg.model.task_context}; descriptions: {label}",
     ]
+    if cfg.model.scores == "released":
+        notes.append(f"scores: the released code's product (model.scores=released), queries {order.replace('_', ' ')}; it "
+                     f"depends on the query order, so the other order is scored too (docs/method.md, defect 1)")
     if pairs:
         notes.append("order pairs: share of queries whose true class outscores the class that differs from it only in temporal "
                      "order, over queries whose partner is in the episode (chance 50%)")

@@ -42,13 +42,15 @@ IDENTITY_FIELDS = (
 
 
 def model_identity(cfg: Config) -> dict[str, Any]:
-    return {"model": model_fields(cfg.model, IDENTITY_FIELDS), "preset": cfg.preset, "num_frames": cfg.protocol.num_frames,
+    """What the weights belong to, as versions hash it (no preset name: a label that no version holds)."""
+    return {"model": model_fields(cfg.model, IDENTITY_FIELDS), "num_frames": cfg.protocol.num_frames,
             "num_sub_actions": cfg.protocol.num_sub_actions}
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, cfg: Config, **extra: Any) -> None:
-    """Trainable weights + the resolved config + extras, written atomically."""
-    payload = {"trainable": model.trainable_state_dict(), "identity": model_identity(cfg), "config": cfg.stored(), **extra}
+def save_checkpoint(path: Path, model: torch.nn.Module, cfg: Config, *, stored: Mapping[str, Any] | None = None, **extra: Any) -> None:
+    """Trainable weights + the stored config (`stored`, default `cfg.stored()`) + extras, written atomically."""
+    config = dict(stored) if stored is not None else cfg.stored()
+    payload = {"trainable": model.trainable_state_dict(), "identity": model_identity(cfg), "config": config, **extra}
     with atomic_open(path) as fh:  # a file object: the bytes do not depend on the temporary's name
         torch.save(payload, fh)
 
@@ -76,8 +78,8 @@ def check_checkpoint(ckpt: dict[str, Any], cfg: Config, path: str | Path) -> Non
             diffs.append(f"{name}: checkpoint {theirs.get(key)!r} vs config {mine[key]!r}")
     if diffs:
         raise StageError(
-            f"checkpoint {str(path)!r} was trained with preset {theirs.get('preset')!r} and does not match this config "
-            f"(preset {mine['preset']!r}): {'; '.join(diffs)}; evaluate with the training preset/overrides"
+            f"checkpoint {str(path)!r} does not match this config (preset {cfg.preset!r}): {'; '.join(diffs)}; "
+            f"evaluate with the training preset/overrides"
         )
 
 

@@ -3,6 +3,9 @@
 Episode i of a sampler depends only on (seed, i) and the sorted class/video lists, through numpy's
 PCG64 generator, so it is identical across runs and machines, and DDP ranks can take disjoint
 episode indices without talking to each other.
+
+A sampled episode lists its queries class by class, as the released sampler does; `Episode.with_query_order`
+gives the same episode with its queries shuffled (seeded by the episode), which `evaluate.query_order` uses.
 """
 
 from __future__ import annotations
@@ -10,8 +13,8 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -20,11 +23,14 @@ from pipeline.contract import StageError
 from pipeline.frames import FrameStore
 
 __all__ = [
-    "Episode", "EpisodeError", "EpisodeSampler", "check_splits", "episodes_from_frame", "episodes_to_frame", "usable_classes",
+    "QUERY_ORDERS", "Episode", "EpisodeError", "EpisodeSampler", "check_splits", "episodes_from_frame", "episodes_to_frame", "usable_classes",
     "videos_by_class",
 ]
 
 log = logging.getLogger("fsar")
+
+QUERY_ORDERS = ("by_class", "shuffled")  # `evaluate.query_order`
+_SHUFFLE_STREAM = 1  # the query shuffle draws from numpy's generator seeded [seed, index, 1], apart from the sampler's [seed, index]
 
 
 class EpisodeError(StageError, ValueError):
@@ -39,9 +45,10 @@ class Episode:
     seed: int
     classes: tuple[str, ...]  # N class names; label c = classes[c]
     support: tuple[str, ...]  # N*K video ids, class-major (K of class 0, then K of class 1, ...)
-    query: tuple[str, ...]  # N*Q video ids, class-major
+    query: tuple[str, ...]  # N*Q video ids, class-major unless `query_classes` says otherwise
     shot: int
     queries_per_class: int
+    query_classes: tuple[int, ...] | None = None  # label of each query once reordered (`with_query_order`); None: class-major
 
     @property
     def way(self) -> int:
@@ -53,7 +60,22 @@ class Episode:
 
     @property
     def query_labels(self) -> list[int]:
+        if self.query_classes is not None:
+            return list(self.query_classes)
         return [c for c in range(self.way) for _ in range(self.queries_per_class)]
+
+    def with_query_order(self, order: Literal["by_class", "shuffled"]) -> "Episode":
+        """This (class-major) episode with its queries in class order, or shuffled by a permutation that depends on
+        (seed, index) alone: the same videos and labels, only their positions (the rows of a score matrix) move."""
+        if order not in QUERY_ORDERS:
+            raise ValueError(f"unknown query order {order!r}; choose one of {', '.join(QUERY_ORDERS)}")
+        if self.query_classes is not None:
+            raise ValueError(f"episode {self.index} is already reordered; reorder the episode as sampled")
+        if order == "by_class":
+            return self
+        perm = np.random.default_rng([self.seed, self.index, _SHUFFLE_STREAM]).permutation(len(self.query))
+        labels = self.query_labels
+        return replace(self, query=tuple(self.query[i] for i in perm), query_classes=tuple(labels[i] for i in perm))
 
 
 def videos_by_class(index: pd.DataFrame, split: str, min_frames: int) -> tuple[dict[str, list[str]], dict[str, int]]:
@@ -134,7 +156,11 @@ class EpisodeSampler:
 
 
 def episodes_to_frame(episodes: Sequence[Episode]) -> pd.DataFrame:
-    """A table of episodes (one row each) that `episodes_from_frame` reads back exactly."""
+    """A table of episodes as sampled (one row each) that `episodes_from_frame` reads back exactly; a reordered
+    episode is refused (its order is a setting, `evaluate.query_order`, applied to the saved episodes)."""
+    reordered = [e.index for e in episodes if e.query_classes is not None]
+    if reordered:
+        raise ValueError(f"episodes {reordered[:5]} have reordered queries; save the episodes as sampled")
     return pd.DataFrame(
         {
             "episode": [e.index for e in episodes],

@@ -361,14 +361,16 @@ def score_episodes(
         for b, ep in enumerate(batch):
             rows.extend(_episode_rows(ep, {method: m[b] for method, m in scores.items()}, pairs))
 
-    for batch in episode_batches(episodes, scorer.episodes_per_batch):
-        fetch = HostScores(_batch_scores(scorer, batch, baselines, text_features))
+    try:
+        for batch in episode_batches(episodes, scorer.episodes_per_batch):
+            fetch = HostScores(_batch_scores(scorer, batch, baselines, text_features))
+            if pending is not None:
+                emit(*pending)
+            pending = (batch, fetch)
         if pending is not None:
             emit(*pending)
-        pending = (batch, fetch)
-    if pending is not None:
-        emit(*pending)
-    progress.close()
+    finally:  # closed on the way out too: a later line (an error) starts a line of its own
+        progress.close()
     return rows
 
 

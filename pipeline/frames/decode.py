@@ -15,7 +15,15 @@ frame the decoder outputs (presentation order), counted from 0; `num_frames` is 
 actually decoded, never the container's claim, so no stored index can point past the last decodable
 frame. A packet the decoder rejects as corrupt is skipped and counted (the video's `warnings`), as
 ffmpeg's command line does; when demuxing fails mid-file the frames before it are kept and the
-failure is a warning too.
+failure is a warning too, and so is a stream that ends before the packet count its container states
+(an mp4 whose index comes first, cut short: the demuxer just stops).
+
+One decoding thread, always (`DECODER_THREADS`): FFmpeg's frame threads give the same frames on an intact
+stream, but on a damaged one which frames survive depends on the thread count (a clip cut mid-packet:
+7 frames and "1 corrupt packet(s) skipped" in one thread, 5 frames and no warning with 2 or 4), and
+the thread count followed the worker count and the machine's cores. The stage's parallelism is its
+decoding processes (`frames.workers`, default all cores), so equal versions hold equal frames on any
+machine with any worker count.
 
 Kept frames are spread evenly over the decoded frames (`spread_indices`, segment centres), so they are
 only known once the last frame is out. When the container states a frame count (AVI, MP4), the frames
@@ -43,6 +51,7 @@ from typing import Any
 
 __all__ = [
     "DECODER",
+    "DECODER_THREADS",
     "HOLD_BYTES",
     "REASONS",
     "DecodeSettings",
@@ -67,6 +76,7 @@ REASONS = {
 }
 
 DECODER = "pyav"  # the index's `decoder` column: the only way frames are decoded
+DECODER_THREADS = 1  # one canonical decode: which frames of a damaged stream survive depends on the thread count
 HOLD_BYTES = 256 << 20  # decoded frames held per video before falling back to the container's count
 
 
@@ -85,13 +95,12 @@ class VideoFailure(Exception):
 
 @dataclass(frozen=True)
 class DecodeSettings:
-    """How frames are decoded and stored (everything that changes the output, plus thread count and budget)."""
+    """How frames are decoded and stored (everything that changes the output, plus the time budget)."""
 
     size: int = 257  # stored frames are size x size
     max_frames: int | None = 32  # frames kept per video, spread evenly; None = every frame
     quality: int = 90  # JPEG quality
     min_frames: int = 1  # a video with fewer decoded frames fails with `too_few_frames`
-    threads: int = 0  # decoder threads per video (0 = FFmpeg's choice); does not change output
     storage: str = "jpeg"  # what shards hold: jpeg (the JPEG bytes) | raw (that JPEG's decoded pixels); see shards.py
     timeout_s: float | None = 300.0  # wall-clock budget of one video in IsolatedDecoder; None = no limit
 
@@ -174,7 +183,7 @@ def _short(exc: BaseException) -> str:
 class _Sequential:
     """The decoded frames of a file's first video stream, in order; counts what had to be skipped."""
 
-    def __init__(self, path: str, threads: int):
+    def __init__(self, path: str):
         import av
 
         self._av = av
@@ -186,10 +195,9 @@ class _Sequential:
             self.container.close()
             raise VideoFailure("unreadable", "no video stream in the file")
         self.stream = self.container.streams.video[0]
-        self.stream.thread_type = "AUTO"  # frame and slice threads: the same frames, in the same order
-        if threads:
-            self.stream.codec_context.thread_count = threads
+        self.stream.codec_context.thread_count = DECODER_THREADS  # one canonical decode (see the module's doc)
         self.corrupt = 0  # packets the decoder rejected
+        self.packets = 0  # packets demuxed (the end-of-stream flush not counted)
         self.demux_error: str | None = None
 
     def fps(self) -> float | None:
@@ -223,6 +231,8 @@ class _Sequential:
                 except av.error.FFmpegError:
                     pass
                 return
+            if packet.size or packet.dts is not None:  # the demuxer's final flush packet is neither
+                self.packets += 1
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError:
@@ -236,6 +246,9 @@ class _Sequential:
             parts.append(f"{self.corrupt} corrupt packet(s) skipped")
         if self.demux_error:
             parts.append(f"demuxing stopped early: {self.demux_error}")
+        stated = int(self.stream.frames or 0)
+        if self.packets < stated:
+            parts.append(f"the stream ends after {self.packets} of the {stated} packets its container states (cut short, or a header that over-counts)")
         return "; ".join(parts) or None
 
     def close(self) -> None:
@@ -250,7 +263,7 @@ def decode_video(path: str, settings: DecodeSettings) -> DecodedVideo:
     """Decode, resize and JPEG-encode the kept frames of one video, in this process; raise VideoFailure when unusable."""
     check_file(path)
     s = settings
-    seq = _Sequential(path, s.threads)
+    seq = _Sequential(path)
     try:
         try:
             fps = seq.fps()
@@ -302,7 +315,7 @@ def decode_video(path: str, settings: DecodeSettings) -> DecodedVideo:
 
 
 def _second_pass(path: str, s: DecodeSettings, wanted: set[int], n: int) -> dict[int, bytes]:
-    seq = _Sequential(path, s.threads)
+    seq = _Sequential(path)
     out: dict[int, bytes] = {}
     count = 0
     try:

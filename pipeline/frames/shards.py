@@ -137,7 +137,7 @@ class ShardUnit:
         """What the unit's output depends on (guards a marker against a different unit of the same id)."""
         payload = {
             "videos": [[v.video_id, v.class_name, v.split, v.path] for v in self.videos],
-            "settings": {k: v for k, v in vars(self.settings).items() if k != "threads" and (k, v) != ("storage", "jpeg")},
+            "settings": {k: v for k, v in vars(self.settings).items() if (k, v) != ("storage", "jpeg")},
             "shard_max_bytes": self.shard_max_bytes,
         }  # storage only when raw (jpeg keys predate it)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -71,7 +71,9 @@ __all__ = ["FORMAT_VERSION", "INDEX", "STAGE", "MapUnits", "plan_fields", "plan_
 
 STAGE = "frames"
 INDEX = "index.parquet"
-FORMAT_VERSION = 3  # 2: a crc32 column per frame; 3: sequential PyAV decoding (frames of format 2 may be wrong frames)
+# 2: a crc32 column per frame; 3: sequential PyAV decoding (frames of format 2 may be wrong frames); 4: one decoding thread
+# (a damaged clip's frames no longer depend on frames.workers and the cores) and a warning for a stream that ends early
+FORMAT_VERSION = 4
 _MB = 1 << 20
 
 # map_units(fn, units) -> results in any order; e.g. `lambda fn, units: [fn(u) for u in units]`
@@ -90,7 +92,6 @@ def run(config: Any, inputs: Mapping[str, ArtifactRef] | None = None, store: Art
         max_frames=fc.max_frames,
         quality=fc.jpeg_quality,
         min_frames=t,
-        threads=max(1, _cpu_count() // workers) if workers > 1 else 0,
         storage=fc.storage_format,
         timeout_s=fc.video_timeout_s,
     )

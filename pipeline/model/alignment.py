@@ -1,6 +1,7 @@
 """Task sets, order-aware cross-modal alignment and scoring (docs/method.md, "Order-aware ... scoring").
 
-Every score matrix is [query, class] (defect #1 of the released code), for any N, K, Q.
+Every score matrix is [query, class] (defect #1 of the released code), for any N, K, Q; `released_product`
+reproduces the released code's own product, for measuring what that defect is worth (`model.scores=released`).
 An episode's V = N*K + Q_total videos are laid out supports first, then queries; one boolean
 (V, V) mask says which videos each video may attend over, both in the task adapter and in the
 cross-frame attention (CA):
@@ -28,6 +29,7 @@ __all__ = [
     "batched_transition_features",
     "batched_visual_scores",
     "class_prototypes",
+    "released_product",
     "semantic_scores",
     "stage_windows",
     "task_mask",
@@ -129,6 +131,22 @@ def semantic_scores(transitions: Tensor, text: Tensor, weights: Tensor) -> Tenso
     t = F.normalize(text, dim=-1)  # (N, S, E)
     cos = torch.einsum("qte,nse->qtns", u, t)  # (Q, T-1, N, S)
     return torch.einsum("qtns,ts->qn", cos, weights) / weights.shape[1]  # (Q, N)
+
+
+def released_product(vis: Tensor, sem: Tensor) -> Tensor:
+    """The released code's `vis * sem` with its semantic matrix laid out [class, query]: out[i, j] = vis[i, j] * sem[j, i].
+
+    (..., Q, N) [query, class] vis and sem, Q == N -> (..., Q, N). Row i pairs query i's visual scores over the classes
+    with class i's semantic scores over the queries: it answers "which class is query i" only when query i belongs to
+    class i, which is how the released sampler lays out an episode (one query per class, in class order).
+    """
+    queries, classes = vis.shape[-2:]
+    if queries != classes:
+        raise ValueError(
+            f"model.scores=released needs one query per class ({classes} classes), got {queries} queries; use protocol.query=1 "
+            f"or model.scores=query_class"
+        )
+    return vis * sem.transpose(-2, -1)
 
 
 # ---- B episodes of one layout at once: the functions above with a leading episode axis ---------------------------

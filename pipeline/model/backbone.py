@@ -11,8 +11,9 @@ open_clip's defaults (OpenAI CLIP's).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import FsarError
+from pipeline.logs import relay_root_records
 from pipeline.model.startup import import_open_clip, no_weight_init
 
 open_clip = import_open_clip()  # without torch._dynamo and timm, which fsar never uses (see startup.py)
@@ -64,6 +66,11 @@ def load_backbone(
     device: str | torch.device = "cpu",
 ) -> Backbone:
     """Build open_clip model `name` at `image_size` with the given weights; every parameter frozen."""
+    with relay_root_records("open_clip", _open_clip_lines(name, pretrained)):  # open_clip logs on the root logger
+        return _load_backbone(name, pretrained, image_size, quick_gelu, device)
+
+
+def _load_backbone(name: str, pretrained: str | None, image_size: int, quick_gelu: bool | None, device: str | torch.device) -> Backbone:
     arch = _architecture(name)
     _check_image_size(name, arch, image_size)
     kind, tag_cfg = _resolve_weights(name, pretrained)
@@ -213,6 +220,19 @@ def _check_tag_available(name: str, tag: str, tag_cfg: dict[str, Any]) -> None:
         f"the {tag!r} weights of clip {name!r} are not in the local cache and {why}; download them on a connected "
         f"machine, or give a local checkpoint file with model.pretrained=/path/to/file (null: random weights)"
     )
+
+
+def _open_clip_lines(name: str, pretrained: str | None) -> Callable[[logging.LogRecord], tuple[int, str] | None]:
+    """open_clip's words reworded where fsar knows what the user can do (the rest keep open_clip's words)."""
+
+    def reword(record: logging.LogRecord) -> tuple[int, str] | None:
+        if not record.getMessage().startswith("No pretrained weights loaded"):
+            return None
+        if pretrained is None:  # what model.pretrained=null asks for
+            return logging.DEBUG, f"model: clip {name!r} starts from random weights (model.pretrained is null; model.init_seed seeds them)"
+        return logging.WARNING, f"model: open_clip loaded no weights for clip {name!r} from {pretrained!r}; check model.pretrained"
+
+    return reword
 
 
 def _create(name: str, pretrained: str | None, image_size: int, quick_gelu: bool, device: torch.device) -> nn.Module:

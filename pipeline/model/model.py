@@ -33,6 +33,7 @@ from pipeline.model.alignment import (
     batched_transition_features,
     batched_visual_scores,
     class_prototypes,
+    released_product,
     semantic_scores,
     stage_windows,
     task_mask,
@@ -63,7 +64,9 @@ FROZEN_PARTS: dict[str, tuple[str, ...]] = {"clip_vision": ("clip.visual",), "cl
 
 @dataclass(frozen=True)
 class EpisodeScores:
-    logits: Tensor  # ([B,] Q_total, N) tau * vis * sem, fp32; B = episodes of `forward_batch`
+    # ([B,] Q_total, N) tau * vis * sem, fp32; B = episodes of `forward_batch`; with model.scores=released the released
+    # code's product tau * vis * sem^T (`alignment.released_product`); vis and sem stay [query, class] either way
+    logits: Tensor
     vis: Tensor  # ([B,] Q_total, N) visual score cos(mean_t z_q, mean_t proto_c)
     sem: Tensor  # ([B,] Q_total, N) semantic (order-aware) score
 
@@ -312,7 +315,7 @@ class TaskAdapterPP(nn.Module):
         mask = task_mask(z_s.shape[0], z_q.shape[0], self.cfg.task_context, device=z_s.device)  # (V, V)
         transitions = transition_features(torch.cat([z_s, z_q]), z_s.shape[0], mask, self.ca_norm)  # (Q, T-1, E)
         sem = semantic_scores(transitions, text, self.windows)  # (Q, N)
-        return EpisodeScores(logits=self.cfg.logit_scale * vis * sem, vis=vis, sem=sem)
+        return EpisodeScores(logits=self.logits(vis, sem), vis=vis, sem=sem)
 
     def forward_batch(
         self,
@@ -353,7 +356,13 @@ class TaskAdapterPP(nn.Module):
         mask = task_mask(z_s.shape[1], z_q.shape[1], self.cfg.task_context, device=z_s.device)  # (V, V)
         transitions = batched_transition_features(torch.cat([z_s, z_q], dim=1), z_s.shape[1], mask, self.ca_norm)  # (B, Q, T-1, E)
         sem = batched_semantic_scores(transitions, text_features, self.windows)  # (B, Q, N)
-        return EpisodeScores(logits=self.cfg.logit_scale * vis * sem, vis=vis, sem=sem)
+        return EpisodeScores(logits=self.logits(vis, sem), vis=vis, sem=sem)
+
+    def logits(self, vis: Tensor, sem: Tensor) -> Tensor:
+        """([B,] Q, N) [query, class] factors -> logits: tau * vis * sem, or with `model.scores=released` the released
+        code's product tau * vis * sem^T (defined for Q == N: one query per class, queries in class order)."""
+        product = released_product(vis, sem) if self.cfg.scores == "released" else vis * sem
+        return self.cfg.logit_scale * product
 
     def loss(self, scores: EpisodeScores, query_labels: Tensor) -> Tensor:
         """Cross-entropy of the logits (tau * vis * sem) over the N classes."""

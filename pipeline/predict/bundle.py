@@ -151,12 +151,15 @@ def export_bundle(
 
 
 def _trained_config(ckpt: dict[str, Any], cfg: Config) -> Config:
-    """The config the checkpoint was trained with; its backbone file as `cfg` names it here (they match: checked)."""
+    """The config the checkpoint was trained with: what it stored (what its version covers) over `cfg`, which gives
+    the rest (descriptions, dataset folders, the preset's name) and its backbone file as named here (they match:
+    checked)."""
+    stored = {k: v for k, v in (ckpt.get("config") or {}).items() if k not in ("artifacts", "preset")}
+    stored["model"] = {k: v for k, v in (stored.get("model") or {}).items() if k != "pretrained"}
     try:
-        trained = Config.model_validate(ckpt["config"]) if ckpt.get("config") else cfg
+        return cfg.override(stored)
     except ValueError:
-        trained = cfg
-    return trained.override({"model.pretrained": cfg.model.pretrained, "artifacts": cfg.artifacts})
+        return cfg
 
 
 def _train_ref(cfg: Config, store: ArtifactStore) -> ArtifactRef:

@@ -64,6 +64,12 @@ class FewShotClassifier:
         self.task_context = task_context
         self.batch_size = batch_size
         self.model = bundle.build_model(self.device, task_context)
+        if self.model.cfg.scores == "released":
+            raise StageError(
+                "this bundle's model was trained with model.scores=released, the released code's score, defined only for "
+                "episodes of one query per class laid out in class order; unlabelled videos have no such layout: export a "
+                "model trained with model.scores=query_class"
+            )
         self.prep = Preprocessing.from_meta(bundle.meta["preprocessing"])
         self._decoder: Any = None  # isolation.IsolatedDecoder, started on the first clip, reused by the others
         self.classes: list[str] = []

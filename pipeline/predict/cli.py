@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipeline.cli_common import ArtifactsOpt, ConfigOpt, DatasetOpt, PresetOpt, SetOpt, VideoListOpt, VideoRootOpt, command_config, fail, guarded
+from pipeline.cli_common import ArtifactsOpt, ConfigOpt, DatasetOpt, PresetOpt, SetOpt, VideoListOpt, VideoRootOpt, command_config, echo, fail, guarded
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -120,7 +120,7 @@ def register(app: typer.Typer) -> None:
 
             cfg = command_config(dataset, preset, set_, artifacts, video_root, video_list, config)
             path = export_bundle(cfg, ArtifactStore(cfg.artifacts), out, checkpoint)
-            typer.echo(f"export: bundle written to {path}")
+            echo(f"export: bundle written to {path}")
 
         guarded(go)
 
@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
         def go() -> None:
             df = predict_videos(
                 model, support, [*query, *(more or [])], out, descriptions, backbone, device, task_context, batch_size,
-                set_ or [], artifacts, echo=typer.echo,
+                set_ or [], artifacts, echo=echo,
             )  # fmt: skip
             # start-up: imported by the command that uses it
             from pipeline.contract import StageError

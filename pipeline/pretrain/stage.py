@@ -35,6 +35,7 @@ from pipeline.config import Config, section_dict
 from pipeline.contract import StageError, build_once
 from pipeline.datasets.synthetic import captioned_frame
 from pipeline.fewshot.devices import pick_device
+from pipeline.logs import relay_root_records
 from pipeline.pretrain import retrieval
 from pipeline.pretrain.data import FrameView, TrainStream
 from pipeline.pretrain.train import create_clip, train
@@ -91,7 +92,8 @@ def _build(cfg: Config, staging: Staging) -> None:
         clip = create_clip(b.clip, cfg.model.image_size, b.seed, b.pos_init)
     except (ValueError, RuntimeError) as exc:
         raise StageError(f"backbone.clip {b.clip!r} at model.image_size {cfg.model.image_size}: {exc}") from exc
-    tokenizer = open_clip.get_tokenizer(b.clip)
+    with relay_root_records("open_clip"):  # open_clip logs on the root logger: its lines become fsar's
+        tokenizer = open_clip.get_tokenizer(b.clip)
     pre = clip.visual.preprocess_cfg  # open_clip's defaults for a model without a pretrained tag: OpenAI CLIP's mean/std
     view = FrameView(cfg.dataset.synthetic_size, cfg.frames.storage_size, cfg.frames.jpeg_quality, cfg.model.image_size,
                      tuple(float(v) for v in pre["mean"]), tuple(float(v) for v in pre["std"]))  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ one correct text per frame it is exactly `ClipLoss` (a test).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline.logs import relay_root_records
 from pipeline.model.backbone import register_clip_configs
 
 __all__ = ["clip_loss", "create_clip", "encode_text", "lr_at", "make_optimizer", "register_clip", "train"]
@@ -34,6 +36,12 @@ def register_clip(name: str) -> None:
         raise ValueError(f"unknown open_clip model {name!r}; use a registered tiny config ({', '.join(tiny)})")
 
 
+def _random_start(record: logging.LogRecord) -> tuple[int, str] | None:
+    if record.getMessage().startswith("No pretrained weights loaded"):  # what pre-training starts from, by design
+        return logging.DEBUG, "backbone: pre-training starts from random weights (seeded by backbone.seed)"
+    return None
+
+
 def create_clip(name: str, image_size: int, seed: int, pos_init: str = "random") -> nn.Module:
     """Random-init open_clip model `name` built for `image_size`, deterministic for `seed`.
 
@@ -42,7 +50,8 @@ def create_clip(name: str, image_size: int, seed: int, pos_init: str = "random")
     """
     register_clip(name)
     torch.manual_seed(seed)
-    clip = open_clip.create_model(name, pretrained=None, force_image_size=image_size)
+    with relay_root_records("open_clip", _random_start):  # open_clip logs on the root logger: its lines become fsar's
+        clip = open_clip.create_model(name, pretrained=None, force_image_size=image_size)
     if pos_init == "sincos":
         init_sincos_positions(clip)
     elif pos_init != "random":

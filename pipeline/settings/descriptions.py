@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -44,3 +44,5 @@ class DescriptionsConfig(Section):
     server_threads: int | None = Field(default=None, ge=1)  # local backend: llama.cpp threads; None = every core on <= 2 cores, else half the cores (2 to 4); 1 when other work keeps the cores busy
     server_ctx: int = Field(default=2048, ge=256)  # local backend: llama.cpp context length
     server_start_timeout_s: float = Field(default=120.0, gt=0)  # local backend: wait this long for the server to answer
+
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("choose",)

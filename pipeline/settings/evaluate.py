@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -16,6 +16,9 @@ class EvaluateConfig(Section):
     shot: int | None = Field(default=None, ge=1)  # K at test; None = protocol.shot
     seed: int = 2024  # test episodes' seed (same seed -> same saved episodes)
     split: Literal["train", "val", "test"] = "test"  # split evaluated
+    # queries of each saved episode in class order (as the released sampler lays them out) or shuffled (seeded by the
+    # episode); fsar's scores predict the same either way, model.scores=released does not (the report shows both)
+    query_order: Literal["by_class", "shuffled"] = "by_class"
     cache: bool = True  # run the frozen vision prefix once per video
     # where that prefix lives: `artifact` (true): the `prefix` stage's artifact (computed once, shared by evaluation
     # runs; with model.temporal_embedding_at=first_adapted also by checkpoints and description corpora); `memory`
@@ -37,6 +40,8 @@ class EvaluateConfig(Section):
     device: DeviceName = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint: str | None = None  # checkpoint file to evaluate; None = best checkpoint of the latest train artifact
     descriptions_label: str | None = None  # name of the corpus in the results; None = `llm` or `file` by backend
+
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("query_order", "choose_by_support")
 
     @field_validator("loader_workers", mode="before")
     @classmethod

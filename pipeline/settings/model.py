@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -30,16 +30,25 @@ class ModelConfig(Section):
     prompt_template: str = "A video of action about {c}: {s}"  # {c}: class name, {s}: sub-action sentence
     image_size: int = Field(default=224, ge=16)  # crop side fed to CLIP
     quick_gelu: bool | None = None  # activation of the frozen blocks; None = what the pretrained tag (else the open_clip config) says
+    # query_class: every score is [query, class] (fsar); released: the released code's product of the semantic
+    # [class, query] matrix with the visual [query, class] one, defined only for one query per class (protocol.query=1),
+    # queries in class order (docs/method.md, defect 1)
+    scores: Literal["query_class", "released"] = "query_class"
     amp: bool = True  # bf16 autocast on CUDA for every forward pass (towers, training, evaluation, predict); CPU always runs fp32
+
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("scores",)
 
 
 def model_fields(cfg: ModelConfig, fields: Iterable[str] | None = None) -> dict[str, Any]:
     """The model section as versions and checkpoints record it: a local `pretrained` file by its content
-    (``sha256:<hex>``), never by its path, so the same weights give the same version in any folder."""
+    (``sha256:<hex>``), never by its path, so the same weights give the same version in any folder; the whole section
+    leaves out its late fields at their defaults (`Section.LATE_FIELDS`: `scores`)."""
     # start-up: config loading stays light (no pandas/fsspec)
     from pipeline.artifacts import file_fingerprint
 
     data = json.loads(cfg.model_dump_json())
+    if fields is None:
+        data = cfg.without_late_defaults(data)
     if cfg.pretrained and Path(cfg.pretrained).expanduser().is_file():
         data["pretrained"] = file_fingerprint(cfg.pretrained)
     return data if fields is None else {f: data[f] for f in fields}

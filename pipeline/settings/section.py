@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
@@ -40,6 +40,15 @@ class Section(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    # Fields added after artifacts had been built with this section: versions and stored configs leave such a field
+    # out while it holds its default, so adding it moved no existing version and no stored byte.
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def without_late_defaults(self, data: dict[str, Any]) -> dict[str, Any]:
+        """`data` (this section's JSON form, or some of its fields) less the LATE_FIELDS that hold their default."""
+        fields = type(self).model_fields
+        return {k: v for k, v in data.items() if not (k in self.LATE_FIELDS and getattr(self, k) == fields[k].default)}
 
     @model_serializer(mode="wrap")
     def _masked(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:

@@ -1,19 +1,20 @@
 """The train stage: episodic training of the Task-Adapter++ adapters on the train split.
 
 Protocol (docs/method.md): the preset's optimiser (SGD, lr 1e-3, no momentum), epochs x episodes,
-validation on the val split from epoch `train.warmup_epochs` on (0-based; the paper: epoch > 8), the
+validation on the val split (`train.val_split`) from epoch `train.warmup_epochs` on (0-based; the paper: epoch > 8), the
 best validated checkpoint kept. Episode i and its frame sampling depend only on (seed, i), so a
 resumed run continues exactly where the killed one stopped. The loop is `trainer.Trainer`; progress,
 TensorBoard events and curves are `monitor`.
 
 Artifact files: `metrics.parquet` (main: step, epoch, episode, loss, accuracy, lr; wall-clock time only
 in the manifest's summary, so equal versions hold equal bytes),
-`validation.parquet`, `best.pt`, `last.pt` (trainable weights + resolved config), `config.json`,
+`validation.parquet`, `best.pt`, `last.pt` (trainable weights + the config its version covers), `config.json`,
 `curves.png` and `events.out.tfevents.fsar` (TensorBoard).
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 
 from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging, compute_version
-from pipeline.config import Config, section_dict
+from pipeline.config import RUNTIME_FIELDS, Config, section_dict
 from pipeline.contract import StageError, build_once
 from pipeline.fewshot.devices import dist_info
 from pipeline.fewshot.episodes import check_splits
@@ -30,10 +31,10 @@ from pipeline.train.trainer import Trainer
 
 __all__ = ["FORMAT_VERSION", "VOLATILE", "plan_fields", "run"]
 
-FORMAT_VERSION = 1
-# Train fields that do not change the result (left out of the version); the speed options change at most the
-# rounding, like the device does.
-VOLATILE = ("resume", "device", "log_every", "checkpoint_every", "loader_workers", "episodes_per_pass", "cuda_graphs", "compile")
+FORMAT_VERSION = 2  # 2: config.json and the checkpoints hold only what the version covers (trainer.STORED_CONFIG)
+# Train fields that do not change the result (left out of the version: config.RUNTIME_FIELDS); the speed options
+# change at most the rounding, like the device does.
+VOLATILE = tuple(key.split(".", 1)[1] for key in RUNTIME_FIELDS if key.startswith("train."))
 
 
 def plan_fields(cfg: Config, inputs: dict[str, ArtifactRef] | None = None) -> dict[str, Any]:
@@ -55,7 +56,10 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
     for need in ("frames", "embeddings"):
         if need not in inputs:
             raise StageError(f"train needs a {need} artifact; run `fsar {need}` first")
-    check_splits(inputs["frames"], cfg.protocol, {"train": cfg.protocol.shot, "val": cfg.protocol.shot})  # before any model is built
+    check_splits(inputs["frames"], cfg.protocol, {"train": cfg.protocol.shot, cfg.train.val_split: cfg.protocol.shot})  # before any model
+    if cfg.train.val_split != "val":
+        log.warning(f"train.val_split={cfg.train.val_split}: the checkpoint is picked on the {cfg.train.val_split} split, as the "
+                    f"released code does (docs/method.md, defect 2), so its accuracy there is optimistic; use it to measure that bias only")
     rank, world = dist_info()
     if world > 1 and not torch.distributed.is_initialized():
         backend = "nccl" if torch.cuda.is_available() and cfg.train.device != "cpu" else "gloo"

@@ -44,9 +44,14 @@ from pipeline.train.monitor import TrainMonitor
 
 log = logging.getLogger("fsar")
 
-__all__ = ["CapturedPass", "STATE", "Trainer", "make_optimizer"]
+__all__ = ["CapturedPass", "STATE", "STORED_CONFIG", "Trainer", "make_optimizer"]
 
 STATE = "state.pt"  # resumable state in the staging folder (not published)
+# What a train artifact stores of its config (config.json, the checkpoints' `config`): the parts the versions of
+# train and its inputs cover, so equal versions hold equal bytes (`Config.stored`). The descriptions behind the
+# run are its embeddings input's lineage (manifests), not config fields: `descriptions.backend: auto` and the
+# backend it picks give one version.
+STORED_CONFIG = ("dataset.name", "protocol", "frames", "embeddings", "model", "train")
 
 
 def make_optimizer(cfg: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -63,6 +68,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, inputs: dict[str, ArtifactRef], out: Path):
         self.cfg, self.out = cfg, Path(out)
+        self.stored = cfg.stored(STORED_CONFIG)
         self.rank, self.world = dist_info()
         self.device = pick_device(cfg.train.device)
         if self.device.type == "cuda" and self.world > 1:
@@ -77,9 +83,10 @@ class Trainer:
         vids, excluded = videos_by_class(frames.index, "train", p.num_frames)
         self.excluded = {"train": excluded}
         self.sampler = EpisodeSampler(vids, p.way, p.shot, p.query, cfg.train.seed, split="train")
-        val_vids, val_excluded = videos_by_class(frames.index, "val", p.num_frames)
-        self.excluded["val"] = val_excluded
-        self.val_episodes = EpisodeSampler(val_vids, p.way, p.shot, p.query, cfg.train.seed + 1, split="val").take(cfg.train.val_episodes)
+        val_split = cfg.train.val_split  # val; test only to measure the released code's pick on test (defect 2)
+        val_vids, val_excluded = videos_by_class(frames.index, val_split, p.num_frames)
+        self.excluded[val_split] = val_excluded
+        self.val_episodes = EpisodeSampler(val_vids, p.way, p.shot, p.query, cfg.train.seed + 1, split=val_split).take(cfg.train.val_episodes)
         self.optimizer = make_optimizer(cfg, self.params)
         self.workers = workers_for(cfg.train.loader_workers, self.device)
         self._setup_speed_options()
@@ -282,38 +289,40 @@ class Trainer:
         self._restore()
         t = self.cfg.train
         bar = tqdm(total=self.total_steps, initial=self.state["step"], desc="train", unit="step", disable=self.rank != 0, mininterval=2.0)
-        if self.rank == 0:
-            p = self.cfg.protocol
-            self.monitor = TrainMonitor(self.out, self.cfg.dataset.name, self.total_steps * self.per_step, t.log_every,
-                                        title=f"train: {self.cfg.dataset.name}, {p.way}-way {p.shot}-shot, {self.total_steps * self.per_step} episodes",
-                                        chance=1.0 / p.way)
-            self.monitor.start(self.state["step"] * self.per_step)
-        pending: list[tuple[dict[str, Any], torch.Tensor]] = []  # steps whose loss/accuracy are still on the device
-        start_step, loop_start = self.state["step"], time.perf_counter()
-        E = t.episodes_per_step
-        with self.prefetcher(start_step) as episodes:
-            while self.state["step"] < self.total_steps:
-                step = self.state["step"]
-                t0 = time.perf_counter()
-                stats = self.train_step([next(episodes) for _ in range(E)])
-                self.state["seconds"] += time.perf_counter() - t0
-                before, after = step * self.per_step, (step + 1) * self.per_step
-                pending.append(({"step": step + 1, "epoch": self._epoch_of(after), "episode": after}, stats))
-                self.state["step"] = step + 1
-                validate = self._validate_now(before, after)
-                checkpoint = after // t.checkpoint_every > before // t.checkpoint_every
-                log_now = after // t.log_every > before // t.log_every or self.state["step"] >= self.total_steps
-                if validate or checkpoint or log_now:
-                    self._flush(pending, bar)
-                if validate:
-                    self._record_validation(self.state["metrics"][-1])
-                if checkpoint:
-                    self._save_state()
-                if self.monitor is not None and log_now:
-                    self.monitor.update(before, after, self.state["metrics"], self.state["validation"])
-                bar.update(1)
-        self._flush(pending, bar)
-        bar.close()
+        try:
+            if self.rank == 0:
+                p = self.cfg.protocol
+                self.monitor = TrainMonitor(self.out, self.cfg.dataset.name, self.total_steps * self.per_step, t.log_every,
+                                            title=f"train: {self.cfg.dataset.name}, {p.way}-way {p.shot}-shot, {self.total_steps * self.per_step} episodes",
+                                            chance=1.0 / p.way)
+                self.monitor.start(self.state["step"] * self.per_step)
+            pending: list[tuple[dict[str, Any], torch.Tensor]] = []  # steps whose loss/accuracy are still on the device
+            start_step, loop_start = self.state["step"], time.perf_counter()
+            E = t.episodes_per_step
+            with self.prefetcher(start_step) as episodes:
+                while self.state["step"] < self.total_steps:
+                    step = self.state["step"]
+                    t0 = time.perf_counter()
+                    stats = self.train_step([next(episodes) for _ in range(E)])
+                    self.state["seconds"] += time.perf_counter() - t0
+                    before, after = step * self.per_step, (step + 1) * self.per_step
+                    pending.append(({"step": step + 1, "epoch": self._epoch_of(after), "episode": after}, stats))
+                    self.state["step"] = step + 1
+                    validate = self._validate_now(before, after)
+                    checkpoint = after // t.checkpoint_every > before // t.checkpoint_every
+                    log_now = after // t.log_every > before // t.log_every or self.state["step"] >= self.total_steps
+                    if validate or checkpoint or log_now:
+                        self._flush(pending, bar)
+                    if validate:
+                        self._record_validation(self.state["metrics"][-1])
+                    if checkpoint:
+                        self._save_state()
+                    if self.monitor is not None and log_now:
+                        self.monitor.update(before, after, self.state["metrics"], self.state["validation"])
+                    bar.update(1)
+            self._flush(pending, bar)
+        finally:  # closed on the way out too: a later line (an error) starts a line of its own
+            bar.close()
         loop = time.perf_counter() - loop_start
         self.state["loop_seconds"] = self.state.get("loop_seconds", 0.0) + loop
         done = (self.state["step"] - start_step) * self.per_step
@@ -341,7 +350,8 @@ class Trainer:
         self.state["validation"].append({"step": row["step"], "epoch": row["epoch"], "episode": row["episode"], "accuracy": acc, "best": is_best})
         if is_best and self.rank == 0:
             self.state["best"] = {"step": row["step"], "accuracy": acc}
-            save_checkpoint(self.out / "best.pt", self.model, self.cfg, step=row["step"], val_accuracy=acc)
+            picked_on = {} if self.cfg.train.val_split == "val" else {"val_split": self.cfg.train.val_split}  # val: the bytes as before
+            save_checkpoint(self.out / "best.pt", self.model, self.cfg, stored=self.stored, step=row["step"], val_accuracy=acc, **picked_on)
         line = f"validation at step {row['step']} (episode {row['episode']}): accuracy {acc:.4f}{' (best)' if is_best else ''}"
         if self.monitor is not None:
             self.monitor.emit(line)
@@ -350,12 +360,12 @@ class Trainer:
 
     def _finish(self, staging: Staging | None) -> None:
         step = self.state["step"]
-        save_checkpoint(self.out / "last.pt", self.model, self.cfg, step=step)
+        save_checkpoint(self.out / "last.pt", self.model, self.cfg, stored=self.stored, step=step)
         if self.state["best"] is None:  # no validation ran (warm-up covers every epoch): the last weights are the best we have
-            save_checkpoint(self.out / "best.pt", self.model, self.cfg, step=step, val_accuracy=None)
+            save_checkpoint(self.out / "best.pt", self.model, self.cfg, stored=self.stored, step=step, val_accuracy=None)
         metrics = pd.DataFrame(self.state["metrics"])
         validation = pd.DataFrame(self.state["validation"], columns=["step", "epoch", "episode", "accuracy", "best"])
-        (self.out / "config.json").write_text(json.dumps(self.cfg.stored(), indent=2), encoding="utf-8")
+        (self.out / "config.json").write_text(json.dumps(self.stored, indent=2), encoding="utf-8")
         (self.out / STATE).unlink(missing_ok=True)
         if staging is not None:
             staging.write_parquet("metrics.parquet", metrics)

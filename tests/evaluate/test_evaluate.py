@@ -127,3 +127,42 @@ def test_combine_stacks_evaluations_of_the_same_episodes(trained):
     other = run_stage("evaluate", cfg.override("evaluate.seed=77"), refs, store=store)
     with pytest.raises(StageError, match="different episodes"):
         combine(store, {"script": a, "other": other}, "mixed")
+
+
+def _predicted_class_by_query(row: pd.Series, ep) -> dict[str, tuple[str, str]]:
+    """{query video: (true class, predicted class)} of one evaluate row scored on `ep`'s query order."""
+    return {v: (ep.classes[t], ep.classes[p]) for v, t, p in zip(ep.query, row["labels"], row["predictions"], strict=True)}
+
+
+def test_fsar_scores_predict_the_same_in_either_query_order(trained):
+    cfg, store, refs = trained
+    by_class = run_stage("evaluate", cfg, refs, store=store)
+    shuffled = run_stage("evaluate", cfg.override("evaluate.query_order=shuffled"), refs, store=store)
+    assert shuffled.version != by_class.version
+    saved = [episodes_from_frame(store.load("evaluate", "synthetic", r.version, table="episode_list.parquet")) for r in (by_class, shuffled)]
+    assert saved[0] == saved[1]  # the same saved episodes, as sampled
+    rows = [store.load("evaluate", "synthetic", r.version).set_index(["episode", "method"]) for r in (by_class, shuffled)]
+    assert sorted(rows[0].index) == sorted(rows[1].index)
+    for ep in saved[0]:
+        moved = ep.with_query_order("shuffled")
+        for method in evaluate.METHODS:
+            a, b = rows[0].loc[(ep.index, method)], rows[1].loc[(ep.index, method)]
+            assert _predicted_class_by_query(a, ep) == _predicted_class_by_query(b, moved), (ep.index, method)
+    assert any(ep.with_query_order("shuffled").query != ep.query for ep in saved[0])
+
+
+def test_released_scores_are_reported_in_both_query_orders(trained):
+    cfg, store, refs = trained
+    checkpoint = store.verified_path(refs["train"], "best.pt")  # fsar-trained weights, scored the released way
+    released = cfg.override("model.scores=released", f"evaluate.checkpoint={checkpoint}", "evaluate.baselines=false")
+    ref = run_stage("evaluate", released, {k: refs[k] for k in ("frames", "embeddings")}, store=store)
+    df = store.load("evaluate", "synthetic", ref.version)
+    assert set(df["method"]) == {"task_adapter_pp", "task_adapter_pp_queries_shuffled"}
+    summary = json.loads((store.local_path(ref) / "summary.json").read_text())
+    assert summary["scores"] == "released" and "query_order" not in summary  # by_class: fsar's default order
+    report = (store.local_path(ref) / "report.md").read_text()
+    assert "Task-Adapter++, queries shuffled" in report and "model.scores=released" in report
+    ours = run_stage("evaluate", cfg.override(f"evaluate.checkpoint={checkpoint}", "evaluate.baselines=false"),
+                     {k: refs[k] for k in ("frames", "embeddings")}, store=store)
+    summary = json.loads((store.local_path(ours) / "summary.json").read_text())
+    assert "scores" not in summary and "query_order" not in summary  # fsar's defaults leave the summary as it was

@@ -63,17 +63,17 @@ def test_report_tables_name_methods_protocol_and_sort_classes_worst_first():
     per_class = [ln for ln in md.split("## Per-class")[1].splitlines() if ln.startswith("| 0")]
     values = [float(ln.split("|")[2]) for ln in per_class]
     assert len(values) == 6 and values == sorted(values)
-    assert "paper" not in md  # no verified figure for synthetic: no column, no note
+    assert "published" not in md  # no published figure for synthetic: no table, no note
 
 
-def test_paper_column_appears_only_with_a_recorded_figure(monkeypatch):
+def test_published_figures_appear_for_their_dataset_way_and_shot_with_their_source():
     df = _episodes(6, 5, 10)
-    summary = report.summarise(df, {"dataset": "hmdb51", "way": 5, "shot": 1, "episodes": 10})
-    assert "paper (%)" not in report.table_markdown(summary)
-    assert "no verified figure" in report.report_markdown(summary, "t")
-    monkeypatch.setitem(report.PAPER_ACCURACY, ("hmdb51", 5, 1), (12.3, "test citation"))  # a placeholder, not a paper figure
-    table = report.table_markdown(summary)
-    assert "paper (%)" in table and "| 12.3 |" in table and "paper: test citation" in table
+    known = report.table_markdown(report.summarise(df, {"dataset": "ssv2_small", "way": 5, "shot": 1, "episodes": 10}))
+    assert "| Task-Adapter++ | 63.6 |" in known and "Table 6" in known and "first-party, quoted by a third party" in known
+    assert "| TS-FSAR | 60.5 |" in known and "| TS-FSAR | 70.3 |" not in known  # 70.3 is the 5-shot figure
+    other_way = report.summarise(df, {"dataset": "ssv2_small", "way": 3, "shot": 1, "episodes": 10})
+    assert "published" not in report.table_markdown(other_way)
+    assert "no published figure" in report.report_markdown(other_way, "t")
 
 
 @pytest.fixture(scope="module")

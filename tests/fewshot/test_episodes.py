@@ -46,3 +46,20 @@ def test_small_classes_are_excluded_or_fatal():
     assert "tiny" not in sampler.class_names
     with pytest.raises(ValueError, match="fewer than N=5"):
         EpisodeSampler({k: v[:2] for k, v in VIDEOS.items()}, way=5, shot=2, query=1, seed=0)
+
+
+def test_shuffled_queries_keep_videos_and_labels_together_and_depend_on_the_episode_alone():
+    eps = EpisodeSampler(VIDEOS, way=5, shot=1, query=2, seed=3).take(6)
+    for ep in eps:
+        assert ep.with_query_order("by_class") is ep
+        shuffled = ep.with_query_order("shuffled")
+        assert shuffled == ep.with_query_order("shuffled")  # seeded by (seed, index)
+        assert sorted(zip(shuffled.query, shuffled.query_labels)) == sorted(zip(ep.query, ep.query_labels))
+        assert (shuffled.classes, shuffled.support, shuffled.support_labels) == (ep.classes, ep.support, ep.support_labels)
+        for vid, label in zip(shuffled.query, shuffled.query_labels):
+            assert vid.startswith(shuffled.classes[label] + "/")
+    assert any(ep.with_query_order("shuffled").query != ep.query for ep in eps)
+    with pytest.raises(ValueError, match="already reordered"):
+        eps[0].with_query_order("shuffled").with_query_order("shuffled")
+    with pytest.raises(ValueError, match="save the episodes as sampled"):
+        episodes_to_frame([eps[0].with_query_order("shuffled")])

@@ -26,12 +26,14 @@ def calls(monkeypatch):
 
 def test_full_passes_every_option(calls, tmp_path, capsys):
     secret = "descriptions.base_url=http://me:sk-verysecret@localhost:1/v1"
-    argv = ["full", "--dataset", "hmdb51", "--preset", "demo", "--video-root", str(tmp_path), "--artifacts", "arts",
+    root = "http://me:sk-rootsecret@store:8080/arts?sig=sk-signature"  # an fsspec root URL with credentials
+    argv = ["full", "--dataset", "hmdb51", "--preset", "demo", "--video-root", str(tmp_path), "--artifacts", root,
             "--set", "train.steps=2", "--set", secret, "--stages", "frames,embeddings", "--task-runner", "dask",
             "--dask-address", "tcp://h:8786", "--input", "descriptions=v1", "--input", "frames=v2"]
     assert cli.main(argv) == 0
     kw = calls["full"]
-    assert kw["dataset"] == "hmdb51" and kw["preset"] == "demo" and kw["artifacts"] == "arts"
+    assert kw["dataset"] == "hmdb51" and kw["preset"] == "demo" and kw["artifacts"] == "http://***@store:8080/arts?sig=***"
+    assert restore_overrides([kw["artifacts"]]) == [root]  # the flow gets the real root back
     assert kw["video_root"] == os.path.abspath(tmp_path) and kw["video_list"] is None
     assert kw["stages"] == ["frames", "embeddings"] and kw["task_runner"] == "dask" and kw["dask_address"] == "tcp://h:8786"
     assert kw["inputs"] == ["descriptions=v1", "frames=v2"]

@@ -61,13 +61,15 @@ def frames_for(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def write_clip(path: Path, kind: ClipKind, frames: int, seed: int = 0, pts: list[int] | None = None) -> np.ndarray:
-    """Encode `frames` frames of `frames_for` into `path` as `kind`; `pts` (in 1/1000 s) makes the rate variable."""
+def write_clip(path: Path, kind: ClipKind, frames: int, seed: int = 0, pts: list[int] | None = None, index_first: bool = False) -> np.ndarray:
+    """Encode `frames` frames of `frames_for` into `path` as `kind`; `pts` (in 1/1000 s) makes the rate variable;
+    `index_first` (mp4): the index (moov) before the packets, as web-ready files have it (`-movflags faststart`)."""
     import av
 
     truth = frames_for(frames, kind.height, kind.width, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w", format=kind.container) as out:
+    options = {"movflags": "faststart"} if index_first else {}
+    with av.open(str(path), "w", format=kind.container, options=options) as out:
         stream = out.add_stream(kind.codec, rate=kind.fps, options=dict(kind.options))
         stream.width, stream.height, stream.pix_fmt = kind.width, kind.height, kind.pix_fmt
         stream.bit_rate = kind.bit_rate
@@ -99,6 +101,29 @@ def overclaim_avi(src: Path, dst: Path, claimed: int) -> None:
     struct.pack_into("<I", data, avih + 8 + 16, claimed)  # dwTotalFrames
     struct.pack_into("<I", data, strh + 8 + 32, claimed)  # dwLength
     dst.write_bytes(bytes(data))
+
+
+def packet_spans(path: Path) -> list[tuple[int, int]]:
+    """(byte offset, size) of every packet of the first video stream, in file order."""
+    import av
+
+    with av.open(str(path)) as container:
+        return [(p.pos, p.size) for p in container.demux(container.streams.video[0]) if p.size]
+
+
+def damaged_copies(src: Path, folder: Path, packet: int) -> dict[str, Path]:
+    """Three damaged copies of `src` around its packet number `packet`: cut at that packet's start ("cut_at"),
+    cut in its middle ("cut_mid"), and 64 of its bytes flipped, the file otherwise whole ("corrupt")."""
+    data = src.read_bytes()
+    pos, size = packet_spans(src)[packet]
+    out = {"cut_at": folder / f"cut_at{src.suffix}", "cut_mid": folder / f"cut_mid{src.suffix}", "corrupt": folder / f"corrupt{src.suffix}"}
+    out["cut_at"].write_bytes(data[:pos])
+    out["cut_mid"].write_bytes(data[: pos + size // 2])
+    flipped = bytearray(data)
+    for i in range(pos + size // 3, pos + size // 3 + 64):
+        flipped[i] ^= 0x5A
+    out["corrupt"].write_bytes(bytes(flipped))
+    return out
 
 
 def independent_decode(path: Path) -> list:

@@ -23,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from clips import CLIP_KINDS, ClipKind, frames_for, independent_decode, overclaim_avi, psnr, write_clip  # noqa: E402
+from clips import CLIP_KINDS, ClipKind, damaged_copies, frames_for, independent_decode, overclaim_avi, psnr, write_clip  # noqa: E402
 
 from pipeline.artifacts import ArtifactStore  # noqa: E402
 from pipeline.frames import FrameStore, run  # noqa: E402
@@ -64,6 +64,12 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, np.
     data = out["ucf101"][0].read_bytes()
     (root / "cut.avi").write_bytes(data[: len(data) * 55 // 100])
     out["cut"] = (root / "cut.avi", out["ucf101"][1])
+    # an mp4 with its index first (24 frames) and three damaged copies: cut at the start of packet 7 (the demuxer
+    # just stops: 7 of the 24 packets the index states), cut in the middle of packet 7, 64 bytes of packet 7 flipped
+    first = root / "index_first.mp4"
+    out["index_first"] = (first, write_clip(first, CLIP_KINDS["kinetics"], 24, seed=40, index_first=True))
+    for name, path in damaged_copies(first, root, 7).items():
+        out[name] = (path, out["index_first"][1])
     # shorter than T
     short = root / "short.avi"
     out["short"] = (short, write_clip(short, CLIP_KINDS["hmdb51"], T - 3, seed=30))
@@ -87,11 +93,15 @@ def _check_video(name: str, path: Path, truth: np.ndarray, video) -> None:  # no
         assert others < scores[i] - 8.0, (name, i, scores[i], others)
 
 
-@pytest.mark.parametrize("name", [*CLIP_KINDS, "vfr", "overclaim"])
+@pytest.mark.parametrize("name", [*CLIP_KINDS, "vfr", "overclaim", "index_first"])
 def test_stored_frames_are_the_sequential_decode(clips, name):
     path, truth = clips[name]
     video = decode_video(str(path), DecodeSettings(size=SIZE, max_frames=KEEP, min_frames=T))
-    assert video.num_frames == len(truth) and video.warnings is None
+    assert video.num_frames == len(truth)
+    if name == "overclaim":  # its headers state 2 x N: the index says so, though every frame is there
+        assert video.warnings == f"the stream ends after {N} of the {2 * N} packets its container states (cut short, or a header that over-counts)"
+    else:
+        assert video.warnings is None
     assert video.passes == (2 if name == "overclaim" else 1)  # a wrong claim costs a second pass, never a wrong frame
     _check_video(name, path, truth, video)
 
@@ -100,7 +110,46 @@ def test_a_file_cut_short_keeps_what_decodes(clips):
     path, truth = clips["cut"]
     video = decode_video(str(path), DecodeSettings(size=SIZE, max_frames=KEEP, min_frames=T))
     assert T <= video.num_frames < len(truth)  # the header claims N: the count is what decoded
+    assert f"the stream ends after {video.num_frames} of the {N} packets its container states" in video.warnings
     _check_video("cut", path, truth[: video.num_frames], video)
+
+
+def test_a_stream_that_ends_before_its_index_says_so(clips):
+    """An mp4 whose index comes first, cut after 7 of its 24 packets: the demuxer stops without an error, so only
+    the index's count shows that the file is short."""
+    path, truth = clips["cut_at"]
+    video = decode_video(str(path), DecodeSettings(size=SIZE, max_frames=KEEP, min_frames=4))
+    assert video.num_frames == 7
+    assert video.warnings == "the stream ends after 7 of the 24 packets its container states (cut short, or a header that over-counts)"
+    _check_video("cut_at", path, truth[:7], video)
+
+
+@pytest.mark.slow
+def test_damaged_clips_give_the_same_bytes_with_1_2_and_4_workers(clips, tmp_path):
+    """Equal versions hold equal bytes on damaged clips: the frames stage with 1, 2 and 4 workers (which set the
+    decoder's thread count before) stores the same index and shards. Cut mid-packet, FFmpeg's frame threads kept
+    5 frames and no warning where one thread keeps 7 and counts the broken packet."""
+    from pipeline.config import load_config
+
+    names = ["cut_mid", "cut_at", "corrupt", "cut"]
+    lst = tmp_path / "damaged.csv"
+    lst.write_text("path,label,split\n" + "".join(f"{clips[n][0]},{n},train\n" for n in names), encoding="utf-8")
+    refs = []
+    for workers in (1, 2, 4):
+        cfg = load_config(None, overrides={
+            "dataset.name": "custom", "dataset.video_list": str(lst), "frames.storage_size": SIZE, "frames.max_frames": KEEP,
+            "frames.videos_per_shard": 1, "frames.workers": workers, "frames.max_failed_fraction": 1.0, "protocol.num_frames": 4,
+        })  # fmt: skip
+        refs.append(run(cfg, {}, ArtifactStore(tmp_path / f"workers-{workers}")))
+    assert len({r.version for r in refs}) == 1
+    files = [r.manifest()["files"] for r in refs]
+    assert files[0] == files[1] == files[2], "a damaged clip decodes differently with another worker count"
+    index = pd.read_parquet(Path(refs[0].path) / "index.parquet").set_index("source_path")
+    row = {n: index.loc[str(clips[n][0])] for n in names}
+    assert (index["status"] == "ok").all()
+    assert row["cut_mid"]["num_frames"] == 7 and row["cut_mid"]["warnings"].startswith("1 corrupt packet(s) skipped; the stream ends after 8 of the 24")
+    assert row["cut_at"]["num_frames"] == 7 and "ends after 7 of the 24 packets" in row["cut_at"]["warnings"]
+    assert row["corrupt"]["num_frames"] == 24  # flipped bytes: the decoder conceals them, the same way in any process
 
 
 def test_a_clip_shorter_than_t_fails_with_its_count(clips):

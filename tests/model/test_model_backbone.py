@@ -21,6 +21,27 @@ def test_tiny_configs_are_registered() -> None:
     assert tiny["vision_cfg"]["image_size"] == 64 and tiny["quick_gelu"] is True
 
 
+def test_open_clip_lines_are_fsar_lines(capfd: pytest.CaptureFixture[str]) -> None:
+    """open_clip logs on the root logger ("WARNING:root:No pretrained weights loaded ..." in the middle of fsar's
+    output, and a root printer set up behind the application's back): its lines go through fsar's logging, the
+    random-weights one worded as fsar's own, naming the setting (a debug line: null is what was asked for)."""
+    import logging
+
+    from pipeline.logs import install
+
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    install(logging.DEBUG)
+    load_backbone("fsar-micro", None, image_size=32)
+    out, err = capfd.readouterr()
+    assert "WARNING:root" not in out + err and "No pretrained weights" not in out + err
+    assert "[fsar] model: clip 'fsar-micro' starts from random weights (model.pretrained is null" in out
+    assert root.handlers == handlers  # no printer left on the root logger
+    install(logging.INFO)
+    load_backbone("fsar-micro", None, image_size=32)
+    assert capfd.readouterr() == ("", "")  # at the default level: nothing to say
+
+
 def test_random_backbone_is_frozen_with_clip_constants() -> None:
     backbone = load_backbone("fsar-micro", None, image_size=32)
     assert backbone.weights == "random" and backbone.quick_gelu

@@ -108,3 +108,25 @@ def test_bad_inputs_fail_clearly(kit) -> None:
         model(ep.support, torch.tensor([0, 1, 3]), ep.query, ep.tokens)
     with pytest.raises(ValueError, match="S=2"):
         model(ep.support, ep.labels, ep.query, ep.tokens[:, :1])
+
+
+def test_released_scores_are_the_released_product_and_depend_on_the_query_order(kit) -> None:
+    released = kit.build({"scores": "released"})
+    kit.randomize_adapters(released)
+    ours = kit.build()
+    ours.load_state_dict(released.state_dict())
+    ep = kit.episode(released, way=3, shot=1, query=1)  # query i belongs to class i, as the released sampler lays them out
+    r = _scores(released, ep.support, ep.labels, ep.query, ep.tokens)
+    f = _scores(ours, ep.support, ep.labels, ep.query, ep.tokens)
+    torch.testing.assert_close(r.logits, released.cfg.logit_scale * r.vis * r.sem.T)  # row i: vis of query i x sem of class i
+    torch.testing.assert_close((r.vis, r.sem), (f.vis, f.sem))  # the factors stay [query, class]
+    torch.testing.assert_close(r.logits.diagonal(), f.logits.diagonal())  # the true class's score is the same in both
+    perm = torch.tensor([2, 0, 1])
+    moved_r = _scores(released, ep.support, ep.labels, ep.query[perm], ep.tokens)
+    moved_f = _scores(ours, ep.support, ep.labels, ep.query[perm], ep.tokens)
+    torch.testing.assert_close(moved_f.logits, f.logits[perm], **ATOL)  # fsar: the rows move with their queries
+    assert not torch.allclose(moved_r.logits, r.logits[perm], **ATOL)  # released: the semantic factor points elsewhere
+    batched = released.forward_batch(ep.support[None], ep.labels[None], ep.query[None], ep.tokens[None])
+    torch.testing.assert_close(batched.logits[0], r.logits, **ATOL)
+    with pytest.raises(ValueError, match="model.scores=released needs one query per class"):
+        _scores(released, ep.support, ep.labels, ep.query[:2], ep.tokens)

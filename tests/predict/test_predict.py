@@ -89,3 +89,13 @@ def test_inductive_scores_do_not_depend_on_other_queries(bundle_dir, backbone_fi
         np.testing.assert_allclose(one[cols].to_numpy()[0], many[cols].to_numpy()[i], rtol=1e-5, atol=1e-6)
     reordered = alone.predict(queries[::-1])
     np.testing.assert_allclose(reordered[cols].to_numpy()[::-1], many[cols].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_trained_with_the_released_scores_is_refused(bundle_dir, backbone_file):
+    from pipeline.contract import StageError
+    from pipeline.predict.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir, backbone=backbone_file)
+    bundle.meta["model"]["scores"] = "released"  # as `fsar export` writes a model trained with model.scores=released
+    with pytest.raises(StageError, match="model.scores=released"):
+        FewShotClassifier(bundle, device="cpu")

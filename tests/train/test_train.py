@@ -181,3 +181,18 @@ def test_missing_descriptions_for_a_class_is_an_error(tiny, tmp_path):
                      build=lambda st: st.write_parquet("descriptions.parquet", partial), main="descriptions.parquet")
     with pytest.raises(StageError, match=f"lacks 1 class\\(es\\).*{desc['class'].iloc[0]}"):
         embeddings.run(cfg, {"descriptions": ref}, other)
+
+
+def test_a_checkpoint_picked_on_test_says_so(tiny, tmp_path, caplog):
+    from pipeline.evaluate.report import lineage_markdown
+
+    cfg, _, refs = tiny
+    store = ArtifactStore(tmp_path / "out")
+    with caplog.at_level("WARNING", logger="fsar"):
+        ref = train.run(cfg.override("train.val_split=test"), refs, store)
+    assert "picked on the test split" in caplog.text and "defect 2" in caplog.text
+    ckpt = torch.load(store.local_path(ref) / "best.pt", weights_only=False)
+    assert ckpt["val_split"] == "test" and ckpt["config"]["train"]["val_split"] == "test"
+    assert ref.version != train.run(cfg, refs, store).version
+    cells = lineage_markdown({"x": {"checkpoint": {"file": "best.pt", "val_accuracy": 0.5, "val_split": "test"}}})
+    assert "test accuracy 50.0% (picked on test: optimistic)" in cells
