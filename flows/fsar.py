@@ -1,4 +1,4 @@
-"""Prefect flow `fsar`: descriptions -> frames -> embeddings -> train -> evaluate for one dataset.
+"""Prefect flow `fsar`: descriptions -> frames -> audit -> embeddings -> train -> evaluate for one dataset.
 
 Each stage is a Prefect task that calls the library's stage function (`pipeline.registry.run_stage`) and
 passes artifact references on; no stage logic and no stage table live here (the registry in
@@ -35,7 +35,7 @@ __all__ = ["fsar", "ALL_STAGES", "StageFailed", "run_stages"]
 
 ALL_STAGES = tuple(s.name for s in PIPELINE)
 # Where a retry helps: LLM calls (rate limits, a server that restarts) and I/O.
-RETRIES = {"descriptions": 2, "frames": 1, "embeddings": 1, "train": 0, "prefix": 1, "evaluate": 0}
+RETRIES = {"descriptions": 2, "frames": 1, "audit": 1, "embeddings": 1, "train": 0, "prefix": 1, "evaluate": 0}
 
 
 class _FailedRunInOneLine(logging.Filter):

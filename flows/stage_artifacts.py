@@ -5,6 +5,8 @@ artifact again), by `publish_stage_artifact(stage, ref)` after the stage's task 
 
 - descriptions: a table of classes with their QA flags and first sub-action sentence,
 - frames: videos ok / failed by reason, frames and bytes stored,
+- audit: the report (summary per split, classes sorted by order agreement), and a table artifact
+  `audit-<dataset>-table` with one row per class,
 - embeddings: prompts and classes cached,
 - train: the summary (steps, kept checkpoint, final loss) and the validation points (the live
   progress artifact `train-<dataset>-progress` comes from `pipeline.train.monitor`),
@@ -137,6 +139,28 @@ def prefix_markdown(ref: ArtifactRef, manifest: dict[str, Any]) -> str:
     return "\n".join(_header(ref, "prefix") + _md_table(rows))
 
 
+def audit_markdown(ref: ArtifactRef, manifest: dict[str, Any]) -> str:
+    """The audit's report (summary per split, classes sorted by order agreement, every candidate) and where it lies."""
+    path = _folder(ref) / "report.md"
+    text = path.read_text(encoding="utf-8") if path.is_file() else "_no report.md_"
+    text = text.split("\n## Plot")[0]  # the image is relative to the artifact folder: name it instead
+    return "\n".join([text.rstrip(), "", f"report: `{path}`; plot: `agreement.png` next to it; artifact `{ref}`"])
+
+
+def audit_table(ref: ArtifactRef) -> list[dict[str, Any]]:
+    """One row per audited (class, candidate), lowest order agreement first: the Prefect table artifact's rows."""
+    # start-up: the audit package loads torch; the flows import this module at start
+    from pipeline.audit.report import flags_of
+
+    df = pd.read_parquet(_folder(ref) / "audit.parquet").sort_values(["order_agreement", "split", "class", "candidate"], kind="stable",
+                                                                      na_position="first")
+    nan = lambda v, d=3: None if pd.isna(v) else round(float(v), d)  # noqa: E731
+    return [{"split": r["split"], "class": r["class"], "candidate": int(r["candidate"]), "kept": bool(r["kept"]),
+             "chosen": bool(r["chosen"]), "videos": int(r["videos"]), "order_agreement": nan(r["order_agreement"]),
+             "margin": nan(r["margin_mean"], 4), "margin_ci95": nan(r["margin_ci95"], 4), "relevance": nan(r["relevance"]),
+             "flags": flags_of(r)} for _, r in df.iterrows()]
+
+
 def evaluate_markdown(ref: ArtifactRef, manifest: dict[str, Any]) -> str:
     """The report's own text (results, protocol, per-class accuracy, lineage) and where it lies."""
     path = _folder(ref) / "report.md"
@@ -148,6 +172,7 @@ def evaluate_markdown(ref: ArtifactRef, manifest: dict[str, Any]) -> str:
 BUILDERS: dict[str, Callable[[ArtifactRef, dict[str, Any]], str]] = {
     "descriptions": descriptions_markdown,
     "frames": frames_markdown,
+    "audit": audit_markdown,
     "embeddings": embeddings_markdown,
     "train": train_markdown,
     "prefix": prefix_markdown,
@@ -169,5 +194,10 @@ def publish_stage_artifact(stage: str, ref: ArtifactRef) -> None:
 
         create_markdown_artifact(markdown=stage_markdown(stage, ref), key=artifact_key(stage, ref.dataset),
                                  description=f"fsar {stage} of {ref.dataset}: {ref}")
+        if stage == "audit":  # and the per-class figures as a table the Prefect UI can sort
+            from prefect.artifacts import create_table_artifact
+
+            create_table_artifact(table=audit_table(ref), key=artifact_key(stage, ref.dataset, "table"),
+                                  description=f"fsar audit of {ref.dataset}: {ref}, one row per class and candidate")
     except Exception as exc:  # noqa: BLE001 - a UI nicety must never fail a finished stage
         log.warning("%s: Prefect artifact not published (%s: %s)", stage, type(exc).__name__, exc)

@@ -98,6 +98,7 @@ def _stage_command(name: str, help_text: str) -> None:
 
 
 _stage_command("frames", "Decode videos into versioned Parquet shards of frames.")
+_stage_command("audit", "Check each class's descriptions against its videos under the frozen backbone (before any training).")
 _stage_command("embeddings", "Cache the frozen text-prefix states of every prompt.")
 _stage_command("prefix", "Store the frozen vision-prefix states of every video of the evaluated split (evaluate runs it too).")
 

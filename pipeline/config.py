@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError
 from pipeline.errors import FsarError, read_text_file
 from pipeline.secrets import redact
 from pipeline.settings import (
+    AuditConfig,
     BackboneConfig,
     DatasetConfig,
     DescriptionsConfig,
@@ -82,6 +83,8 @@ RUNTIME_FIELDS = (
     "evaluate.episodes_per_batch",
     "evaluate.videos_per_pass",
     "evaluate.loader_workers",
+    "audit.device",
+    "audit.loader_workers",
     "backbone.device",
 )
 
@@ -110,6 +113,7 @@ class Config(Section):
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
     descriptions: DescriptionsConfig = Field(default_factory=DescriptionsConfig)
     frames: FramesConfig = Field(default_factory=FramesConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -81,13 +81,15 @@ PIPELINE: tuple[StageSpec, ...] = (
               "ordered sub-action descriptions per class (LLM)"),
     StageSpec("frames", "pipeline.frames.stage", (), ("dataset", "protocol", "frames"),
               "videos decoded into Parquet shards of JPEG frames"),
-    StageSpec("embeddings", "pipeline.embeddings.stage", ("descriptions",), ("model", "protocol", "embeddings"),
-              "frozen text-prefix states of every prompt"),
+    StageSpec("audit", "pipeline.audit.stage", ("descriptions", "frames"), ("audit", "descriptions", "model", "protocol"),
+              "descriptions checked against the videos under the frozen backbone (order agreement per class)"),
+    StageSpec("embeddings", "pipeline.embeddings.stage", ("descriptions",), ("model", "protocol", "embeddings", "descriptions"),
+              "frozen text-prefix states of every prompt", upstream_fn="upstream_for"),
     StageSpec("train", "pipeline.train.stage", ("frames", "embeddings"), ("model", "protocol", "train"),
               "Task-Adapter++ adapters trained on episodes"),
     StageSpec("prefix", "pipeline.prefix.stage", ("frames", "train"), ("model", "protocol", "evaluate"),
               "frozen vision-prefix states of every evaluated video", upstream_fn="upstream_for", enabled_fn="enabled"),
-    StageSpec("evaluate", "pipeline.evaluate.stage", ("frames", "embeddings", "train"), ("model", "protocol", "evaluate"),
+    StageSpec("evaluate", "pipeline.evaluate.stage", ("frames", "embeddings", "train"), ("model", "protocol", "evaluate", "audit"),
               "seeded test episodes, per-episode table, report", upstream_fn="upstream_for", prerequisites=("prefix",)),
 )
 # Stages outside the benchmark pipeline (the demo's backbone pre-training reads only its config).

@@ -9,7 +9,7 @@ runner = CliRunner()
 def test_help_lists_the_stages():
     out = runner.invoke(app, ["--help"])
     assert out.exit_code == 0
-    for stage in ("descriptions", "frames", "embeddings", "train", "evaluate", "model-info", "pretrain-backbone", "synthetic"):
+    for stage in ("descriptions", "frames", "audit", "embeddings", "train", "evaluate", "model-info", "pretrain-backbone", "synthetic"):
         assert stage in out.output
 
 

@@ -85,7 +85,7 @@ def test_the_readme_marks_the_sequences_it_shows():
     text = (REPO / "README.md").read_text()
     assert text.index("<!-- e2e run-file") < text.index("<!-- e2e stage-by-stage")  # the run-file way first
     stage_lines = [ln for ln in sequence("stage-by-stage")[0][1].splitlines() if ln.startswith("make ")]
-    assert [ln.split()[1] for ln in stage_lines] == ["descriptions", "frames", "embeddings", "train", "evaluate"]
+    assert [ln.split()[1] for ln in stage_lines] == ["descriptions", "frames", "audit", "embeddings", "train", "evaluate"]
     assert all(all(v in ln for v in ("LLM=", "MODEL=", "BASE_URL=")) for ln in stage_lines)  # every target gets them
 
 
@@ -158,7 +158,7 @@ def test_stage_by_stage_with_make_variables(tiny_presets, tmp_path):
     from pipeline import artifacts
 
     cat = artifacts.catalog(str(work / "artifacts"))
-    assert sorted(set(cat["stage"])) == ["descriptions", "embeddings", "evaluate", "frames", "prefix", "train"]
+    assert sorted(set(cat["stage"])) == ["audit", "descriptions", "embeddings", "evaluate", "frames", "prefix", "train"]
     assert (cat["stage"] == "descriptions").sum() == 1  # the later targets implied the same descriptions version
     assert "evaluate: evaluate/synthetic/" in out
 

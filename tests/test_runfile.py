@@ -140,7 +140,7 @@ def test_make_variables_reach_every_stage_target(tmp_path):
     """LLM, MODEL, BASE_URL, CORPUS (and CONFIG, INPUT) go to every stage target and `make full`."""
     (tmp_path / "c.yaml").write_text("{}")
     vars_ = ["DATASET=synthetic", "LLM=openai", "MODEL=m", "BASE_URL=http://h:1/v1", "CORPUS=c.yaml", "CONFIG=run.yaml"]
-    for target in ("descriptions", "frames", "embeddings", "train", "evaluate", "full", "plan", "config"):
+    for target in ("descriptions", "frames", "audit", "embeddings", "train", "evaluate", "full", "plan", "config"):
         out = subprocess.run(["make", "-n", "-f", str(REPO / "Makefile"), target, *vars_], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
         line = next(ln for ln in out.splitlines() if " fsar " in f" {Path(ln.split()[0]).name} " or "-m flows" in ln)
         for arg in ("--set descriptions.backend=openai", "--set descriptions.model=m", "--set descriptions.base_url=http://h:1/v1",

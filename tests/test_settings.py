@@ -11,7 +11,7 @@ from pathlib import Path
 import pipeline
 
 ROOT = Path(pipeline.__file__).parent
-STAGE_PACKAGES = ("datasets", "descriptions", "embeddings", "evaluate", "fewshot", "frames", "model", "predict", "prefix", "pretrain", "train")
+STAGE_PACKAGES = ("audit", "datasets", "descriptions", "embeddings", "evaluate", "fewshot", "frames", "model", "predict", "prefix", "pretrain", "train")
 
 
 def _pipeline_imports(path: Path) -> set[str]:

@@ -1,7 +1,8 @@
 """The text-embedding cache stage.
 
 For every class of every split, the S prompts "A video of action about {class}: {sub-action k}"
-(model.prompt_template) are tokenised and run through the frozen text layers below the first adapted layer.
+(model.prompt_template; with `descriptions.choose=videos`, of the candidate and order the audit stage chose by the
+class's videos, where it looked at them) are tokenised and run through the frozen text layers below the first adapted layer.
 Those states depend only on the prompt text, so training and evaluation read them instead of
 re-encoding text every episode.
 
@@ -31,7 +32,7 @@ from pipeline.settings.model import model_fields
 
 log = logging.getLogger("fsar")
 
-__all__ = ["FORMAT_VERSION", "TEXT_MODEL_FIELDS", "TextCache", "build_prompts", "plan_fields", "run"]
+__all__ = ["FORMAT_VERSION", "TEXT_MODEL_FIELDS", "TextCache", "build_prompts", "chosen_by_videos", "plan_fields", "run", "upstream_for"]
 
 FORMAT_VERSION = 2  # 2: no class-name prompt rows (k = -1), which nothing read
 
@@ -67,15 +68,51 @@ def _check_coverage(cfg: Config, descriptions: pd.DataFrame) -> None:
         )
 
 
+def upstream_for(cfg: Config) -> tuple[str, ...]:
+    """The stages embeddings reads: descriptions, and the audit when `descriptions.choose=videos` (its chosen candidates)."""
+    return ("descriptions", "audit") if cfg.descriptions.choose == "videos" else ("descriptions",)
+
+
+def chosen_by_videos(descriptions: pd.DataFrame, audit: ArtifactRef, made_from: ArtifactRef) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The descriptions table with each class the audit chose by its videos given that candidate's sentences in the chosen
+    order (k = 0..S-1), the other classes keeping the descriptions stage's choice (docs/audit.md); and the audit's rows of
+    the classes chosen by their videos."""
+    store = ArtifactStore(audit.root)
+    source = store.manifest(audit).get("inputs", {}).get("descriptions", {}).get("version")
+    if source != made_from.version:
+        raise StageError(f"the audit artifact {audit} was made from descriptions {source}, not {made_from}; run `fsar audit` with this "
+                         f"config or drop the --input audit=... pin")
+    table = store.load(audit.stage, audit.dataset, audit.version)
+    picked = table[table["chosen"] & (table["chosen_by"] == "videos")]
+    out = descriptions.copy()
+    for split, cls, sentences, order in zip(picked["split"], picked["class"], picked["sentences"], picked["chosen_order"]):
+        rows = out.index[(out["split"] == split) & (out["class"] == cls)]
+        texts = [sentences[int(i)] for i in order]
+        if len(rows) != len(texts):
+            raise StageError(f"the audit artifact {audit} holds {len(texts)} sentences for {cls!r} ({split}) but the descriptions "
+                             f"{len(rows)}; re-run the audit with the same protocol.num_sub_actions")
+        out.loc[rows, "text"] = [texts[int(k)] for k in out.loc[rows, "k"]]
+    return out, picked
+
+
 def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> ArtifactRef:
-    """Cache the frozen text-prefix states of every prompt of the descriptions artifact."""
-    if "descriptions" not in inputs:
-        raise StageError("the embeddings stage needs a descriptions artifact; run `fsar descriptions` first")
+    """Cache the frozen text-prefix states of every prompt of the descriptions artifact (with `descriptions.choose=videos`:
+    of the candidates and orders the audit chose by the videos)."""
+    for need in upstream_for(cfg):
+        if need not in inputs:
+            raise StageError(f"the embeddings stage needs a{'n' if need[0] == 'a' else ''} {need} artifact; run `fsar {need}` first")
     fields = plan_fields(cfg, inputs)
     descriptions = ArtifactStore(inputs["descriptions"].root).load("descriptions", inputs["descriptions"].dataset, inputs["descriptions"].version)
     _check_coverage(cfg, descriptions)
+    picked = None
+    if "audit" in upstream_for(cfg):
+        descriptions, picked = chosen_by_videos(descriptions, inputs["audit"], inputs["descriptions"])
 
     def build(staging: Staging) -> None:
+        if picked is not None:
+            log.info(f"embeddings: descriptions.choose=videos: {len(picked)} class(es) use the candidate and order their videos "
+                     f"support most ({int((~picked['kept']).sum())} another candidate than the rule's, "
+                     f"{sum(list(o) != sorted(o) for o in picked['chosen_order'])} another order)")
         prompts = build_prompts(cfg, descriptions)
         model = build_model(cfg.model, cfg.protocol).eval()
         tokens = model.tokenize(prompts["prompt"].tolist())  # (P, ctx)
@@ -95,7 +132,7 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
         "embeddings",
         cfg.dataset.name,
         config=fields,
-        inputs={"descriptions": inputs["descriptions"]},
+        inputs={k: inputs[k] for k in upstream_for(cfg)},
         build=build,
         main="prompts.parquet",
         format_version=FORMAT_VERSION,

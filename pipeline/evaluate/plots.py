@@ -28,6 +28,7 @@ METHOD_LABELS = {
     "semantic_only": "semantic score only",
     "clip_prototype": "frozen CLIP prototype (no adapters)",
     "untrained": "Task-Adapter++ before training",
+    "by_support": "Task-Adapter++, descriptions chosen by the supports",
     "task_adapter_pp_queries_shuffled": "Task-Adapter++, queries shuffled",
     "task_adapter_pp_queries_by_class": "Task-Adapter++, queries in class order",
 }

@@ -5,6 +5,8 @@ Methods scored on the same saved episodes:
 - `visual_only`: argmax of vis, `semantic_only`: argmax of sem (the two factors alone),
 - `clip_prototype`: frozen CLIP (no adapters), cosine of the mean frame feature to class prototypes,
 - `untrained` (with `evaluate.untrained`): the full model at its training initialisation,
+- `by_support` (with `evaluate.choose_by_support`, beyond the paper): the full model with, per episode and class, the
+  description candidate and order that the class's labelled supports fit best under the frozen towers (by_support.py).
 - `task_adapter_pp_queries_shuffled` / `..._by_class` (with `model.scores=released`, whose scores depend on the
   order of the queries): the full model with the queries in the order `evaluate.query_order` does not give.
 
@@ -32,6 +34,7 @@ from pipeline.artifacts import ArtifactRef, ArtifactStore, Staging
 from pipeline.config import Config, section_dict
 from pipeline.contract import StageError, build_once
 from pipeline.datasets import get_dataset
+from pipeline.evaluate.by_support import CHOICES_FILE, score_by_support
 from pipeline.evaluate.report import collect_lineage, confusion, summarise, table_markdown, write_plots, write_report
 from pipeline.fewshot.checkpoints import check_checkpoint, checkpoint_fingerprint, checkpoint_path, load_checkpoint
 from pipeline.fewshot.devices import pick_device
@@ -77,7 +80,7 @@ def plan_fields(cfg: Config, inputs: Mapping[str, ArtifactRef] | None = None) ->
     inputs = inputs or {}
     fields = {
         "evaluate": cfg.evaluate.without_late_defaults(
-            section_dict(cfg.evaluate, ["episodes", "shot", "seed", "split", "baselines", "untrained", "query_order"])
+            section_dict(cfg.evaluate, ["episodes", "shot", "seed", "split", "baselines", "untrained", "query_order", "choose_by_support"])
         ),
         "protocol": section_dict(cfg.protocol),
         "model": model_fields(cfg.model),
@@ -85,6 +88,8 @@ def plan_fields(cfg: Config, inputs: Mapping[str, ArtifactRef] | None = None) ->
     }
     if cfg.evaluate.checkpoint:
         fields["checkpoint"] = checkpoint_fingerprint(cfg)
+    if cfg.evaluate.choose_by_support:  # a late field: the versions of evaluations without it stay as they were
+        fields["all_orders_up_to"] = cfg.audit.all_orders_up_to
     return fields
 
 
@@ -148,11 +153,16 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
     t0 = time.perf_counter()
     pairs = get_dataset(cfg.dataset).order_pairs()
     order = cfg.evaluate.query_order
-    rows = score_episodes(scorer, [ep.with_query_order(order) for ep in episodes], cfg.evaluate.baselines, pairs)
+    ordered = [ep.with_query_order(order) for ep in episodes]
+    rows = score_episodes(scorer, ordered, cfg.evaluate.baselines, pairs)
     if cfg.model.scores == "released":  # its scores depend on the query order: the other order too, on the same episodes
         other = next(o for o in QUERY_ORDERS if o != order)
         for row in score_episodes(scorer, [ep.with_query_order(other) for ep in episodes], False, pairs, f"queries {other}"):
             rows.append({**row, "method": f"task_adapter_pp_queries_{other}"})
+    if cfg.evaluate.choose_by_support:  # a variant beyond the paper, its own rows (by_support.py)
+        chosen_rows, choices = score_by_support(cfg, inputs, model, scorer, ordered, pairs)
+        rows += chosen_rows
+        staging.write_parquet(CHOICES_FILE, choices)
     if cfg.evaluate.untrained:  # the same model at its training initialisation, on the same episodes
         torch.manual_seed(cfg.train.seed)
         fresh = build_model(cfg.model, cfg.protocol, device=device).eval()

@@ -19,7 +19,7 @@ where the dataset knows its order pairs, pair outcomes).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -233,14 +233,19 @@ class EpisodeScorer:
             )
 
     @torch.inference_mode()
-    def scores_batch(self, episodes: Sequence[Episode]):
-        """`scores` of episodes of one layout (same N, K, Q) in one pass through the adapted blocks: EpisodeScores (B, Q, N)."""
+    def scores_batch(self, episodes: Sequence[Episode], text_features: torch.Tensor | None = None):
+        """`scores` of episodes of one layout (same N, K, Q) in one pass through the adapted blocks: EpisodeScores (B, Q, N).
+
+        `text_features` (B, N, S, E): the adapted text features to score each episode's classes with, instead of each
+        class's own descriptions (evaluate's `choose_by_support`)."""
         _check_layout(episodes)
         support = self.videos_batch([ep.support for ep in episodes])  # (B, N*K, T, P+1, D)
         query = self.videos_batch([ep.query for ep in episodes])  # (B, Q, T, P+1, D)
         labels = self._labels([ep.support_labels for ep in episodes])  # (B, N*K)
         tokens = states = features = None
-        if self.cache:
+        if text_features is not None:
+            features = text_features
+        elif self.cache:
             self.text([c for ep in episodes for c in ep.classes])  # every new class of the batch in one pass
             features = self._text.get([c for ep in episodes for c in ep.classes]).unflatten(0, (len(episodes), -1))  # (B, N, S, E)
         else:
@@ -306,9 +311,10 @@ def episode_batches(episodes: Sequence[Episode], size: int) -> list[list[Episode
     return batches
 
 
-def _batch_scores(scorer: EpisodeScorer, batch: Sequence[Episode], baselines: bool) -> dict[str, torch.Tensor]:
+def _batch_scores(scorer: EpisodeScorer, batch: Sequence[Episode], baselines: bool,
+                  text_features: Callable[[Sequence[Episode]], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """method -> (B, N*Q, N) scores of a batch of episodes, on the scorer's device (not read yet)."""
-    sc = scorer.scores_batch(batch)
+    sc = scorer.scores_batch(batch, None if text_features is None else text_features(batch))
     scores = {"task_adapter_pp": sc.logits}
     if baselines:
         scores.update(visual_only=sc.vis, semantic_only=sc.sem, clip_prototype=scorer.prototype_scores_batch(batch))
@@ -332,9 +338,13 @@ class HostScores:
 
 
 def score_episodes(
-    scorer: EpisodeScorer, episodes: Sequence[Episode], baselines: bool, pairs: dict[str, str] | None = None, desc: str = "evaluate"
+    scorer: EpisodeScorer, episodes: Sequence[Episode], baselines: bool, pairs: dict[str, str] | None = None, desc: str = "evaluate",
+    text_features: Callable[[Sequence[Episode]], torch.Tensor] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (episode, method): accuracy, labels, predictions (+ order-pair outcomes where pairs are known).
+
+    `text_features(batch)` -> (B, N, S, E): the full model scores the batch's classes with these adapted text features
+    instead of each class's own descriptions (see `EpisodeScorer.scores_batch`).
 
     The per-video states of every video are computed first (`EpisodeScorer.precompute`: passes of `scorer.batch`
     videos), then episodes are scored `scorer.episodes_per_batch` at a time; a batch's scores are read while the next
@@ -353,7 +363,7 @@ def score_episodes(
 
     try:
         for batch in episode_batches(episodes, scorer.episodes_per_batch):
-            fetch = HostScores(_batch_scores(scorer, batch, baselines))
+            fetch = HostScores(_batch_scores(scorer, batch, baselines, text_features))
             if pending is not None:
                 emit(*pending)
             pending = (batch, fetch)

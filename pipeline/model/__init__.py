@@ -15,6 +15,7 @@ Public API:
         .vision_video_states(prefix (B, T, P+1, D)) -> (B, T, P+1, D)  per-video part of the first adapted block (cacheable)
         .loss(scores, query_labels) -> cross-entropy of the logits
         .frozen_frame_features(clips) -> (B, T, E)         open_clip encode_image per frame
+        .frozen_text_features(tokens (P, ctx)) -> (P, E)   open_clip encode_text per prompt
         .trainable_state_dict() / .load_trainable_state_dict(sd) / .parameter_counts()
         .image_mean, .image_std, .image_size
     EpisodeScores(logits, vis, sem)

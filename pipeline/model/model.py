@@ -275,6 +275,11 @@ class TaskAdapterPP(nn.Module):
             feats = self.clip.encode_image(clips.flatten(0, 1))  # (B*T, E)
         return as_float(feats).unflatten(0, clips.shape[:2])
 
+    def frozen_text_features(self, tokens: Tensor) -> Tensor:
+        """(P, ctx) -> (P, E): open_clip's own encode_text per prompt (the frozen text tower, no adapters)."""
+        with self._precision():
+            return as_float(self.clip.encode_text(tokens))
+
     # ---- episode ----------------------------------------------------------------------------------------------------
 
     def forward(

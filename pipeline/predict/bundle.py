@@ -10,7 +10,8 @@ path is where the backbone file was at export):
   (open_clip name, weights: tag or file name + sha256 + the absolute path it had at export + the copy in
   the bundle, activation, image size), the preprocessing
   (frames stage decode settings, T, eval sampling, centre crop, mean/std), the prompt templates,
-  the descriptions settings and the lineage (train, embeddings, descriptions, frames versions).
+  the descriptions settings and the lineage (train, embeddings, descriptions, frames versions; the audit's when
+  `descriptions.choose=videos` chose the sentences).
 - `weights.safetensors`: the trainable parameters only (never the frozen CLIP weights).
 - `descriptions.json`: the sub-action descriptions of every class the run's descriptions artifact
   holds ({class: {display_name, split, sentences}}), so these classes need no LLM.
@@ -185,9 +186,10 @@ def _lineage(store: ArtifactStore, cfg: Config, train_ref: ArtifactRef | None) -
             out[name] = str(ArtifactRef.from_dict({**inputs[name], "root": store.root}))
     if "embeddings" in inputs:
         emb = ArtifactRef.from_dict({**inputs["embeddings"], "root": store.root})
-        desc = store.manifest(emb).get("inputs", {}).get("descriptions")
-        if desc:
-            out["descriptions"] = str(ArtifactRef.from_dict({**desc, "root": store.root}))
+        emb_inputs = store.manifest(emb).get("inputs", {})
+        for name in ("descriptions", "audit"):  # the audit when its candidates were chosen by the videos (descriptions.choose)
+            if emb_inputs.get(name):
+                out[name] = str(ArtifactRef.from_dict({**emb_inputs[name], "root": store.root}))
     if "descriptions" not in out:
         raise BundleError(f"cannot find the descriptions artifact of this run under {store.root}; re-run `fsar embeddings` first")
     return out
@@ -199,12 +201,16 @@ def _ref(store: ArtifactStore, text: str) -> ArtifactRef:
 
 
 def _known_descriptions(trained: Config, store: ArtifactStore, lineage: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Every class of the run's descriptions artifact, with the display name its prompts used."""
+    """Every class of the run's descriptions artifact, with the display name its prompts used (and, where the run's
+    embeddings took a class's candidate and order from the audit, those sentences)."""
     # start-up: fsar predict loads only what it uses
     from pipeline.datasets import get_dataset
+    from pipeline.embeddings.stage import chosen_by_videos
 
     ref = _ref(store, lineage["descriptions"])
     table = store.load(ref.stage, ref.dataset, ref.version)  # checksum-verified
+    if "audit" in lineage:
+        table = chosen_by_videos(table, _ref(store, lineage["audit"]), ref)[0]
     spec = get_dataset(trained.dataset)
     out: dict[str, dict[str, Any]] = {}
     for (split, cls), part in table.groupby(["split", "class"], sort=True):

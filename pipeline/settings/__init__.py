@@ -11,6 +11,7 @@ Each section has one home, `pipeline.settings.<stage>` (`pretrain` holds the `ba
 demo's pre-training stage); this package lists them all.
 """
 
+from pipeline.settings.audit import AuditConfig
 from pipeline.settings.datasets import DatasetConfig, ProtocolConfig
 from pipeline.settings.descriptions import DescriptionsConfig
 from pipeline.settings.embeddings import EmbeddingsConfig
@@ -22,6 +23,7 @@ from pipeline.settings.section import DeviceName, Section, check_device
 from pipeline.settings.train import TrainConfig
 
 __all__ = [
+    "AuditConfig",
     "BackboneConfig",
     "DatasetConfig",
     "DescriptionsConfig",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -20,6 +20,10 @@ class DescriptionsConfig(Section):
     exemplars: str | None = None  # worked examples in the prompt: a corpus file (file-backend format) or "dataset" (the dataset's own scripts, train classes only); None = none
     exemplar_count: int = Field(default=3, ge=1)  # examples per prompt
     exemplar_rule: Literal["name_overlap", "first"] = "name_overlap"  # name_overlap: the classes nearest in name (word overlap, ties by name); first: corpus order
+    # which candidate (and order) embeddings, training and evaluation use: rule = the descriptions stage's rule
+    # (descriptions/choosing.py); videos = for the classes the audit stage looked at, the candidate and order their videos
+    # support most (docs/audit.md); not part of the descriptions version (the audit reads descriptions)
+    choose: Literal["rule", "videos"] = "rule"
     candidates: int = Field(default=1, ge=1)  # answers per class (seeds differ); the best is kept (see descriptions/choosing.py), all are in candidates.parquet
     temperature: float = Field(default=0.2, ge=0.0, le=2.0)  # sampling temperature
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)  # nucleus sampling
@@ -40,3 +44,5 @@ class DescriptionsConfig(Section):
     server_threads: int | None = Field(default=None, ge=1)  # local backend: llama.cpp threads; None = every core on <= 2 cores, else half the cores (2 to 4); 1 when other work keeps the cores busy
     server_ctx: int = Field(default=2048, ge=256)  # local backend: llama.cpp context length
     server_start_timeout_s: float = Field(default=120.0, gt=0)  # local backend: wait this long for the server to answer
+
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("choose",)

@@ -33,12 +33,15 @@ class EvaluateConfig(Section):
     videos_per_pass: int | None = Field(default=None, ge=1)  # videos per pass through the frozen prefix; None = 16 on CPU, 128 on CUDA
     loader_workers: int | Literal["auto"] = "auto"  # threads loading clips ahead of the prefix passes; "auto" as train.loader_workers
     baselines: bool = True  # also score the frozen-CLIP prototype baseline, visual-only and semantic-only
+    # also score a variant beyond the paper: per episode and class, the description candidate (and order) that the class's
+    # labelled support clips support most under the frozen towers (queries never looked at); its own row, `by_support`
+    choose_by_support: bool = False
     untrained: bool = False  # also score the full model at its training initialisation (a second model in memory)
     device: DeviceName = "auto"  # auto | cpu | cuda | cuda:N
     checkpoint: str | None = None  # checkpoint file to evaluate; None = best checkpoint of the latest train artifact
     descriptions_label: str | None = None  # name of the corpus in the results; None = `llm` or `file` by backend
 
-    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("query_order",)
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("query_order", "choose_by_support")
 
     @field_validator("loader_workers", mode="before")
     @classmethod

@@ -45,6 +45,8 @@ def test_every_stage_publishes_its_own_prefect_artifact(prefect_harness, synthet
     evaluate = next(a for a in by_key["evaluate-synthetic"] if versions["evaluate"] in a.data)
     assert f"train/synthetic/{versions['train']}" in evaluate.data  # the report's lineage names the train version it scored
     assert "## Per-class accuracy" in evaluate.data and "report.md" in evaluate.data
+    table = by_key.get("audit-synthetic-table", [])  # the audit also publishes its per-class figures as a table
+    assert table and all(a.type == "table" for a in table) and "order_agreement" in table[0].data
     frames = next(a for a in by_key["frames-synthetic"] if versions["frames"] in a.data)
     assert "frames stored" in frames.data and "failed" in frames.data
     progress = by_key.get("train-synthetic-progress", [])
