@@ -133,7 +133,7 @@ def demo(artifacts: ArtifactsOpt = None, set_: SetOpt = None, config: ConfigOpt 
         # start-up: imported by the command that uses it
         from flows.demo import demo as run_demo
 
-        run_demo(artifacts=artifacts, overrides=overrides, config=run_file)
+        run_demo(artifacts=_stash(artifacts), overrides=overrides, config=run_file)
 
     guarded(go)
 

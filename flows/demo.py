@@ -100,6 +100,7 @@ def demo(artifacts: str | None = None, corpora: list[str] | None = None, overrid
 
 def _demo(artifacts: str | None, corpora: list[str] | None, overrides: list[str] | None, config: str | None) -> dict[str, Any]:
     logger = get_run_logger()
+    artifacts = restore_overrides([artifacts])[0] if artifacts else artifacts  # stashed like the full flow's (flows/__main__.py)
     base = build_config("synthetic", "demo", restore_overrides(overrides or []), artifacts, run_file=find_run_file(config), strict=True)
     store = ArtifactStore(base.artifacts)
     video_root = synthetic_videos(base, str(Path(store.root) / "synthetic-videos"))
