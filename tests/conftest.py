@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# prefect.main configures Prefect's logging once, and its console handler keeps the stream it sees then: imported here,
+# at collection, that is pytest's session-long capture, not one test's capsys stream (closed after that test; flows
+# run by later tests then failed on it, when tests/predict/test_predict_demo.py ran first).
+import prefect.main  # noqa: F401
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
