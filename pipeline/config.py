@@ -235,13 +235,15 @@ def layered_config(preset: str | os.PathLike[str] | None, layers: Sequence[tuple
         return base
 
     return _validate(data, origin)
+
+
 def section_dict(cfg: BaseModel, fields: Iterable[str] | None = None) -> dict[str, Any]:
-    """JSON-ready dict of a section, or of some of its fields (what a stage hashes into its version); the whole
-    section leaves out its late fields at their defaults (`Section.LATE_FIELDS`)."""
+    """JSON-ready dict of a section, or of some of its fields (what a stage hashes into its version), less its late
+    fields at their defaults (`Section.LATE_FIELDS`: versions made before such a field existed stay as they were)."""
     data = json.loads(cfg.model_dump_json())
-    if fields is None:
-        return cfg.without_late_defaults(data) if isinstance(cfg, Section) else data
-    return {f: data[f] for f in fields}
+    if fields is not None:
+        data = {f: data[f] for f in fields}
+    return cfg.without_late_defaults(data) if isinstance(cfg, Section) else data
 
 
 def read_preset(preset: str | os.PathLike[str]) -> dict[str, Any]:

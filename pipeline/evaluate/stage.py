@@ -79,9 +79,8 @@ def plan_fields(cfg: Config, inputs: Mapping[str, ArtifactRef] | None = None) ->
     descriptions label and, for an explicit checkpoint file, its content (a train input is hashed by version)."""
     inputs = inputs or {}
     fields = {
-        "evaluate": cfg.evaluate.without_late_defaults(
-            section_dict(cfg.evaluate, ["episodes", "shot", "seed", "split", "baselines", "untrained", "query_order", "choose_by_support"])
-        ),
+        "evaluate": section_dict(cfg.evaluate, ["episodes", "shot", "seed", "split", "baselines", "untrained", "query_order",
+                                                "choose_by_support"]),
         "protocol": section_dict(cfg.protocol),
         "model": model_fields(cfg.model),
         "descriptions": descriptions_label(cfg, inputs.get("embeddings")),
@@ -119,8 +118,7 @@ def run(cfg: Config, inputs: dict[str, ArtifactRef], store: ArtifactStore) -> Ar
 def scoring_fields(cfg: Config) -> dict[str, str]:
     """`scores` and `query_order` for the summary, only where they differ from fsar's defaults (so the summary of
     every evaluation made before they existed keeps its bytes)."""
-    return {**cfg.model.without_late_defaults({"scores": cfg.model.scores}),
-            **cfg.evaluate.without_late_defaults({"query_order": cfg.evaluate.query_order})}
+    return {**section_dict(cfg.model, ["scores"]), **section_dict(cfg.evaluate, ["query_order"])}
 
 
 def open_prefix(cfg: Config, inputs: Mapping[str, ArtifactRef], device: torch.device) -> Any | None:
@@ -169,7 +167,7 @@ def evaluate_into(staging: Staging, cfg: Config, inputs: dict[str, ArtifactRef],
         fresh_prefix = prefix if prefix is not None and prefix.checkpoint_free else None  # else the trained embedding is in it
         fresh_scorer = EpisodeScorer(fresh, loader, cache=cfg.evaluate.cache, amp=cfg.model.amp, episodes_per_batch=scorer.episodes_per_batch,
                                      prefix=fresh_prefix, batch=scorer.batch, workers=scorer.workers)
-        for row in score_episodes(fresh_scorer, [ep.with_query_order(order) for ep in episodes], False, pairs, "untrained"):
+        for row in score_episodes(fresh_scorer, ordered, False, pairs, "untrained"):
             rows.append({**row, "method": "untrained"})
     seconds = time.perf_counter() - t0
     df = pd.DataFrame(rows)

@@ -41,14 +41,12 @@ class ModelConfig(Section):
 
 def model_fields(cfg: ModelConfig, fields: Iterable[str] | None = None) -> dict[str, Any]:
     """The model section as versions and checkpoints record it: a local `pretrained` file by its content
-    (``sha256:<hex>``), never by its path, so the same weights give the same version in any folder; the whole section
-    leaves out its late fields at their defaults (`Section.LATE_FIELDS`: `scores`)."""
+    (``sha256:<hex>``), never by its path, so the same weights give the same version in any folder; late fields at
+    their defaults are left out (`Section.LATE_FIELDS`: `scores`)."""
     # start-up: config loading stays light (no pandas/fsspec)
     from pipeline.artifacts import file_fingerprint
 
-    data = json.loads(cfg.model_dump_json())
-    if fields is None:
-        data = cfg.without_late_defaults(data)
+    data = cfg.without_late_defaults(json.loads(cfg.model_dump_json()))
     if cfg.pretrained and Path(cfg.pretrained).expanduser().is_file():
         data["pretrained"] = file_fingerprint(cfg.pretrained)
-    return data if fields is None else {f: data[f] for f in fields}
+    return data if fields is None else {f: data[f] for f in fields if f in data or f not in cfg.LATE_FIELDS}
