@@ -5,7 +5,7 @@ split, and the first video whose name holds each unusual character, named as the
 `<class dir>/<ytid>_<start>_<end>.mp4` for Kinetics-100, `<id>.webm` for SSv2, plus SSv2-Full's label
 JSON files), tiny clips in the originals' codec and container (MPEG-4 Part 2 with B-frames in AVI, H.264
 with B-frames in mp4, VP9 in WebM). The split files given to fsar hold those lines only, verbatim. Then
-`fsar descriptions` (a corpus file), `fsar frames --dataset D --video-root DIR`, `fsar embeddings`,
+`fsar descriptions` (a corpus file), `fsar frames --dataset D --video-root DIR`, `fsar audit`, `fsar embeddings`,
 `fsar train` and `fsar evaluate` run with fsar-micro and a few episodes, as a user would type them.
 Skips without the split files (`../shared/splits`, or $FSAR_SHARED).
 """
@@ -142,7 +142,7 @@ def test_replica_runs_end_to_end(dataset, splits_dir, tmp_path, monkeypatch):
     sets = [*MICRO, *extra, "descriptions.backend=file", f"descriptions.corpus={corpus}"]
     common = ["--dataset", dataset, "--video-root", str(videos), "--artifacts", str(tmp_path / "art")] + [a for s in sets for a in ("--set", s)]
     runner = CliRunner()
-    for command in ("descriptions", "frames", "embeddings", "train", "evaluate"):
+    for command in ("descriptions", "frames", "audit", "embeddings", "train", "evaluate"):
         result = runner.invoke(app, [command, *common])
         assert result.exit_code == 0, f"fsar {command} on the {dataset} replica: {result.output[-3000:]}"
 
@@ -165,5 +165,11 @@ def test_replica_runs_end_to_end(dataset, splits_dir, tmp_path, monkeypatch):
         for k, i in enumerate(stored):
             want = np.asarray(Image.open(io.BytesIO(frame_jpeg(reference[i], STORAGE, 90))).convert("RGB"))
             assert np.abs(got[k].astype(int) - want).mean() < 1.0, (row["video_id"], i)
+    # the audit looked at every video of every train and val class (2-4 here: fewer than audit.min_videos, so flagged)
+    audit = artifacts.load("audit", dataset, root=tmp_path / "art")
+    assert sorted(zip(audit["split"], audit["class"])) == sorted((s, c) for s in ("train", "val") for c in spec.classes(s))
+    assert audit["chosen"].all() and audit["too_few_videos"].all() and audit["order_agreement"].between(0, 1).all()
+    per_class = index.groupby(["split", "class"]).size()
+    assert all(per_class[(r["split"], r["class"])] == r["videos"] for _, r in audit.iterrows())
     episodes = artifacts.load("evaluate", dataset, root=tmp_path / "art")
     assert len(episodes) >= 3 and isinstance(episodes, pd.DataFrame)
